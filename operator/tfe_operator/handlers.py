@@ -1,0 +1,328 @@
+"""Thin kopf handlers. Each reconcile: observe (reads), ``reconcile.reconcile`` (pure),
+then apply/delete through ``kube.Kube`` and patch the status. A timer per EncryptedModel
+re-reads the observed state every ``resync_seconds``; status never comes from one-off events.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from . import api, builders, metrics, observe
+from .builders import Context
+from .kube import ApiError, Kube, http_get_json, kubernetes_transport
+from .reconcile import Plan, Resource, keys_to_fetch, reconcile
+from .settings import Settings
+from .spec import SpecError, parse_spec
+
+log = logging.getLogger(__name__)
+
+SETTINGS = Settings.from_env()
+
+
+@dataclass
+class Runtime:
+    """Process-wide handles, set at startup (or by tests)."""
+
+    kube: Kube | None = None
+    in_cluster: bool = False
+    settings: Settings = SETTINGS
+
+    def use_proxy(self) -> bool:
+        mode = self.settings.http_mode
+        return mode == "proxy" or (mode == "auto" and not self.in_cluster)
+
+
+RUNTIME = Runtime()
+_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _lock(uid: str) -> threading.Lock:
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(uid, threading.Lock())
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    s = RUNTIME.settings
+    settings.watching.server_timeout = s.watch_server_timeout
+    settings.watching.client_timeout = s.watch_client_timeout
+    settings.watching.connect_timeout = s.watch_connect_timeout
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=api.GROUP, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{api.GROUP}/finalizer"
+    settings.posting.level = logging.INFO
+    if RUNTIME.kube is None:
+        transport, in_cluster = kubernetes_transport()
+        RUNTIME.kube = Kube(transport)
+        RUNTIME.in_cluster = in_cluster
+
+
+@kopf.on.probe(id="encryptedModels")
+def probe_models(**_: Any) -> int:
+    return sum(metrics.PHASES.counts().values())
+
+
+@kopf.timer(api.GROUP, api.VERSION, api.PLURAL, interval=SETTINGS.resync_seconds)
+def resync(
+    body: kopf.Body,
+    meta: kopf.Meta,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    patch: kopf.Patch,
+    memo: kopf.Memo,
+    **_: Any,
+) -> None:
+    _reconcile(body, meta, spec, status, patch, memo)
+
+
+@kopf.on.create(api.GROUP, api.VERSION, api.PLURAL)
+@kopf.on.update(api.GROUP, api.VERSION, api.PLURAL)
+def changed(
+    body: kopf.Body,
+    meta: kopf.Meta,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    patch: kopf.Patch,
+    memo: kopf.Memo,
+    **_: Any,
+) -> None:
+    """React at once to a new or changed spec (the timer would within resync_seconds)."""
+    _reconcile(body, meta, spec, status, patch, memo)
+
+
+@kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
+def forget_deleted(event: kopf.RawEvent, **_: Any) -> None:
+    if event.get("type") == "DELETED":
+        obj = event.get("object", {})
+        m = obj.get("metadata", {})
+        metrics.PHASES.forget(f"{m.get('namespace')}/{m.get('name')}")
+
+
+# ---------------------------------------------------------------- the one reconcile
+
+
+def _reconcile(
+    body: kopf.Body,
+    meta: kopf.Meta,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    patch: kopf.Patch,
+    memo: kopf.Memo,
+) -> None:
+    kube = RUNTIME.kube
+    assert kube is not None, "operator not started"
+    name, namespace, uid = str(meta.get("name")), str(meta.get("namespace")), str(meta.get("uid"))
+    key = f"{namespace}/{name}"
+    if meta.get("deletionTimestamp"):
+        return
+    with _lock(uid):
+        body_status = dict(status)
+        # This process wrote the newest status; the watched body may lag behind it.
+        current = memo.get("status") or body_status
+        now = datetime.now(UTC)
+        try:
+            parsed = parse_spec(dict(spec))
+        except SpecError as e:
+            new = {**current, "phase": "Failed", "message": f"invalid spec: {e}"}
+            _patch_status(patch, body_status, current, new)
+            memo["status"] = new
+            metrics.RECONCILES.labels(result="invalid").inc()
+            metrics.PHASES.set(key, "Failed")
+            return
+        ctx = Context.make(name, namespace, uid, parsed, RUNTIME.settings)
+        res = Resource(
+            ctx=ctx,
+            generation=int(meta.get("generation", 1) or 1),
+            created=observe.parse_time(meta.get("creationTimestamp")),
+        )
+        try:
+            obs = observe_model(kube, res, current)
+        except ApiError as e:
+            log.warning("%s: reading observed state failed: %s", key, e)
+            metrics.RECONCILES.labels(result="error").inc()
+            return
+        plan = reconcile(res, current, obs, now)
+        errors = execute(kube, namespace, plan)
+        _patch_status(patch, body_status, current, plan.status)
+        memo["status"] = plan.status
+        _post_events(body, plan, memo, errors)
+        _record_metrics(key, plan)
+        metrics.RECONCILES.labels(result="error" if errors else "success").inc()
+
+
+def execute(kube: Kube, namespace: str, plan: Plan) -> list[str]:
+    """Apply and delete what the plan says; returns the errors (it never stops half-way)."""
+    errors: list[str] = []
+    for manifest in plan.apply:
+        try:
+            kube.apply(manifest)
+        except ApiError as e:
+            errors.append(f"{manifest['kind']} {manifest['metadata']['name']}: {e}")
+    for ref in plan.delete:
+        try:
+            kube.delete(namespace, ref)
+        except ApiError as e:
+            errors.append(f"delete {ref.kind} {ref.name}: {e}")
+    for err in errors:
+        log.warning("%s: %s", namespace, err)
+    return errors
+
+
+def _patch_status(
+    patch: kopf.Patch,
+    body_status: Mapping[str, Any],
+    current: Mapping[str, Any],
+    new: Mapping[str, Any],
+) -> None:
+    """Merge-patch the status to ``new``: changed keys, and None for keys that went away."""
+    for k, v in new.items():
+        if body_status.get(k) != v:
+            patch.status[k] = v
+    for k in set(body_status) | set(current):
+        if k not in new and k != "kopf":
+            patch.status[k] = None
+
+
+def _post_events(body: kopf.Body, plan: Plan, memo: kopf.Memo, errors: list[str]) -> None:
+    for ev in plan.events:
+        kopf.event(body, type=ev.type, reason=ev.reason, message=ev.message)
+    # Apply errors: once per distinct message, not every resync.
+    text = "; ".join(errors)
+    if text and memo.get("last_error") != text:
+        kopf.event(body, type="Warning", reason="ApplyFailed", message=text[:1000])
+    memo["last_error"] = text
+
+
+def _record_metrics(key: str, plan: Plan) -> None:
+    metrics.PHASES.set(key, str(plan.status.get("phase", "Pending")))
+    if plan.time_to_serving is not None:
+        metrics.TIME_TO_SERVING.observe(plan.time_to_serving)
+    for result, seconds in plan.share_durations:
+        metrics.SHARE_JOB_DURATION.labels(result=result).observe(seconds)
+
+
+# ---------------------------------------------------------------- observing (reads only)
+
+
+def observe_model(kube: Kube, res: Resource, status: Mapping[str, Any]) -> observe.Observed:
+    ctx = res.ctx
+    m, ns = ctx.name, ctx.namespace
+    external = ctx.spec.external
+    pods = [] if external else kube.list("v1", "Pod", ns, builders.selector(ctx, builders.WORKER))
+    sts = None if external else kube.get("apps/v1", "StatefulSet", ns, builders.statefulset_name(m))
+    jobs = []
+    for job in kube.list("batch/v1", "Job", ns, builders.selector(ctx, builders.SHARE)):
+        failed = any(
+            c.get("type") == "Failed" and c.get("status") == "True"
+            for c in (job.get("status", {}) or {}).get("conditions", []) or []
+        )
+        job_pods = (
+            kube.list("v1", "Pod", ns, {"job-name": job["metadata"]["name"]}) if failed else []
+        )
+        state = observe.job_state(job, job_pods)
+        if state is not None:
+            jobs.append(state)
+    dep = kube.get("apps/v1", "Deployment", ns, builders.serve_deployment_name(m))
+    serve = observe.serve_deployment(dep) if dep is not None else None
+    serve_pods = kube.list("v1", "Pod", ns, builders.selector(ctx, builders.SERVE))
+    pvcs = (
+        []
+        if external or ctx.spec.workers.storage.medium == "Memory"
+        else [
+            str(p["metadata"]["name"])
+            for p in kube.list(
+                "v1", "PersistentVolumeClaim", ns, builders.selector(ctx, builders.WORKER)
+            )
+        ]
+    )
+    base = observe.Observed(
+        worker_pods=observe.worker_pods(pods),
+        statefulset=sts is not None,
+        jobs=tuple(jobs),
+        serve=serve,
+        serve_pods=len(serve_pods),
+        client_service=kube.exists("v1", "Service", ns, builders.client_service_name(m)),
+        pvcs=tuple(pvcs),
+        source_missing=_source_missing(kube, ctx),
+    )
+    serve_ready_pod = any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for p in serve_pods
+        for c in (p.get("status", {}) or {}).get("conditions", []) or []
+    )
+    serve_status = _serve_status(kube, ctx) if serve_ready_pod else None
+    keys: dict[int, str] = {}
+    for i in keys_to_fetch(res, status, base):
+        k = _public_key(kube, ctx, i)
+        if k:
+            keys[i] = k
+    return observe.Observed(
+        worker_pods=base.worker_pods,
+        statefulset=base.statefulset,
+        jobs=base.jobs,
+        serve=base.serve,
+        serve_pods=base.serve_pods,
+        client_service=base.client_service,
+        serve_status=serve_status,
+        pvcs=base.pvcs,
+        public_keys=keys,
+        source_missing=base.source_missing,
+    )
+
+
+def _source_missing(kube: Kube, ctx: Context) -> str | None:
+    src, ns = ctx.spec.model, ctx.namespace
+    if src.config_map is not None and not kube.exists("v1", "ConfigMap", ns, src.config_map.name):
+        return f"waiting for ConfigMap {src.config_map.name!r} (model source)"
+    if src.secret is not None and not kube.exists("v1", "Secret", ns, src.secret.name):
+        return f"waiting for Secret {src.secret.name!r} (model source)"
+    if src.pvc is not None and not kube.exists(
+        "v1", "PersistentVolumeClaim", ns, src.pvc.claim_name
+    ):
+        return f"waiting for PersistentVolumeClaim {src.pvc.claim_name!r} (model source)"
+    return None
+
+
+def _serve_status(kube: Kube, ctx: Context) -> observe.ServeStatus | None:
+    try:
+        if RUNTIME.use_proxy():
+            doc = kube.proxy_get(
+                ctx.namespace, "services", builders.client_service_name(ctx.name),
+                api.PORT_SERVE, "/v1/status",
+            )  # fmt: skip
+        else:
+            doc = http_get_json(
+                f"{builders.endpoint(ctx)}/v1/status", RUNTIME.settings.http_timeout_seconds
+            )
+    except (ApiError, OSError, ValueError) as e:
+        log.info("%s/%s: serve status unavailable: %s", ctx.namespace, ctx.name, e)
+        return None
+    return observe.serve_status(doc)
+
+
+def _public_key(kube: Kube, ctx: Context, i: int) -> str | None:
+    timeout = RUNTIME.settings.http_timeout_seconds
+    try:
+        if ctx.spec.external:
+            http = builders.players(ctx)[i]["http"]
+            doc = http_get_json(f"http://{http}/v1/public-key", timeout)
+        elif RUNTIME.use_proxy():
+            pod = builders.worker_pod_name(ctx.name, i)
+            doc = kube.proxy_get(ctx.namespace, "pods", pod, api.PORT_HTTP, "/v1/public-key")
+        else:
+            http = builders.players(ctx)[i]["http"]
+            doc = http_get_json(f"http://{http}/v1/public-key", timeout)
+    except (ApiError, OSError, ValueError) as e:
+        log.info("%s/%s: public key of server%d unavailable: %s", ctx.namespace, ctx.name, i, e)
+        return None
+    return observe.public_key(doc, i)

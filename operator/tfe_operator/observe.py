@@ -1,0 +1,228 @@
+"""Observed state: small typed values parsed (purely) from the API objects the handler read."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from . import api
+
+JobPhase = Literal["active", "succeeded", "failed"]
+
+# Waiting reasons that mean "this will not fix itself soon": reported in WorkersReady.
+PROBLEM_REASONS = frozenset(
+    {
+        "CrashLoopBackOff",
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "ErrImageNeverPull",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    }
+)
+
+
+@dataclass(frozen=True)
+class WorkerPod:
+    index: int
+    name: str
+    uid: str
+    ready: bool
+    problem: str | None = None  # a reason such as CrashLoopBackOff or Unschedulable
+    detail: str = ""
+    restarts: int = 0
+
+
+@dataclass(frozen=True)
+class JobState:
+    name: str
+    generation: int
+    model_hash: str
+    phase: JobPhase
+    exit_code: int | None = None
+    message: str = ""
+    start: datetime | None = None
+    end: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ServeDeployment:
+    generation: int | None
+    ready: bool  # rolled out: updated, available, observed
+
+
+@dataclass(frozen=True)
+class ServeStatus:
+    """GET <serve>:8000/v1/status."""
+
+    ready: bool
+    requests_served: int
+    limit_reached: bool
+    share_generation: int | None
+
+
+@dataclass(frozen=True)
+class Observed:
+    worker_pods: tuple[WorkerPod, ...] = ()
+    statefulset: bool = False
+    jobs: tuple[JobState, ...] = ()
+    serve: ServeDeployment | None = None
+    serve_pods: int = 0
+    client_service: bool = False
+    serve_status: ServeStatus | None = None
+    pvcs: tuple[str, ...] = ()
+    public_keys: Mapping[int, str] = field(default_factory=dict)
+    source_missing: str | None = None
+
+
+def parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    return datetime.fromisoformat(value)
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def _ordinal(pod_name: str) -> int | None:
+    m = re.search(r"-(\d+)$", pod_name)
+    return int(m.group(1)) if m else None
+
+
+def worker_pod(pod: Mapping[str, Any]) -> WorkerPod | None:
+    meta = pod.get("metadata", {})
+    name = str(meta.get("name", ""))
+    index = _ordinal(name)
+    if index is None or index > 2 or meta.get("deletionTimestamp"):
+        return None
+    status = pod.get("status", {}) or {}
+    conditions = {c.get("type"): c for c in status.get("conditions", []) or []}
+    ready = (conditions.get("Ready") or {}).get("status") == "True"
+    problem: str | None = None
+    detail = ""
+    restarts = 0
+    for cs in status.get("containerStatuses", []) or []:
+        restarts += int(cs.get("restartCount", 0) or 0)
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason")
+        if reason in PROBLEM_REASONS and problem is None:
+            problem = str(reason)
+            parts = [str(waiting.get("message", "")).strip()]
+            last = (cs.get("lastState") or {}).get("terminated") or {}
+            if last:
+                exit_part = f"last exit {last.get('exitCode')}"
+                msg = _last_line(str(last.get("message", "")))
+                parts.append(f"{exit_part}: {msg}" if msg else exit_part)
+            detail = "; ".join(p for p in parts if p)
+    scheduled = conditions.get("PodScheduled") or {}
+    if problem is None and scheduled.get("status") == "False" and scheduled.get("reason"):
+        problem = str(scheduled.get("reason"))
+        detail = str(scheduled.get("message", ""))
+    return WorkerPod(
+        index=index,
+        name=name,
+        uid=str(meta.get("uid", "")),
+        ready=ready,
+        problem=problem,
+        detail=detail,
+        restarts=restarts,
+    )
+
+
+def worker_pods(pods: Iterable[Mapping[str, Any]]) -> tuple[WorkerPod, ...]:
+    parsed = [p for p in (worker_pod(x) for x in pods) if p is not None]
+    return tuple(sorted(parsed, key=lambda p: p.index))
+
+
+def job_state(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]] = ()) -> JobState | None:
+    meta = job.get("metadata", {})
+    labels = meta.get("labels", {}) or {}
+    annotations = meta.get("annotations", {}) or {}
+    try:
+        generation = int(labels.get(api.LABEL_GENERATION, ""))
+    except ValueError:
+        return None
+    status = job.get("status", {}) or {}
+    conditions = {
+        c.get("type"): c for c in status.get("conditions", []) or [] if c.get("status") == "True"
+    }
+    phase: JobPhase = "active"
+    if "Complete" in conditions:
+        phase = "succeeded"
+    elif "Failed" in conditions:
+        phase = "failed"
+    exit_code: int | None = None
+    message = ""
+    if phase == "failed":
+        failed = conditions["Failed"]
+        message = str(failed.get("message") or failed.get("reason") or "")
+        # The container's termination message names the cause (e.g. the unsupported layer).
+        for pod in pods:
+            for cs in (pod.get("status", {}) or {}).get("containerStatuses", []) or []:
+                term = (cs.get("state") or {}).get("terminated") or {}
+                if term and term.get("exitCode") not in (None, 0):
+                    code = int(term["exitCode"])
+                    if exit_code is None or code == api.EXIT_INVALID_MODEL:
+                        exit_code = code
+                        msg = _last_line(str(term.get("message", "")))
+                        message = msg or message
+    end = parse_time(status.get("completionTime"))
+    if end is None and phase == "failed":
+        end = parse_time(conditions["Failed"].get("lastTransitionTime"))
+    return JobState(
+        name=str(meta.get("name", "")),
+        generation=generation,
+        model_hash=str(annotations.get(api.ANNOTATION_MODEL_HASH, "")),
+        phase=phase,
+        exit_code=exit_code,
+        message=message,
+        start=parse_time(status.get("startTime")),
+        end=end,
+    )
+
+
+def serve_deployment(dep: Mapping[str, Any]) -> ServeDeployment:
+    meta = dep.get("metadata", {})
+    spec = dep.get("spec", {}) or {}
+    status = dep.get("status", {}) or {}
+    tmpl_labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
+    try:
+        generation: int | None = int(tmpl_labels.get(api.LABEL_GENERATION, ""))
+    except ValueError:
+        generation = None
+    replicas = int(spec.get("replicas", 1) or 0)
+    ready = (
+        int(status.get("observedGeneration", 0) or 0) >= int(meta.get("generation", 0) or 0)
+        and int(status.get("updatedReplicas", 0) or 0) >= replicas
+        and int(status.get("availableReplicas", 0) or 0) >= replicas
+        and int(status.get("replicas", 0) or 0) == replicas
+        and replicas > 0
+    )
+    return ServeDeployment(generation=generation, ready=ready)
+
+
+def serve_status(doc: Any) -> ServeStatus | None:
+    if not isinstance(doc, Mapping):
+        return None
+    gen = doc.get("shareGeneration")
+    return ServeStatus(
+        ready=bool(doc.get("ready", False)),
+        requests_served=int(doc.get("requestsServed", 0) or 0),
+        limit_reached=bool(doc.get("limitReached", False)),
+        share_generation=int(gen) if isinstance(gen, int) else None,
+    )
+
+
+def public_key(doc: Any, index: int) -> str | None:
+    """GET <worker>:8081/v1/public-key -> {"name": "server<i>", "publicKey": "<b64>"}."""
+    if not isinstance(doc, Mapping) or doc.get("name") != f"server{index}":
+        return None
+    key = doc.get("publicKey")
+    return key if isinstance(key, str) and key else None

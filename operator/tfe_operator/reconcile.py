@@ -1,0 +1,525 @@
+"""The EncryptedModel state machine, as one pure function.
+
+``reconcile(resource, status, observed, now)`` returns a ``Plan``: the manifests to apply,
+the objects to delete, the complete new status, the Events to post and the metric samples.
+The handler does the I/O (observe, apply, delete, patch status); everything that decides
+lives here and is unit-tested without a cluster.
+
+Phases: Pending → Provisioning → Sharing → Serving → ShuttingDown → Stopped | Failed.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from . import api, builders
+from .builders import Context, Manifest
+from .observe import JobState, Observed, WorkerPod
+
+EventType = Literal["Normal", "Warning"]
+
+
+@dataclass(frozen=True)
+class Resource:
+    """The CR as the state machine needs it."""
+
+    ctx: Context
+    generation: int
+    created: datetime | None
+
+
+@dataclass(frozen=True)
+class Ref:
+    api_version: str
+    kind: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Event:
+    type: EventType
+    reason: str
+    message: str
+
+
+@dataclass
+class Plan:
+    apply: list[Manifest] = field(default_factory=list)
+    delete: list[Ref] = field(default_factory=list)
+    status: dict[str, Any] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    share_durations: list[tuple[str, float]] = field(default_factory=list)
+    time_to_serving: float | None = None
+
+
+def _ts(now: datetime) -> str:
+    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def set_condition(
+    conditions: Sequence[Mapping[str, Any]],
+    type_: str,
+    ok: bool,
+    reason: str,
+    message: str,
+    now: datetime,
+    generation: int,
+) -> list[dict[str, Any]]:
+    """Upsert a condition; lastTransitionTime changes only when its status does."""
+    status = "True" if ok else "False"
+    out: list[dict[str, Any]] = []
+    found = False
+    for c in conditions:
+        if c.get("type") != type_:
+            out.append(dict(c))
+            continue
+        found = True
+        changed = c.get("status") != status
+        out.append(
+            {
+                "type": type_,
+                "status": status,
+                "reason": reason,
+                "message": message,
+                "lastTransitionTime": _ts(now)
+                if changed
+                else c.get("lastTransitionTime", _ts(now)),
+                "observedGeneration": generation,
+            }
+        )
+    if not found:
+        out.append(
+            {
+                "type": type_,
+                "status": status,
+                "reason": reason,
+                "message": message,
+                "lastTransitionTime": _ts(now),
+                "observedGeneration": generation,
+            }
+        )
+    order = {t: i for i, t in enumerate(api.CONDITION_TYPES)}
+    return sorted(out, key=lambda c: order.get(str(c.get("type")), 99))
+
+
+def condition(status: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
+    for c in status.get("conditions", []) or []:
+        if c.get("type") == type_:
+            return c  # type: ignore[no-any-return]
+    return None
+
+
+# ---------------------------------------------------------------- workers
+
+
+@dataclass(frozen=True)
+class WorkersAssessment:
+    ready: bool
+    reason: str
+    message: str
+
+
+def assess_workers(res: Resource, obs: Observed) -> WorkersAssessment:
+    if res.ctx.spec.external:
+        return WorkersAssessment(
+            True, "External", "three external workers (not run by the operator)"
+        )
+    pods = {p.index: p for p in obs.worker_pods}
+    ready = sum(1 for p in pods.values() if p.ready)
+    if ready == 3:
+        return WorkersAssessment(True, "AllReady", "3/3 workers ready")
+    for p in sorted(pods.values(), key=lambda p: p.index):
+        if p.problem:
+            msg = f"{p.name}: {p.problem}"
+            if p.detail:
+                msg += f": {p.detail}"
+            if p.restarts:
+                msg += f" (restarts: {p.restarts})"
+            return WorkersAssessment(False, p.problem, f"{ready}/3 workers ready; {msg}")
+    return WorkersAssessment(False, "Starting", f"{ready}/3 workers ready")
+
+
+def keys_to_fetch(res: Resource, status: Mapping[str, Any], obs: Observed) -> list[int]:
+    """Workers whose public key the handler should (re)fetch this round."""
+    old = {i: w for i, w in enumerate(status.get("workers", []) or [])}
+    if res.ctx.spec.external:
+        return [i for i in range(3) if not (old.get(i) or {}).get("publicKey")]
+    out = []
+    for p in obs.worker_pods:
+        o = old.get(p.index) or {}
+        if p.ready and (not o.get("publicKey") or o.get("podUID") != p.uid):
+            out.append(p.index)
+    return out
+
+
+def workers_status(res: Resource, status: Mapping[str, Any], obs: Observed) -> list[dict[str, Any]]:
+    ctx = res.ctx
+    old = {i: w for i, w in enumerate(status.get("workers", []) or [])}
+    pods = {p.index: p for p in obs.worker_pods}
+    out = []
+    for i, player in enumerate(builders.players(ctx)):
+        o = old.get(i) or {}
+        entry: dict[str, Any] = {"name": player["name"], "address": player["tf"]}
+        if ctx.spec.external:
+            entry["ready"] = True
+            key = obs.public_keys.get(i) or o.get("publicKey")
+        else:
+            p = pods.get(i)
+            entry["pod"] = builders.worker_pod_name(ctx.name, i)
+            entry["ready"] = bool(p and p.ready)
+            key = obs.public_keys.get(i)
+            if p is not None:
+                entry["podUID"] = p.uid
+                if key is None and o.get("podUID") == p.uid:
+                    key = o.get("publicKey")
+        if key:
+            entry["publicKey"] = key
+        out.append(entry)
+    return out
+
+
+# ---------------------------------------------------------------- the state machine
+
+
+def _job_for(obs: Observed, generation: int) -> JobState | None:
+    for j in obs.jobs:
+        if j.generation == generation:
+            return j
+    return None
+
+
+def _duration(job: JobState) -> float | None:
+    if job.start is None or job.end is None:
+        return None
+    return max(0.0, (job.end - job.start).total_seconds())
+
+
+def _shares_survive(res: Resource, status: Mapping[str, Any], pods: Sequence[WorkerPod]) -> bool:
+    """Memory storage: shares die with the pod. The pods that hold them must still exist."""
+    if res.ctx.spec.external or res.ctx.spec.workers.storage.medium != "Memory":
+        return True
+    held = list(status.get("shareWorkerUIDs", []) or [])
+    current = {p.uid for p in pods}
+    return len(held) == 3 and all(uid in current for uid in held)
+
+
+def reconcile(res: Resource, status: Mapping[str, Any], obs: Observed, now: datetime) -> Plan:
+    ctx = res.ctx
+    spec = ctx.spec
+    plan = Plan()
+    old = copy.deepcopy(dict(status))
+    new: dict[str, Any] = copy.deepcopy(dict(status))
+    events = plan.events
+
+    # Feed from the serve pod.
+    ss = obs.serve_status
+    if ss is not None:
+        new["requestsServed"] = ss.requests_served
+    limit_gen = new.get("limitReachedGeneration")
+    if limit_gen is not None and limit_gen != res.generation:
+        # Any spec change after the limit brings the model back.
+        new.pop("limitReachedGeneration", None)
+        new["requestsServed"] = 0
+        limit_gen = None
+    if (
+        limit_gen is None
+        and ss is not None
+        and ss.limit_reached
+        and spec.serving.max_requests is not None
+        and not spec.shutdown
+    ):
+        new["limitReachedGeneration"] = res.generation
+        limit_gen = res.generation
+        events.append(
+            Event(
+                "Normal",
+                "MaxRequestsReached",
+                f"served {ss.requests_served} of {spec.serving.max_requests} requests; "
+                "tearing the workers down",
+            )
+        )
+
+    failure = new.get("failure")
+    if failure is not None and failure.get("generation") != res.generation:
+        new.pop("failure", None)
+        failure = None
+
+    if spec.shutdown or limit_gen is not None:
+        _stop(res, new, obs, plan, now, limit_gen is not None)
+    else:
+        _run(res, new, obs, plan, now, failure)
+
+    # Bookkeeping common to every path.
+    new["observedGeneration"] = res.generation
+    new["workers"] = workers_status(res, new, obs)
+    if new.get("phase") == "Serving" and not old.get("firstServingTime"):
+        new["firstServingTime"] = _ts(now)
+        if res.created is not None:
+            plan.time_to_serving = max(0.0, (now - res.created).total_seconds())
+    new["conditions"] = set_condition(
+        new.get("conditions", []),
+        "Ready",
+        new.get("phase") == "Serving",
+        "Serving" if new.get("phase") == "Serving" else str(new.get("phase")),
+        str(new.get("message", "")),
+        now,
+        res.generation,
+    )
+    if old.get("phase") != new.get("phase"):
+        events.append(
+            Event(
+                "Warning" if new.get("phase") == "Failed" else "Normal",
+                str(new.get("phase")),
+                str(new.get("message", "")),
+            )
+        )
+    old_workers = condition(old, "WorkersReady") or {}
+    new_workers = condition(new, "WorkersReady") or {}
+    if (
+        new_workers.get("status") == "False"
+        and new_workers.get("reason") not in ("Starting", "Stopped")
+        and old_workers.get("reason") != new_workers.get("reason")
+    ):
+        events.append(Event("Warning", "WorkerNotReady", str(new_workers.get("message", ""))))
+    plan.status = new
+    return plan
+
+
+def _stop(
+    res: Resource, new: dict[str, Any], obs: Observed, plan: Plan, now: datetime, limit: bool
+) -> None:
+    ctx = res.ctx
+    spec = ctx.spec
+    m = ctx.name
+    now_reason = "MaxRequestsReached" if limit else "ShutdownRequested"
+    # Coordinators first, then the workers.
+    if obs.serve is not None or obs.serve_pods:
+        plan.delete.append(Ref("apps/v1", "Deployment", builders.serve_deployment_name(m)))
+    if obs.client_service:
+        plan.delete.append(Ref("v1", "Service", builders.client_service_name(m)))
+    for job in obs.jobs:
+        plan.delete.append(Ref("batch/v1", "Job", job.name))
+    if new.get("sharing"):
+        new.pop("sharing", None)
+    if not spec.external:
+        if obs.statefulset:
+            plan.delete.append(Ref("apps/v1", "StatefulSet", builders.statefulset_name(m)))
+        storage = spec.workers.storage
+        if storage.medium == "Memory":
+            if new.get("sharesStored"):
+                plan.events.append(
+                    Event("Normal", "SharesDeleted", "memory storage: shares end with the workers")
+                )
+            new["sharesStored"] = False
+        elif storage.retain_policy == "Delete":
+            if new.get("sharesStored"):
+                plan.events.append(
+                    Event("Normal", "SharesDeleted", "retainPolicy Delete: worker volumes deleted")
+                )
+            new["sharesStored"] = False
+            for pvc in obs.pvcs:
+                plan.delete.append(Ref("v1", "PersistentVolumeClaim", pvc))
+    remaining = len(obs.worker_pods) + obs.serve_pods
+    stopped = remaining == 0 and obs.serve is None and not obs.statefulset
+    new["phase"] = "Stopped" if stopped else "ShuttingDown"
+    what = "request limit reached" if limit else "shutdown requested"
+    kept = "shares kept" if new.get("sharesStored") else "no shares kept"
+    new["message"] = (
+        f"{what}; workers and coordinator removed ({kept})"
+        if stopped
+        else f"{what}; removing workers and coordinator"
+    )
+    new.pop("endpoint", None)
+    g = res.generation
+    conds = new.get("conditions", [])
+    conds = set_condition(conds, "WorkersReady", False, "Stopped", what, now, g)
+    if new.get("sharesStored") and new.get("shareGeneration"):
+        conds = set_condition(
+            conds, "ModelShared", True, "Stored",
+            f"generation {new['shareGeneration']} stored on the worker volumes", now, g,
+        )  # fmt: skip
+    else:
+        conds = set_condition(conds, "ModelShared", False, "SharesDeleted", kept, now, g)
+    conds = set_condition(conds, "Serving", False, now_reason, what, now, g)
+    new["conditions"] = conds
+
+
+def _run(
+    res: Resource,
+    new: dict[str, Any],
+    obs: Observed,
+    plan: Plan,
+    now: datetime,
+    failure: Mapping[str, Any] | None,
+) -> None:
+    ctx = res.ctx
+    spec = ctx.spec
+    m = ctx.name
+    g = res.generation
+    model_hash = spec.model_hash
+    plan.apply.extend(builders.base_objects(ctx))
+
+    workers = assess_workers(res, obs)
+    conds = set_condition(
+        new.get("conditions", []), "WorkersReady", workers.ready, workers.reason,
+        workers.message, now, g,
+    )  # fmt: skip
+
+    # Are the stored shares still there?
+    shares_valid = bool(new.get("sharesStored")) and int(new.get("shareGeneration", 0) or 0) > 0
+    if shares_valid and not _shares_survive(res, new, obs.worker_pods):
+        shares_valid = False
+        new["sharesStored"] = False
+        plan.events.append(
+            Event(
+                "Warning",
+                "SharesLost",
+                "a worker with memory storage was replaced: its shares are gone; sharing again",
+            )
+        )
+    serving_gen = int(new.get("shareGeneration", 0) or 0) if shares_valid else 0
+    need_share = not (shares_valid and new.get("modelHash") == model_hash)
+
+    shared_reason, shared_msg = "Shared", f"generation {serving_gen} shared"
+    if need_share and failure is None:
+        shared_reason, shared_msg = _share(res, new, obs, plan, workers.ready)
+        failure = new.get("failure")
+        if shared_reason == "Shared":
+            serving_gen = int(new["shareGeneration"])
+            need_share = False
+    elif failure is not None:
+        shared_reason, shared_msg = str(failure.get("reason")), str(failure.get("message"))
+
+    # The serve Deployment runs the newest valid generation; during a re-share the old one
+    # keeps serving (the Deployment rolls only when the new generation is shared).
+    serve_ready = False
+    if serving_gen > 0:
+        plan.apply.extend(builders.serving_objects(ctx, serving_gen))
+        new["endpoint"] = builders.endpoint(ctx)
+        ss = obs.serve_status
+        serve_ready = (
+            obs.serve is not None
+            and obs.serve.ready
+            and obs.serve.generation == serving_gen
+            and (ss is None or (ss.ready and ss.share_generation in (None, serving_gen)))
+        )
+    else:
+        new.pop("endpoint", None)
+        if obs.serve is not None:
+            plan.delete.append(Ref("apps/v1", "Deployment", builders.serve_deployment_name(m)))
+
+    conds = set_condition(conds, "ModelShared", not need_share, shared_reason, shared_msg, now, g)
+    if serve_ready:
+        conds = set_condition(
+            conds, "Serving", True, "Serving",
+            f"generation {serving_gen} at {builders.endpoint(ctx)}", now, g,
+        )  # fmt: skip
+    elif serving_gen > 0:
+        conds = set_condition(
+            conds, "Serving", False, "Starting",
+            f"serve deployment starting (generation {serving_gen})", now, g,
+        )  # fmt: skip
+    else:
+        conds = set_condition(conds, "Serving", False, "NotShared", "no shares yet", now, g)
+    new["conditions"] = conds
+
+    if failure is not None:
+        phase, message = "Failed", str(failure.get("message"))
+        if serve_ready:
+            message += f" (generation {serving_gen} keeps serving)"
+    elif serve_ready and not need_share:
+        phase, message = "Serving", f"generation {serving_gen} at {builders.endpoint(ctx)}"
+    elif need_share and obs.source_missing:
+        phase, message = "Pending", obs.source_missing
+    elif not workers.ready:
+        phase, message = "Provisioning", workers.message
+    elif need_share:
+        phase, message = "Sharing", shared_msg
+    else:
+        phase, message = "Provisioning", f"serve deployment starting (generation {serving_gen})"
+    new["phase"] = phase
+    new["message"] = message
+    new.setdefault("shareGeneration", 0)
+    new.setdefault("requestsServed", 0)
+
+
+def _share(
+    res: Resource,
+    new: dict[str, Any],
+    obs: Observed,
+    plan: Plan,
+    workers_ready: bool,
+) -> tuple[str, str]:
+    """Drive the share Job. Returns the ModelShared (reason, message)."""
+    ctx = res.ctx
+    m = ctx.name
+    model_hash = ctx.spec.model_hash
+    if obs.source_missing:
+        return "SourceMissing", obs.source_missing
+    if not workers_ready:
+        return "WaitingForWorkers", "the share Job starts when 3/3 workers are ready"
+
+    sharing = new.get("sharing") or None
+    if sharing is not None and sharing.get("modelHash") != model_hash:
+        # spec.model changed while sharing: that generation is obsolete.
+        stale = _job_for(obs, int(sharing.get("generation", 0)))
+        if stale is not None:
+            plan.delete.append(Ref("batch/v1", "Job", stale.name))
+        sharing = None
+    if sharing is None:
+        shared_gen = int(new.get("shareGeneration", 0) or 0)
+        # After an operator restart, adopt a Job already made for this model: never a second.
+        adopt = [
+            j for j in obs.jobs
+            if j.model_hash == model_hash and j.generation > shared_gen and j.phase != "failed"
+        ]  # fmt: skip
+        if adopt:
+            gen = max(j.generation for j in adopt)
+        else:
+            known = [shared_gen, int((new.get("sharing") or {}).get("generation", 0) or 0)]
+            known += [j.generation for j in obs.jobs]
+            gen = max(known) + 1
+            plan.events.append(
+                Event("Normal", "ShareStarted", f"sharing the model as generation {gen}")
+            )
+        sharing = {"generation": gen, "modelHash": model_hash}
+    new["sharing"] = sharing
+    gen = int(sharing["generation"])
+    job = _job_for(obs, gen)
+
+    if job is None or job.phase == "active":
+        plan.apply.append(builders.share_job(ctx, gen))
+        return "Sharing", f"share job {builders.share_job_name(m, gen)} running"
+
+    seconds = _duration(job)
+    if job.phase == "succeeded":
+        new["shareGeneration"] = gen
+        new["modelHash"] = model_hash
+        new["sharesStored"] = True
+        new["shareWorkerUIDs"] = [p.uid for p in obs.worker_pods]
+        new.pop("sharing", None)
+        if seconds is not None:
+            plan.share_durations.append(("succeeded", seconds))
+        plan.events.append(
+            Event("Normal", "ModelShared", f"generation {gen} shared across the three workers")
+        )
+        for j in obs.jobs:
+            if j.generation != gen:
+                plan.delete.append(Ref("batch/v1", "Job", j.name))
+        return "Shared", f"generation {gen} shared"
+
+    # Failed: exit 2 = the model itself is invalid (its message names the cause).
+    invalid = job.exit_code == api.EXIT_INVALID_MODEL
+    reason = "InvalidModel" if invalid else "ShareJobFailed"
+    message = job.message or f"share job {job.name} failed"
+    if not invalid and job.exit_code is not None:
+        message = f"share job {job.name} failed (exit {job.exit_code}): {message}"
+    new["failure"] = {"generation": res.generation, "reason": reason, "message": message}
+    new.pop("sharing", None)
+    if seconds is not None:
+        plan.share_durations.append(("failed", seconds))
+    return reason, message

@@ -1,0 +1,244 @@
+"""The EncryptedModel spec as typed, immutable values, with the CRD's defaults applied.
+
+The API server applies the same defaults (structural schema); applying them here too keeps
+the builders total when the operator sees an object written before a default existed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Protocol = Literal["ABY3", "SecureNN"]
+Spread = Literal["Preferred", "Required"]
+Medium = Literal["PersistentVolumeClaim", "Memory"]
+RetainPolicy = Literal["Retain", "Delete"]
+
+DEFAULT_PROTOCOL: Protocol = "ABY3"
+DEFAULT_MAX_BATCH_SIZE = 32
+DEFAULT_MAX_WAIT_MS = 5
+DEFAULT_TOKEN_KEY = "token"
+DEFAULT_SPREAD: Spread = "Preferred"
+DEFAULT_MEDIUM: Medium = "PersistentVolumeClaim"
+DEFAULT_STORAGE_SIZE = "1Gi"
+DEFAULT_RETAIN_POLICY: RetainPolicy = "Retain"
+DEFAULT_EXTERNAL_HTTP_PORT = 8081
+
+
+class SpecError(ValueError):
+    """The spec cannot be acted on (the API server's validation should prevent this)."""
+
+
+@dataclass(frozen=True)
+class KeyRef:
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class PvcPath:
+    claim_name: str
+    path: str
+
+
+@dataclass(frozen=True)
+class UrlSource:
+    url: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    config_map: KeyRef | None = None
+    secret: KeyRef | None = None
+    pvc: PvcPath | None = None
+    url: UrlSource | None = None
+
+
+@dataclass(frozen=True)
+class Serving:
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    max_wait_ms: int = DEFAULT_MAX_WAIT_MS
+    max_requests: int | None = None
+    token_secret: KeyRef | None = None
+    resources: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Storage:
+    medium: Medium = DEFAULT_MEDIUM
+    size: str = DEFAULT_STORAGE_SIZE
+    storage_class_name: str | None = None
+    retain_policy: RetainPolicy = DEFAULT_RETAIN_POLICY
+
+
+@dataclass(frozen=True)
+class ExternalWorker:
+    host: str
+    port: int
+    http_port: int = DEFAULT_EXTERNAL_HTTP_PORT
+
+
+@dataclass(frozen=True)
+class Workers:
+    image: str | None = None
+    image_pull_policy: str | None = None
+    resources: Mapping[str, Any] = field(default_factory=dict)
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    runtime_class_name: str | None = None
+    spread: Spread = DEFAULT_SPREAD
+    storage: Storage = field(default_factory=Storage)
+    external: tuple[ExternalWorker, ...] = ()
+
+
+@dataclass(frozen=True)
+class EncryptedModelSpec:
+    model: ModelSource
+    protocol: Protocol = DEFAULT_PROTOCOL
+    serving: Serving = field(default_factory=Serving)
+    workers: Workers = field(default_factory=Workers)
+    shutdown: bool = False
+    # The raw spec.model, for the model digest.
+    raw_model: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def external(self) -> bool:
+        return bool(self.workers.external)
+
+    @property
+    def model_hash(self) -> str:
+        return model_hash(self.raw_model)
+
+
+def model_hash(raw_model: Mapping[str, Any]) -> str:
+    """A short digest of spec.model: a change means the model must be shared again."""
+    canonical = json.dumps(raw_model, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _obj(d: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    v = d.get(key)
+    if v is None:
+        return {}
+    if not isinstance(v, Mapping):
+        raise SpecError(f"{key} must be an object")
+    return v
+
+
+def _str(d: Mapping[str, Any], key: str, where: str) -> str:
+    v = d.get(key)
+    if not isinstance(v, str) or not v:
+        raise SpecError(f"{where}.{key} must be a non-empty string")
+    return v
+
+
+def _int(d: Mapping[str, Any], key: str, default: int, where: str, minimum: int) -> int:
+    v = d.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise SpecError(f"{where}.{key} must be an integer >= {minimum}")
+    return v
+
+
+def _key_ref(d: Mapping[str, Any], where: str, default_key: str | None = None) -> KeyRef:
+    key = d.get("key", default_key)
+    if not isinstance(key, str) or not key:
+        raise SpecError(f"{where}.key must be a non-empty string")
+    return KeyRef(name=_str(d, "name", where), key=key)
+
+
+def parse_model(raw: Mapping[str, Any]) -> ModelSource:
+    sources = [k for k in ("configMap", "secret", "pvc", "url") if raw.get(k) is not None]
+    if len(sources) != 1:
+        raise SpecError("exactly one model source must be set: configMap, secret, pvc or url")
+    (kind,) = sources
+    d = _obj(raw, kind)
+    if kind == "configMap":
+        return ModelSource(config_map=_key_ref(d, "model.configMap"))
+    if kind == "secret":
+        return ModelSource(secret=_key_ref(d, "model.secret"))
+    if kind == "pvc":
+        path = _str(d, "path", "model.pvc")
+        if path.startswith("/") or ".." in path.split("/"):
+            raise SpecError("model.pvc.path must be relative and must not contain '..'")
+        return ModelSource(pvc=PvcPath(claim_name=_str(d, "claimName", "model.pvc"), path=path))
+    return ModelSource(
+        url=UrlSource(url=_str(d, "url", "model.url"), sha256=_str(d, "sha256", "model.url"))
+    )
+
+
+def parse_spec(raw: Mapping[str, Any]) -> EncryptedModelSpec:
+    """Parse spec (a dict as the API server returns it) into typed values, with defaults."""
+    raw_model = _obj(raw, "model")
+    model = parse_model(raw_model)
+
+    protocol = raw.get("protocol", DEFAULT_PROTOCOL)
+    if protocol not in ("ABY3", "SecureNN"):
+        raise SpecError(f"protocol must be ABY3 or SecureNN, not {protocol!r}")
+
+    s = _obj(raw, "serving")
+    max_requests = s.get("maxRequests")
+    if max_requests is not None:
+        max_requests = _int(s, "maxRequests", 1, "serving", 1)
+    token = _obj(s, "tokenSecretRef")
+    serving = Serving(
+        max_batch_size=_int(s, "maxBatchSize", DEFAULT_MAX_BATCH_SIZE, "serving", 1),
+        max_wait_ms=_int(s, "maxWaitMs", DEFAULT_MAX_WAIT_MS, "serving", 0),
+        max_requests=max_requests,
+        token_secret=(
+            _key_ref(token, "serving.tokenSecretRef", DEFAULT_TOKEN_KEY) if token else None
+        ),
+        resources=dict(_obj(s, "resources")),
+    )
+
+    w = _obj(raw, "workers")
+    st = _obj(w, "storage")
+    medium = st.get("medium", DEFAULT_MEDIUM)
+    if medium not in ("PersistentVolumeClaim", "Memory"):
+        raise SpecError(
+            f"workers.storage.medium must be PersistentVolumeClaim or Memory, not {medium!r}"
+        )
+    retain = st.get("retainPolicy", DEFAULT_RETAIN_POLICY)
+    if retain not in ("Retain", "Delete"):
+        raise SpecError(f"workers.storage.retainPolicy must be Retain or Delete, not {retain!r}")
+    spread = w.get("spread", DEFAULT_SPREAD)
+    if spread not in ("Preferred", "Required"):
+        raise SpecError(f"workers.spread must be Preferred or Required, not {spread!r}")
+    external_raw = w.get("external") or []
+    if external_raw and len(external_raw) != 3:
+        raise SpecError("external workers: exactly three are required (server0, server1, server2)")
+    external = tuple(
+        ExternalWorker(
+            host=_str(e, "host", f"workers.external[{i}]"),
+            port=_int(e, "port", 0, f"workers.external[{i}]", 1),
+            http_port=_int(e, "httpPort", DEFAULT_EXTERNAL_HTTP_PORT, f"workers.external[{i}]", 1),
+        )
+        for i, e in enumerate(external_raw)
+    )
+    workers = Workers(
+        image=w.get("image") or None,
+        image_pull_policy=w.get("imagePullPolicy") or None,
+        resources=dict(_obj(w, "resources")),
+        node_selector=dict(_obj(w, "nodeSelector")),
+        tolerations=tuple(dict(t) for t in (w.get("tolerations") or [])),
+        runtime_class_name=w.get("runtimeClassName") or None,
+        spread=spread,
+        storage=Storage(
+            medium=medium,
+            size=str(st.get("size", DEFAULT_STORAGE_SIZE)),
+            storage_class_name=st.get("storageClassName") or None,
+            retain_policy=retain,
+        ),
+        external=external,
+    )
+    return EncryptedModelSpec(
+        model=model,
+        protocol=protocol,
+        serving=serving,
+        workers=workers,
+        shutdown=bool(raw.get("shutdown", False)),
+        raw_model=dict(raw_model),
+    )
