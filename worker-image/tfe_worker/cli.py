@@ -1,0 +1,45 @@
+"""tfe-worker: player | share | serve | local."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import List, Optional
+
+USAGE = """usage: tfe-worker COMMAND [ARGS]
+
+commands:
+  player NAME --config F --state DIR    a TF Encrypted player (tf gRPC + HTTP side)
+  share --config F --model M --name N   secret-share a Keras model across the players
+  serve --config F --name N --port P    the coordinator and client endpoint
+  local --model M --name N --port P     all of the above on this machine
+"""
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if args else 2
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=os.environ.get("TFE_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    cmd, rest = args[0], args[1:]
+    if cmd == "player":
+        from tfe_worker.player import main as run
+    elif cmd == "share":
+        from tfe_worker.share import main as run
+    elif cmd == "serve":
+        from tfe_worker.serve import main as run
+    elif cmd == "local":
+        from tfe_worker.local import main as run
+    else:
+        print(f"tfe-worker: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    return run(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

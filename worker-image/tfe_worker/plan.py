@@ -1,0 +1,231 @@
+"""Turn a Keras model into a private-inference plan, before anything is shared.
+
+A plan is the public architecture (a list of simple layer specs) plus the plaintext weights
+it needs. It is built only in the share job. Unsupported layers are refused here with a
+message that names the layer; BatchNormalization is folded into the preceding layer; a final
+softmax/sigmoid is stripped and recorded so that the client applies it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+SUPPORTED = ("Dense", "Conv2D", "DepthwiseConv2D", "ReLU", "Activation(relu|sigmoid|linear)",
+             "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D",
+             "Flatten", "Reshape", "BatchNormalization (folded into the preceding Dense/Conv)",
+             "Dropout (identity at inference)", "final Softmax/sigmoid (applied by the client)")
+_WEIGHTED = ("Dense", "Conv2D", "DepthwiseConv2D")
+_DROPOUTS = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "GaussianDropout", "GaussianNoise", "AlphaDropout")
+INPUT_BOUND = 2.0 ** 11  # fixed point: 11 integral bits
+
+
+class ModelError(ValueError):
+    """The model cannot be served privately; the message says what to change."""
+
+
+@dataclass
+class LayerSpec:
+    kind: str
+    config: Dict[str, Any]
+    weights: List[np.ndarray] = field(default_factory=list)
+
+    def public(self) -> Dict[str, Any]:
+        return {"kind": self.kind, "config": self.config, "weightShapes": [list(w.shape) for w in self.weights]}
+
+
+@dataclass
+class Plan:
+    input_shape: Tuple[int, ...]
+    output_shape: Tuple[int, ...]
+    layers: List[LayerSpec]
+    postprocess: str
+    digest: str
+
+    @property
+    def weights(self) -> List[np.ndarray]:
+        return [w for layer in self.layers for w in layer.weights]
+
+    def public(self) -> Dict[str, Any]:
+        return {"inputShape": list(self.input_shape), "outputShape": list(self.output_shape),
+                "layers": [layer.public() for layer in self.layers], "postprocess": self.postprocess,
+                "modelDigest": self.digest}
+
+
+def file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    if os.path.isdir(path):  # SavedModel directory: hash every file, in a stable order
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            for name in sorted(files):
+                full = os.path.join(root, name)
+                h.update(os.path.relpath(full, path).encode())
+                with open(full, "rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        h.update(chunk)
+    else:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _act_name(layer: Any) -> str:
+    act = getattr(layer, "activation", None)
+    name = getattr(act, "__name__", None) or str(act)
+    return "linear" if name in ("linear", "None") else name
+
+
+def _unsupported(layer: Any, why: str = "") -> ModelError:
+    extra = f": {why}" if why else ""
+    return ModelError(f"unsupported layer '{layer.name}' ({type(layer).__name__}){extra}; "
+                      f"supported: {', '.join(SUPPORTED)}")
+
+
+def _chain(model: Any) -> List[Any]:
+    """The model's layers, if they form one chain (Sequential or a linear functional model)."""
+    import tensorflow as tf
+
+    if isinstance(model, tf.keras.Sequential):
+        return list(model.layers)
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ModelError("only single-input, single-output models can be served privately")
+    layers = [lay for lay in model.layers if type(lay).__name__ != "InputLayer"]
+    prev = model.inputs[0]
+    for lay in layers:
+        if lay.input is not prev and getattr(lay.input, "ref", lambda: None)() != prev.ref():
+            raise ModelError(f"layer '{lay.name}' does not take the previous layer's output: only a plain "
+                             f"chain of layers (Sequential-shaped model) can be served privately")
+        prev = lay.output
+    return layers
+
+
+def _fold_bn(prev: LayerSpec, bn: Any) -> None:
+    gamma, beta, mean, var = (bn.gamma.numpy() if bn.gamma is not None else None,
+                              bn.beta.numpy() if bn.beta is not None else None,
+                              bn.moving_mean.numpy(), bn.moving_variance.numpy())
+    scale = (gamma if gamma is not None else 1.0) / np.sqrt(var + bn.epsilon)
+    shift = (beta if beta is not None else 0.0) - mean * scale
+    kernel = prev.weights[0]
+    if prev.kind == "DepthwiseConv2D":
+        kh, kw, cin, mult = kernel.shape
+        kernel = kernel * scale.reshape(cin, mult)
+    else:
+        kernel = kernel * scale  # last axis is the output channel for Dense and Conv2D
+    bias = prev.weights[1] if prev.config.get("use_bias") else np.zeros(scale.shape, kernel.dtype)
+    prev.weights = [kernel.astype(np.float32), (bias * scale + shift).astype(np.float32)]
+    prev.config["use_bias"] = True
+
+
+def build_plan(model: Any, digest: str) -> Plan:
+    """Analyse a loaded tf.keras model. Raises ModelError naming the first offending layer."""
+    layers = _chain(model)
+    in_shape = tuple(int(d) for d in model.input_shape[1:]) if model.input_shape else ()
+    if not in_shape or any(d is None for d in model.input_shape[1:]):
+        raise ModelError(f"the model input must have a fixed shape (got {model.input_shape}); "
+                         f"build the model with an explicit input_shape")
+    out: List[LayerSpec] = []
+    post = "none"
+    for pos, lay in enumerate(layers):
+        kind = type(lay).__name__
+        last = pos == len(layers) - 1
+        if kind == "InputLayer" or kind in _DROPOUTS:
+            continue
+        if kind in _WEIGHTED:
+            act = _act_name(lay)
+            if act in ("softmax", "sigmoid") and last:
+                post, act = act, "linear"
+            elif act not in ("linear", "relu", "sigmoid"):
+                raise _unsupported(lay, f"activation '{act}' (only relu, sigmoid and a final softmax)")
+            cfg: Dict[str, Any] = {"activation": None if act == "linear" else act, "use_bias": bool(lay.use_bias)}
+            if kind == "Dense":
+                if len(lay.input_shape) != 2:
+                    raise _unsupported(lay, f"Dense on a rank-{len(lay.input_shape)} input; add Flatten first")
+                cfg["units"] = int(lay.units)
+            else:
+                if tuple(lay.dilation_rate) != (1, 1):
+                    raise _unsupported(lay, "dilation_rate other than 1")
+                if lay.data_format != "channels_last":
+                    raise _unsupported(lay, "data_format must be channels_last")
+                cfg.update(kernel_size=list(lay.kernel_size), strides=list(lay.strides), padding=lay.padding.upper())
+                if kind == "Conv2D":
+                    if getattr(lay, "groups", 1) != 1:
+                        raise _unsupported(lay, "grouped convolution")
+                    cfg["filters"] = int(lay.filters)
+                else:
+                    cfg["depth_multiplier"] = int(lay.depth_multiplier)
+            out.append(LayerSpec(kind, cfg, [np.asarray(w, np.float32) for w in lay.get_weights()]))
+        elif kind == "BatchNormalization":
+            prev = out[-1] if out else None
+            if prev is None or prev.kind not in _WEIGHTED or prev.config.get("activation"):
+                raise _unsupported(lay, "BatchNormalization must directly follow a Dense/Conv2D/DepthwiseConv2D "
+                                        "layer with a linear activation, so that it can be folded into it")
+            _fold_bn(prev, lay)
+        elif kind == "ReLU":
+            if lay.max_value is not None or float(lay.negative_slope) != 0.0 or float(lay.threshold) != 0.0:
+                raise _unsupported(lay, "only the plain ReLU (no max_value, slope or threshold)")
+            out.append(LayerSpec("ReLU", {}))
+        elif kind in ("Activation", "Softmax"):
+            act = "softmax" if kind == "Softmax" else _act_name(lay)
+            if act in ("softmax", "sigmoid") and last:
+                post = act
+            elif act == "linear":
+                continue
+            elif act in ("relu", "sigmoid"):
+                out.append(LayerSpec("Activation", {"activation": act}))
+            else:
+                raise _unsupported(lay, f"activation '{act}'" + (" (softmax only as the last layer)"
+                                                                 if act == "softmax" else ""))
+        elif kind in ("MaxPooling2D", "AveragePooling2D"):
+            out.append(LayerSpec(kind, {"pool_size": list(lay.pool_size), "strides": list(lay.strides),
+                                        "padding": lay.padding.upper()}))
+        elif kind in ("GlobalAveragePooling2D", "GlobalMaxPooling2D"):
+            out.append(LayerSpec(kind, {}))
+        elif kind == "Flatten":
+            out.append(LayerSpec("Flatten", {}))
+        elif kind == "Reshape":
+            out.append(LayerSpec("Reshape", {"target_shape": [int(d) for d in lay.target_shape]}))
+        else:
+            raise _unsupported(lay)
+    if not any(s.kind in _WEIGHTED for s in out):
+        raise ModelError("the model has no Dense or convolution layer: nothing to serve privately")
+    for s in out:
+        for w in s.weights:
+            if w.size and float(np.max(np.abs(w))) >= INPUT_BOUND:
+                raise ModelError(f"a weight of layer kind {s.kind} has magnitude >= 2^11 and cannot be "
+                                 f"represented in fixed point; rescale the model")
+    out_shape = tuple(int(d) for d in model.output_shape[1:])
+    return Plan(in_shape, out_shape, out, post, digest)
+
+
+def load_keras(path: str) -> Any:
+    """Load an .h5 / .keras file or a SavedModel directory without compiling it."""
+    import tensorflow as tf
+
+    if not os.path.exists(path):
+        raise ModelError(f"model file {path} does not exist")
+    try:
+        return tf.keras.models.load_model(path, compile=False)
+    except (OSError, ValueError, ImportError) as e:
+        raise ModelError(f"cannot load {os.path.basename(path)} as a Keras model: {str(e).splitlines()[0][:300]}") \
+            from None
+
+
+def tfe_layer_args(spec: Dict[str, Any], batch_input_shape: Optional[List[int]]) -> Dict[str, Any]:
+    """Constructor kwargs for the tfe.keras layer of a public layer spec."""
+    args = dict(spec["config"])
+    if "kernel_size" in args:
+        args["kernel_size"] = tuple(args["kernel_size"])
+        args["strides"] = tuple(args["strides"])
+    if "pool_size" in args:
+        args["pool_size"] = tuple(args["pool_size"])
+        args["strides"] = tuple(args["strides"]) if args.get("strides") else None
+    if "target_shape" in args:
+        args["target_shape"] = tuple(args["target_shape"])
+    if batch_input_shape is not None:
+        args["batch_input_shape"] = batch_input_shape
+    return args

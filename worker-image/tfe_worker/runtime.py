@@ -1,0 +1,146 @@
+"""TF Encrypted glue for the coordinator side (share job and serve).
+
+Everything that touches shares runs pinned to the owning player's device: reading and
+writing share pairs happens on that player's own disk, so share bytes never pass through
+the coordinator. Paths are relative to each player's working directory (its state dir).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Dict, List, Optional, Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tf_encrypted as tfe  # noqa: E402
+from tf_encrypted.config import RemoteConfig  # noqa: E402
+from tf_encrypted.protocol.aby3.aby3_tensors import ABY3PrivateTensor, ShareType  # noqa: E402
+from tf_encrypted.tensor import int64factory  # noqa: E402
+
+from tfe_worker.config import Config  # noqa: E402
+from tfe_worker.plan import tfe_layer_args  # noqa: E402
+
+log = logging.getLogger("tfe_worker.runtime")
+PROTOCOLS = ("ABY3",)
+
+
+class FreshABY3(tfe.protocol.ABY3):  # type: ignore[misc]
+    """ABY3 whose correlated randomness is fresh on every call of a compiled graph.
+
+    Stock ABY3 derives every mask seed as pairwise_key + nonce, where the nonce is a Python
+    counter advanced only while *tracing*. A tf.function traced once therefore reuses the
+    same masks on every call. Here a public per-call counter (a graph input) is mixed into
+    every nonce: seed = key + [n, n + lo, n + hi, n, ...] with (lo, hi) the two 32-bit halves
+    of the 64-bit call counter. Seeds are then distinct for distinct (n, call) pairs. The
+    pairwise keys are fresh for every protocol instance (new coordinator connection), and
+    the counter is strictly increasing within one, so a seed never repeats under a key.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._call: Optional[tf.Tensor] = None
+        super().__init__(*args, **kwargs)
+
+    def _vec(self) -> tf.Tensor:
+        halves = tf.bitcast(tf.reshape(self._call, [1]), tf.int32)  # [lo, hi] (little endian)
+        return tf.pad(tf.reshape(halves, [2]), [[1, 5]])  # [0, lo, hi, 0, 0, 0, 0, 0]
+
+    def pairwise_nonces(self) -> Any:
+        n = super().pairwise_nonces()
+        return n if self._call is None else [self._vec() + int(v) for v in n]
+
+    def b2a_nonce(self) -> Any:
+        n = super().b2a_nonce()
+        return n if self._call is None else self._vec() + int(n)
+
+
+def connect(config: Config, coordinator: str, protocol: str = "ABY3") -> FreshABY3:
+    """Join the three players as job 'coordinator' at a stable, routable address.
+
+    TFE's own connect_servers() advertises 'localhost:<random port>', which a remote worker
+    cannot reach back and which changes on every reconnect.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol {protocol!r} is not supported for serving; use one of {PROTOCOLS}")
+    rc = RemoteConfig(config.hostmap)
+    tfe.set_config(rc)
+    cluster = tf.train.ClusterSpec({"tfe": rc.hosts, "coordinator": [coordinator]})
+    tf.config.experimental_connect_to_cluster(cluster, job_name="coordinator", task_index=0)
+    prot = FreshABY3()
+    tfe.set_protocol(prot)
+    return prot
+
+
+def devices(prot: FreshABY3) -> List[str]:
+    return [s.device_name for s in prot.servers]
+
+
+def write_pair(prot: FreshABY3, x: ABY3PrivateTensor, path: Any) -> List[tf.Operation]:
+    """Player i writes ITS pair (x_i, x_{i+1}) to `path` on its own disk."""
+    ops = []
+    for i in range(3):
+        with tf.device(prot.servers[i].device_name):
+            s0, s1 = (s.value for s in x.unwrapped[i])
+            ops.append(tf.io.write_file(path, tf.io.serialize_tensor(tf.stack([s0, s1]))))
+    return ops
+
+
+def read_pair(prot: FreshABY3, path: Any, shape: Sequence[int]) -> ABY3PrivateTensor:
+    """Each player parses its own file; returns the replicated private tensor."""
+    shares: List[List[Any]] = [[None, None] for _ in range(3)]
+    for i in range(3):
+        with tf.device(prot.servers[i].device_name):
+            pair = tf.io.parse_tensor(tf.io.read_file(path), tf.int64)
+            pair = tf.ensure_shape(pair, [2] + list(shape))
+            shares[i] = [int64factory.tensor(pair[0], encode=False), int64factory.tensor(pair[1], encode=False)]
+    return ABY3PrivateTensor(prot, shares, True, ShareType.ARITHMETIC)
+
+
+def read_raw_pair(prot: FreshABY3, path: Any, shape: Sequence[int]) -> ABY3PrivateTensor:
+    """Like read_pair, for raw little-endian int64 files written by a player's ingress."""
+    shares: List[List[Any]] = [[None, None] for _ in range(3)]
+    for i in range(3):
+        with tf.device(prot.servers[i].device_name):
+            raw = tf.io.decode_raw(tf.io.read_file(path), tf.int64, little_endian=True)
+            pair = tf.reshape(raw, [2] + list(shape))
+            shares[i] = [int64factory.tensor(pair[0], encode=False), int64factory.tensor(pair[1], encode=False)]
+    return ABY3PrivateTensor(prot, shares, True, ShareType.ARITHMETIC)
+
+
+def write_public(prot: FreshABY3, text: str, path: str) -> None:
+    """Public metadata replicated to every player's disk."""
+    for i in range(3):
+        with tf.device(prot.servers[i].device_name):
+            tf.io.write_file(path, tf.constant(text))
+
+
+def share_weights(prot: FreshABY3, weights: Sequence[np.ndarray], prefix: str) -> None:
+    """Secret-share plaintext weights; each player writes its own pairs under prefix/."""
+    for k, w in enumerate(weights):
+        x = prot.define_private_variable(w)
+        write_pair(prot, x.read_value(), f"{prefix}/w{k}.tp")
+
+
+def build_model(manifest: Dict[str, Any], batch: int) -> Any:
+    """tfe.keras Sequential with the manifest's architecture and a fixed batch size."""
+    layers = []
+    for pos, spec in enumerate(manifest["layers"]):
+        cls = getattr(tfe.keras.layers, spec["kind"])
+        bis = [batch] + list(manifest["inputShape"]) if pos == 0 else None
+        layers.append(cls(**tfe_layer_args(spec, bis)))
+    if not layers or manifest["layers"][0]["kind"] in ("ReLU", "Activation"):
+        raise ValueError("the first layer of a private model must have parameters or a shape")
+    return tfe.keras.Sequential(layers)
+
+
+def load_weights(prot: FreshABY3, model: Any, manifest: Dict[str, Any], prefix: str) -> None:
+    """Assign the players' stored share pairs to the model's private variables, on the players."""
+    k = 0
+    for layer, spec in zip(model.layers, manifest["layers"]):
+        shapes = spec["weightShapes"]
+        if not shapes:
+            continue
+        layer.set_weights([read_pair(prot, f"{prefix}/w{k + j}.tp", s) for j, s in enumerate(shapes)])
+        k += len(shapes)

@@ -1,0 +1,125 @@
+"""The share job: the only process that ever holds the plaintext weights.
+
+Loads the Keras model, refuses what cannot be served privately (exit 2, reason on stderr and
+in the termination log), secret-shares the weights, and has each player persist ITS OWN pairs
+and the public manifest under models/NAME/GENERATION/ on its own disk. Nothing is written
+to this process's disk but a downloaded model file in a private temp dir, removed on exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+import urllib.request
+from typing import List, Optional
+
+from tfe_client.fixedpoint import DEFAULT as FIXED_POINT
+from tfe_worker.config import Config
+from tfe_worker.plan import ModelError, build_plan, file_digest, load_keras
+from tfe_worker.workers import wait_ready
+
+log = logging.getLogger("tfe_worker.share")
+EXIT_INVALID = 2
+MAX_DOWNLOAD = 2 << 30
+
+
+def fetch_model(src: str, sha256: Optional[str], tmp: str) -> str:
+    """Return a local path for src (a file, a SavedModel dir, or an http(s) URL)."""
+    if src.startswith(("http://", "https://")):
+        if not sha256:
+            raise ModelError("a model URL needs --sha256 (spec.model.url.sha256) so that its content is pinned")
+        name = os.path.basename(src.split("?", 1)[0]) or "model.h5"
+        path = os.path.join(tmp, name)
+        h = hashlib.sha256()
+        n = 0
+        try:
+            with urllib.request.urlopen(src, timeout=60) as r, open(path, "wb") as f:  # noqa: S310 - http(s) only
+                for chunk in iter(lambda: r.read(1 << 20), b""):
+                    n += len(chunk)
+                    if n > MAX_DOWNLOAD:
+                        raise ModelError(f"model download exceeds {MAX_DOWNLOAD} bytes")
+                    h.update(chunk)
+                    f.write(chunk)
+        except OSError as e:
+            raise OSError(f"cannot download the model from {src}: {e}") from None
+        if h.hexdigest() != sha256.lower():
+            raise ModelError(f"sha256 of the downloaded model is {h.hexdigest()}, expected {sha256.lower()}")
+        return path
+    if not os.path.exists(src):
+        raise ModelError(f"model file {src} does not exist")
+    if sha256 and file_digest(src) != sha256.lower():
+        raise ModelError(f"sha256 of {os.path.basename(src)} is {file_digest(src)}, expected {sha256.lower()}")
+    if os.path.isfile(src) and not src.endswith((".h5", ".keras", ".hdf5")):
+        # ConfigMap/Secret keys carry no extension: Keras picks the loader by suffix.
+        link = os.path.join(tmp, "model.h5")
+        os.symlink(os.path.abspath(src), link)
+        return link
+    return src
+
+
+def run(config: Config, model_src: str, sha256: Optional[str], name: str, generation: int, coordinator: str,
+        protocol: str, ready_timeout: float) -> None:
+    tmp = tempfile.mkdtemp(prefix="tfe-share-")
+    try:
+        path = fetch_model(model_src, sha256, tmp)
+        digest = file_digest(path)
+        plan = build_plan(load_keras(path), digest)
+        log.info("model %s: %d private layers, input %s, output %s, postprocess %s", name, len(plan.layers),
+                 list(plan.input_shape), list(plan.output_shape), plan.postprocess)
+        wait_ready(config, ready_timeout)
+        from tfe_worker import runtime
+
+        t0 = time.monotonic()
+        prot = runtime.connect(config, coordinator, protocol)
+        prefix = f"models/{name}/{generation}"
+        runtime.share_weights(prot, plan.weights, prefix)
+        manifest = dict(plan.public(), name=name, generation=generation, protocol=protocol,
+                        fixedPoint=FIXED_POINT.to_dict(), createdAt=int(time.time()))
+        runtime.write_public(prot, json.dumps(manifest), f"{prefix}/manifest.json")  # last: marks completion
+        log.info("model %s generation %d shared across 3 workers in %.1fs (%d weight tensors)", name, generation,
+                 time.monotonic() - t0, len(plan.weights))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _termination(path: str, msg: str) -> None:
+    try:
+        with open(path, "w") as f:
+            f.write(msg[:4000])
+    except OSError:
+        pass
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="tfe-worker share")
+    p.add_argument("--config", required=True)
+    p.add_argument("--model", required=True, help="path to .h5/.keras/SavedModel, or http(s) URL (needs --sha256)")
+    p.add_argument("--sha256")
+    p.add_argument("--name", required=True)
+    p.add_argument("--generation", type=int, default=1)
+    p.add_argument("--coordinator-address", required=True, help="host:port the workers can reach this job at")
+    p.add_argument("--protocol", default="ABY3")
+    p.add_argument("--ready-timeout", type=float, default=300.0)
+    p.add_argument("--termination-log", default="/dev/termination-log")
+    a = p.parse_args(argv)
+    try:
+        run(Config.load(a.config), a.model, a.sha256, a.name, a.generation, a.coordinator_address, a.protocol,
+            a.ready_timeout)
+    except ModelError as e:
+        msg = f"model rejected: {e}"
+        print(msg, file=sys.stderr)
+        _termination(a.termination_log, msg)
+        return EXIT_INVALID
+    except (ValueError, TimeoutError) as e:
+        msg = f"share failed: {e}"
+        print(msg, file=sys.stderr)
+        _termination(a.termination_log, msg)
+        return EXIT_INVALID if isinstance(e, ValueError) else 1
+    return 0
