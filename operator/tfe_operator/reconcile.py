@@ -431,7 +431,7 @@ def _run(
         phase, message = "Failed", str(failure.get("message"))
         if serve_ready:
             message += f" (generation {serving_gen} keeps serving)"
-    elif serve_ready and not need_share:
+    elif serve_ready and not need_share and workers.ready:
         phase, message = "Serving", f"generation {serving_gen} at {builders.endpoint(ctx)}"
     elif need_share and obs.source_missing:
         phase, message = "Pending", obs.source_missing

@@ -1,0 +1,782 @@
+"""Whole-object tests of every builder: complete dicts, parametrized over spec variants."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+from operator_testlib import make_ctx
+
+from tfe_operator import builders
+from tfe_operator.settings import Settings
+
+OWNER = {
+    "apiVersion": "tfe.dev/v1alpha1",
+    "kind": "EncryptedModel",
+    "name": "digits",
+    "uid": "uid-1",
+    "controller": True,
+    "blockOwnerDeletion": True,
+}
+IMAGE = "tfe-operator/worker:0.1.0"
+
+
+def labels(component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "encryptedmodel",
+        "app.kubernetes.io/instance": "digits",
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/managed-by": "tfe-operator",
+        "app.kubernetes.io/part-of": "tfe-operator",
+        "tfe.dev/model": "digits",
+    }
+
+
+def sel(component: str) -> dict[str, str]:
+    return {"tfe.dev/model": "digits", "app.kubernetes.io/component": component}
+
+
+def meta(name: str, component: str, **extra: Any) -> dict[str, Any]:
+    m: dict[str, Any] = {
+        "name": name,
+        "namespace": "ml",
+        "labels": labels(component),
+        "ownerReferences": [OWNER],
+    }
+    m.update(extra)
+    return m
+
+
+HOSTS = [f"digits-worker-{i}.digits-workers.ml.svc" for i in range(3)]
+PLAYERS = [{"name": f"server{i}", "tf": f"{HOSTS[i]}:4440", "http": f"{HOSTS[i]}:8081"} for i in range(3)]
+EXTERNAL_SPEC = {
+    "model": {"configMap": {"name": "digits-model", "key": "model.h5"}},
+    "workers": {
+        "external": [
+            {"host": "10.0.0.1", "port": 4440},
+            {"host": "w1.example", "port": 5000, "httpPort": 9000},
+            {"host": "w2.example", "port": 5001},
+        ]
+    },
+}
+EXTERNAL_PLAYERS = [
+    {"name": "server0", "tf": "10.0.0.1:4440", "http": "10.0.0.1:8081"},
+    {"name": "server1", "tf": "w1.example:5000", "http": "w1.example:9000"},
+    {"name": "server2", "tf": "w2.example:5001", "http": "w2.example:8081"},
+]
+
+POD_SC = {
+    "runAsNonRoot": True,
+    "runAsUser": 10001,
+    "runAsGroup": 10001,
+    "fsGroup": 10001,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SC = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+
+
+def probe(path: str, port: str, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": port},
+        "periodSeconds": period,
+        "failureThreshold": failures,
+        "timeoutSeconds": 2,
+    }
+
+
+# ------------------------------------------------------------------ config
+
+
+@pytest.mark.parametrize(
+    ("spec", "players"),
+    [(None, PLAYERS), (EXTERNAL_SPEC, EXTERNAL_PLAYERS)],
+    ids=["in-cluster", "external"],
+)
+def test_config_map(spec: dict[str, Any] | None, players: list[dict[str, str]]) -> None:
+    ctx = make_ctx(spec)
+    cm = builders.config_map(ctx)
+    assert cm == {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": meta("digits-tfe-config", "config"),
+        "data": {"tfe.json": json.dumps({"players": players}, indent=2) + "\n"},
+    }
+    # The worker contract's format: players server0..2 in order, tf and http host:port.
+    doc = json.loads(cm["data"]["tfe.json"])
+    assert [p["name"] for p in doc["players"]] == ["server0", "server1", "server2"]
+
+
+def test_workers_service() -> None:
+    assert builders.workers_service(make_ctx()) == {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta("digits-workers", "worker"),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": sel("worker"),
+            "ports": [
+                {"name": "tf", "port": 4440, "targetPort": "tf", "protocol": "TCP"},
+                {"name": "http", "port": 8081, "targetPort": "http", "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+# ------------------------------------------------------------------ workers
+
+PREFERRED = {
+    "podAntiAffinity": {
+        "preferredDuringSchedulingIgnoredDuringExecution": [
+            {
+                "weight": 100,
+                "podAffinityTerm": {
+                    "labelSelector": {"matchLabels": sel("worker")},
+                    "topologyKey": "kubernetes.io/hostname",
+                },
+            }
+        ]
+    }
+}
+REQUIRED = {
+    "podAntiAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": [
+            {
+                "labelSelector": {"matchLabels": sel("worker")},
+                "topologyKey": "kubernetes.io/hostname",
+            }
+        ]
+    }
+}
+
+
+def expected_statefulset() -> dict[str, Any]:
+    ctx = make_ctx()
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": meta("digits-worker", "worker"),
+        "spec": {
+            "serviceName": "digits-workers",
+            "replicas": 3,
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": sel("worker")},
+            "updateStrategy": {"type": "RollingUpdate"},
+            "template": {
+                "metadata": {
+                    "labels": labels("worker"),
+                    "annotations": {"tfe.dev/config-hash": builders.config_hash(ctx)},
+                },
+                "spec": {
+                    "enableServiceLinks": False,
+                    "automountServiceAccountToken": False,
+                    "securityContext": POD_SC,
+                    "terminationGracePeriodSeconds": 10,
+                    "affinity": PREFERRED,
+                    "containers": [
+                        {
+                            "name": "player",
+                            "image": IMAGE,
+                            "imagePullPolicy": "IfNotPresent",
+                            "command": [
+                                "/bin/sh",
+                                "-c",
+                                (
+                                    'exec tfe-worker player "server${POD_NAME##*-}"'
+                                    " --config /etc/tfe/tfe.json --state /var/lib/tfe --spool /spool"
+                                ),
+                            ],
+                            "env": [
+                                {
+                                    "name": "POD_NAME",
+                                    "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+                                },
+                                {"name": "HOME", "value": "/tmp"},
+                            ],
+                            "ports": [
+                                {"name": "tf", "containerPort": 4440, "protocol": "TCP"},
+                                {"name": "http", "containerPort": 8081, "protocol": "TCP"},
+                            ],
+                            "startupProbe": probe("/healthz", "http", 2, 90),
+                            "readinessProbe": probe("/readyz", "http", 2, 3),
+                            "livenessProbe": probe("/healthz", "http", 10, 3),
+                            "resources": {},
+                            "securityContext": CONTAINER_SC,
+                            "terminationMessagePolicy": "FallbackToLogsOnError",
+                            "volumeMounts": [
+                                {"name": "config", "mountPath": "/etc/tfe", "readOnly": True},
+                                {"name": "state", "mountPath": "/var/lib/tfe"},
+                                {"name": "spool", "mountPath": "/spool"},
+                                {"name": "tmp", "mountPath": "/tmp"},
+                            ],
+                        }
+                    ],
+                    "volumes": [
+                        {"name": "config", "configMap": {"name": "digits-tfe-config"}},
+                        {"name": "spool", "emptyDir": {"medium": "Memory"}},
+                        {"name": "tmp", "emptyDir": {}},
+                    ],
+                },
+            },
+            "volumeClaimTemplates": [
+                {
+                    "apiVersion": "v1",
+                    "kind": "PersistentVolumeClaim",
+                    "metadata": {"name": "state", "labels": labels("worker")},
+                    "spec": {
+                        "accessModes": ["ReadWriteOnce"],
+                        "resources": {"requests": {"storage": "1Gi"}},
+                    },
+                }
+            ],
+            "persistentVolumeClaimRetentionPolicy": {
+                "whenDeleted": "Retain",
+                "whenScaled": "Retain",
+            },
+        },
+    }
+
+
+GPU_RESOURCES = {
+    "limits": {"nvidia.com/gpu": 1, "memory": "4Gi"},
+    "requests": {"cpu": "1", "memory": "2Gi"},
+}
+GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+def _variant_default(e: dict[str, Any]) -> None:
+    pass
+
+
+def _variant_gpu(e: dict[str, Any]) -> None:
+    pod = e["spec"]["template"]["spec"]
+    pod["containers"][0]["resources"] = GPU_RESOURCES
+    pod["nodeSelector"] = {"accelerator": "nvidia"}
+    pod["tolerations"] = GPU_TOLERATIONS
+    pod["runtimeClassName"] = "nvidia"
+
+
+def _variant_required(e: dict[str, Any]) -> None:
+    e["spec"]["template"]["spec"]["affinity"] = REQUIRED
+
+
+def _variant_memory(e: dict[str, Any]) -> None:
+    del e["spec"]["volumeClaimTemplates"]
+    del e["spec"]["persistentVolumeClaimRetentionPolicy"]
+    e["spec"]["template"]["spec"]["volumes"].append(
+        {"name": "state", "emptyDir": {"medium": "Memory", "sizeLimit": "256Mi"}}
+    )
+
+
+def _variant_pvc_class_delete(e: dict[str, Any]) -> None:
+    claim = e["spec"]["volumeClaimTemplates"][0]["spec"]
+    claim["resources"] = {"requests": {"storage": "5Gi"}}
+    claim["storageClassName"] = "fast"
+    e["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] = "Delete"
+
+
+def _variant_image(e: dict[str, Any]) -> None:
+    c = e["spec"]["template"]["spec"]["containers"][0]
+    c["image"] = "registry.local/tfe-worker:dev"
+    c["imagePullPolicy"] = "Always"
+
+
+WORKER_VARIANTS: list[tuple[str, dict[str, Any], Any]] = [
+    ("default", {}, _variant_default),
+    (
+        "gpu",
+        {
+            "resources": GPU_RESOURCES,
+            "nodeSelector": {"accelerator": "nvidia"},
+            "tolerations": GPU_TOLERATIONS,
+            "runtimeClassName": "nvidia",
+        },
+        _variant_gpu,
+    ),
+    ("spread-required", {"spread": "Required"}, _variant_required),
+    ("storage-memory", {"storage": {"medium": "Memory", "size": "256Mi"}}, _variant_memory),
+    (
+        "storage-pvc-class-delete",
+        {"storage": {"size": "5Gi", "storageClassName": "fast", "retainPolicy": "Delete"}},
+        _variant_pvc_class_delete,
+    ),
+    ("image", {"image": "registry.local/tfe-worker:dev", "imagePullPolicy": "Always"}, _variant_image),
+]
+
+
+@pytest.mark.parametrize(
+    ("workers", "mutate"), [(w, m) for _, w, m in WORKER_VARIANTS], ids=[i for i, _, _ in WORKER_VARIANTS]
+)
+def test_worker_statefulset(workers: dict[str, Any], mutate: Any) -> None:
+    spec = {"model": {"configMap": {"name": "digits-model", "key": "model.h5"}}, "workers": workers}
+    expected = expected_statefulset()
+    mutate(expected)
+    assert builders.worker_statefulset(make_ctx(spec)) == expected
+
+
+def test_player_name_from_ordinal() -> None:
+    """The wrapper derives server<i> from the pod name m-worker-<i> (POSIX sh expansion)."""
+    import subprocess
+
+    script = builders.PLAYER_SCRIPT.replace("exec tfe-worker", "echo")
+    for i in range(3):
+        out = subprocess.run(
+            ["/bin/sh", "-c", script],
+            env={"POD_NAME": f"my-model-worker-{i}"},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        assert out[1] == f"server{i}"
+
+
+# ------------------------------------------------------------------ share job
+
+
+def expected_job(generation: int = 1) -> dict[str, Any]:
+    ctx = make_ctx()
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": f"digits-share-g{generation}",
+            "namespace": "ml",
+            "labels": {**labels("share"), "tfe.dev/share-generation": str(generation)},
+            "ownerReferences": [OWNER],
+            "annotations": {"tfe.dev/model-hash": ctx.spec.model_hash},
+        },
+        "spec": {
+            "backoffLimit": 3,
+            "activeDeadlineSeconds": 3600,
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {"containerName": "share", "operator": "In", "values": [2]},
+                    },
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                ]
+            },
+            "template": {
+                "metadata": {"labels": {**labels("share"), "tfe.dev/share-generation": str(generation)}},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "enableServiceLinks": False,
+                    "automountServiceAccountToken": False,
+                    "securityContext": POD_SC,
+                    "containers": [
+                        {
+                            "name": "share",
+                            "image": IMAGE,
+                            "imagePullPolicy": "IfNotPresent",
+                            "command": [
+                                "tfe-worker",
+                                "share",
+                                "--config",
+                                "/etc/tfe/tfe.json",
+                                "--model",
+                                "/model/model.h5",
+                                "--name",
+                                "digits",
+                                "--generation",
+                                str(generation),
+                                "--coordinator-address",
+                                "$(POD_IP):4450",
+                            ],
+                            "env": [
+                                {
+                                    "name": "POD_IP",
+                                    "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}},
+                                },
+                                {"name": "HOME", "value": "/tmp"},
+                            ],
+                            "ports": [{"name": "coordinator", "containerPort": 4450, "protocol": "TCP"}],
+                            "resources": {},
+                            "securityContext": CONTAINER_SC,
+                            "terminationMessagePath": "/dev/termination-log",
+                            "terminationMessagePolicy": "FallbackToLogsOnError",
+                            "volumeMounts": [
+                                {"name": "config", "mountPath": "/etc/tfe", "readOnly": True},
+                                {"name": "tmp", "mountPath": "/tmp"},
+                                {"name": "model", "mountPath": "/model", "readOnly": True},
+                            ],
+                        }
+                    ],
+                    "volumes": [
+                        {"name": "config", "configMap": {"name": "digits-tfe-config"}},
+                        {"name": "tmp", "emptyDir": {}},
+                        {
+                            "name": "model",
+                            "configMap": {
+                                "name": "digits-model",
+                                "items": [{"key": "model.h5", "path": "model.h5"}],
+                            },
+                        },
+                    ],
+                },
+            },
+        },
+    }
+
+
+SHA = "ab" * 32
+
+
+def _job_secret(e: dict[str, Any]) -> None:
+    pod = e["spec"]["template"]["spec"]
+    pod["volumes"][2] = {
+        "name": "model",
+        "secret": {"secretName": "weights", "items": [{"key": "m.keras", "path": "m.keras"}]},
+    }
+    c = pod["containers"][0]["command"]
+    c[c.index("--model") + 1] = "/model/m.keras"
+
+
+def _job_pvc(e: dict[str, Any]) -> None:
+    pod = e["spec"]["template"]["spec"]
+    pod["volumes"][2] = {
+        "name": "model",
+        "persistentVolumeClaim": {"claimName": "models", "readOnly": True},
+    }
+    c = pod["containers"][0]["command"]
+    c[c.index("--model") + 1] = "/model/digits/model.h5"
+
+
+def _job_url(e: dict[str, Any]) -> None:
+    pod = e["spec"]["template"]["spec"]
+    del pod["volumes"][2]
+    del pod["containers"][0]["volumeMounts"][2]
+    c = pod["containers"][0]["command"]
+    i = c.index("--model")
+    c[i + 1 : i + 2] = ["https://models.example/digits.h5", "--sha256", SHA]
+
+
+def _job_external(e: dict[str, Any]) -> None:
+    pass
+
+
+JOB_VARIANTS: list[tuple[str, dict[str, Any], Any]] = [
+    ("configmap", {}, lambda e: None),
+    ("secret", {"model": {"secret": {"name": "weights", "key": "m.keras"}}}, _job_secret),
+    ("pvc", {"model": {"pvc": {"claimName": "models", "path": "digits/model.h5"}}}, _job_pvc),
+    (
+        "url",
+        {"model": {"url": {"url": "https://models.example/digits.h5", "sha256": SHA}}},
+        _job_url,
+    ),
+    ("external-workers", {"workers": EXTERNAL_SPEC["workers"]}, _job_external),
+]
+
+
+@pytest.mark.parametrize(
+    ("override", "mutate"), [(o, m) for _, o, m in JOB_VARIANTS], ids=[i for i, _, _ in JOB_VARIANTS]
+)
+def test_share_job(override: dict[str, Any], mutate: Any) -> None:
+    spec: dict[str, Any] = {"model": {"configMap": {"name": "digits-model", "key": "model.h5"}}}
+    spec.update(copy.deepcopy(override))
+    ctx = make_ctx(spec)
+    expected = expected_job(7)
+    expected["metadata"]["annotations"]["tfe.dev/model-hash"] = ctx.spec.model_hash
+    mutate(expected)
+    assert builders.share_job(ctx, 7) == expected
+
+
+def test_share_job_settings() -> None:
+    ctx = make_ctx(settings=Settings(worker_image="w:1", share_backoff_limit=5, share_deadline_seconds=60))
+    job = builders.share_job(ctx, 1)
+    assert job["spec"]["backoffLimit"] == 5
+    assert job["spec"]["activeDeadlineSeconds"] == 60
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == "w:1"
+
+
+# ------------------------------------------------------------------ serve
+
+
+def expected_deployment(generation: int = 1) -> dict[str, Any]:
+    ctx = make_ctx()
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta("digits-serve", "serve"),
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": sel("serve")},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+            },
+            "template": {
+                "metadata": {
+                    "labels": {**labels("serve"), "tfe.dev/share-generation": str(generation)},
+                    "annotations": {"tfe.dev/config-hash": builders.config_hash(ctx)},
+                },
+                "spec": {
+                    "enableServiceLinks": False,
+                    "automountServiceAccountToken": False,
+                    "securityContext": POD_SC,
+                    "terminationGracePeriodSeconds": 10,
+                    "containers": [
+                        {
+                            "name": "serve",
+                            "image": IMAGE,
+                            "imagePullPolicy": "IfNotPresent",
+                            "command": [
+                                "tfe-worker",
+                                "serve",
+                                "--config",
+                                "/etc/tfe/tfe.json",
+                                "--name",
+                                "digits",
+                                "--generation",
+                                str(generation),
+                                "--port",
+                                "8000",
+                                "--coordinator-address",
+                                "$(POD_IP):4450",
+                                "--protocol",
+                                "ABY3",
+                                "--max-batch-size",
+                                "32",
+                                "--max-wait-ms",
+                                "5",
+                            ],
+                            "env": [
+                                {
+                                    "name": "POD_IP",
+                                    "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}},
+                                },
+                                {"name": "HOME", "value": "/tmp"},
+                            ],
+                            "ports": [
+                                {"name": "http", "containerPort": 8000, "protocol": "TCP"},
+                                {"name": "coordinator", "containerPort": 4450, "protocol": "TCP"},
+                            ],
+                            "startupProbe": probe("/healthz", "http", 2, 150),
+                            "readinessProbe": probe("/readyz", "http", 2, 3),
+                            "livenessProbe": probe("/healthz", "http", 10, 3),
+                            "resources": {},
+                            "securityContext": CONTAINER_SC,
+                            "terminationMessagePolicy": "FallbackToLogsOnError",
+                            "volumeMounts": [
+                                {"name": "config", "mountPath": "/etc/tfe", "readOnly": True},
+                                {"name": "tmp", "mountPath": "/tmp"},
+                            ],
+                        }
+                    ],
+                    "volumes": [
+                        {"name": "config", "configMap": {"name": "digits-tfe-config"}},
+                        {"name": "tmp", "emptyDir": {}},
+                    ],
+                },
+            },
+        },
+    }
+
+
+def _serve_limits(e: dict[str, Any]) -> None:
+    pod = e["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    c["command"][c["command"].index("--protocol") + 1] = "SecureNN"
+    c["command"][c["command"].index("--max-batch-size") + 1] = "8"
+    c["command"][c["command"].index("--max-wait-ms") + 1] = "0"
+    c["command"] += ["--max-requests", "100", "--linger-after-limit"]
+    c["command"] += ["--token-file", "/var/run/tfe-token/token"]
+    c["resources"] = {"limits": {"memory": "2Gi"}}
+    c["volumeMounts"].append({"name": "token", "mountPath": "/var/run/tfe-token", "readOnly": True})
+    pod["volumes"].append(
+        {"name": "token", "secret": {"secretName": "api", "items": [{"key": "token", "path": "token"}]}}
+    )
+
+
+SERVE_VARIANTS: list[tuple[str, dict[str, Any], Any]] = [
+    ("default", {}, lambda e: None),
+    (
+        "limits-token-securenn",
+        {
+            "protocol": "SecureNN",
+            "serving": {
+                "maxBatchSize": 8,
+                "maxWaitMs": 0,
+                "maxRequests": 100,
+                "tokenSecretRef": {"name": "api"},
+                "resources": {"limits": {"memory": "2Gi"}},
+            },
+        },
+        _serve_limits,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("override", "mutate"),
+    [(o, m) for _, o, m in SERVE_VARIANTS],
+    ids=[i for i, _, _ in SERVE_VARIANTS],
+)
+def test_serve_deployment(override: dict[str, Any], mutate: Any) -> None:
+    spec: dict[str, Any] = {"model": {"configMap": {"name": "digits-model", "key": "model.h5"}}}
+    spec.update(override)
+    expected = expected_deployment(3)
+    mutate(expected)
+    assert builders.serve_deployment(make_ctx(spec), 3) == expected
+
+
+def test_serve_deployment_external_workers_uses_external_config() -> None:
+    ctx = make_ctx(EXTERNAL_SPEC)
+    dep = builders.serve_deployment(ctx, 1)
+    expected = expected_deployment(1)
+    expected["spec"]["template"]["metadata"]["annotations"]["tfe.dev/config-hash"] = builders.config_hash(ctx)
+    assert dep == expected
+    assert builders.config_hash(ctx) != builders.config_hash(make_ctx())
+
+
+def test_client_service() -> None:
+    assert builders.client_service(make_ctx()) == {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta("digits", "endpoint"),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": sel("serve"),
+            "ports": [{"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+    assert builders.endpoint(make_ctx()) == "http://digits.ml.svc:8000"
+
+
+# ------------------------------------------------------------------ network
+
+
+PEERS = {
+    "podSelector": {
+        "matchExpressions": [
+            {"key": "tfe.dev/model", "operator": "In", "values": ["digits"]},
+            {
+                "key": "app.kubernetes.io/component",
+                "operator": "In",
+                "values": ["worker", "share", "serve"],
+            },
+        ]
+    }
+}
+
+
+@pytest.mark.parametrize("operator_labels", [True, False], ids=["with-operator", "proxy-only"])
+def test_worker_network_policy(operator_labels: bool) -> None:
+    settings = Settings(
+        worker_image=IMAGE,
+        operator_pod_labels={"app.kubernetes.io/name": "tfe-operator"} if operator_labels else {},
+    )
+    ingress: list[dict[str, Any]] = [
+        {
+            "from": [PEERS],
+            "ports": [{"protocol": "TCP", "port": 4440}, {"protocol": "TCP", "port": 8081}],
+        }
+    ]
+    if operator_labels:
+        ingress.append(
+            {
+                "from": [
+                    {
+                        "namespaceSelector": {},
+                        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "tfe-operator"}},
+                    }
+                ],
+                "ports": [{"protocol": "TCP", "port": 8081}],
+            }
+        )
+    assert builders.worker_network_policy(make_ctx(settings=settings)) == {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": meta("digits-workers", "network"),
+        "spec": {
+            "podSelector": {"matchLabels": sel("worker")},
+            "policyTypes": ["Ingress"],
+            "ingress": ingress,
+        },
+    }
+
+
+def test_coordinator_network_policy() -> None:
+    assert builders.coordinator_network_policy(make_ctx()) == {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": meta("digits-coordinator", "network"),
+        "spec": {
+            "podSelector": {
+                "matchExpressions": [
+                    {"key": "tfe.dev/model", "operator": "In", "values": ["digits"]},
+                    {
+                        "key": "app.kubernetes.io/component",
+                        "operator": "In",
+                        "values": ["share", "serve"],
+                    },
+                ]
+            },
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [{"podSelector": {"matchLabels": sel("worker")}}],
+                    "ports": [{"protocol": "TCP", "port": 4450}],
+                },
+                {"ports": [{"protocol": "TCP", "port": 8000}]},
+            ],
+        },
+    }
+
+
+# ------------------------------------------------------------------ sets
+
+
+@pytest.mark.parametrize(
+    ("spec", "kinds"),
+    [
+        (
+            None,
+            [
+                ("ConfigMap", "digits-tfe-config"),
+                ("Service", "digits-workers"),
+                ("NetworkPolicy", "digits-workers"),
+                ("NetworkPolicy", "digits-coordinator"),
+                ("StatefulSet", "digits-worker"),
+            ],
+        ),
+        (EXTERNAL_SPEC, [("ConfigMap", "digits-tfe-config")]),
+    ],
+    ids=["in-cluster", "external"],
+)
+def test_base_objects(spec: dict[str, Any] | None, kinds: list[tuple[str, str]]) -> None:
+    objs = builders.base_objects(make_ctx(spec))
+    assert [(o["kind"], o["metadata"]["name"]) for o in objs] == kinds
+    for o in objs:
+        assert o["metadata"]["ownerReferences"] == [OWNER]
+        assert o["metadata"]["namespace"] == "ml"
+
+
+def test_serving_objects() -> None:
+    objs = builders.serving_objects(make_ctx(), 2)
+    assert objs == [builders.serve_deployment(make_ctx(), 2), builders.client_service(make_ctx())]
+
+
+def test_names() -> None:
+    assert builders.pvc_names("digits") == [
+        "state-digits-worker-0",
+        "state-digits-worker-1",
+        "state-digits-worker-2",
+    ]
+    assert builders.share_job_name("digits", 12) == "digits-share-g12"
+
+
+def test_builders_are_pure() -> None:
+    """Same input, equal output; outputs share no mutable state."""
+    ctx = make_ctx()
+    a, b = builders.worker_statefulset(ctx), builders.worker_statefulset(ctx)
+    assert a == b
+    a["spec"]["template"]["spec"]["volumes"].append({"name": "x"})
+    a["metadata"]["labels"]["x"] = "y"
+    assert builders.worker_statefulset(ctx) == b

@@ -1,0 +1,494 @@
+"""The pure state machine: phases, conditions, share generations, shutdown, failures."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from operator_testlib import BASE_SPEC, make_ctx
+
+from tfe_operator import builders
+from tfe_operator.observe import JobState, Observed, ServeDeployment, ServeStatus, WorkerPod
+from tfe_operator.reconcile import Plan, Ref, Resource, condition, keys_to_fetch, reconcile
+
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+NOW = T0 + timedelta(seconds=90)
+
+
+def res(spec: dict[str, Any] | None = None, generation: int = 1) -> Resource:
+    return Resource(ctx=make_ctx(spec), generation=generation, created=T0)
+
+
+def pods(ready: int = 3, uids: tuple[str, ...] = ("u0", "u1", "u2"), **extra: Any) -> tuple[WorkerPod, ...]:
+    return tuple(WorkerPod(index=i, name=f"digits-worker-{i}", uid=uids[i], ready=i < ready, **extra) for i in range(3))
+
+
+def job(gen: int, phase: str = "active", spec: dict[str, Any] | None = None, **kw: Any) -> JobState:
+    return JobState(
+        name=f"digits-share-g{gen}",
+        generation=gen,
+        model_hash=make_ctx(spec).spec.model_hash,
+        phase=phase,  # type: ignore[arg-type]
+        start=T0 + timedelta(seconds=10),
+        end=T0 + timedelta(seconds=40) if phase != "active" else None,
+        **kw,
+    )
+
+
+def kinds(plan: Plan) -> list[tuple[str, str]]:
+    return [(m["kind"], m["metadata"]["name"]) for m in plan.apply]
+
+
+def cond(plan: Plan, type_: str) -> tuple[str, str]:
+    c = condition(plan.status, type_)
+    assert c is not None
+    return c["status"], c["reason"]
+
+
+BASE_KINDS = [
+    ("ConfigMap", "digits-tfe-config"),
+    ("Service", "digits-workers"),
+    ("NetworkPolicy", "digits-workers"),
+    ("NetworkPolicy", "digits-coordinator"),
+    ("StatefulSet", "digits-worker"),
+]
+HASH = make_ctx().spec.model_hash
+
+
+def serving_status(gen: int = 1, **extra: Any) -> dict[str, Any]:
+    st = {
+        "phase": "Serving",
+        "shareGeneration": gen,
+        "modelHash": HASH,
+        "sharesStored": True,
+        "shareWorkerUIDs": ["u0", "u1", "u2"],
+        "endpoint": "http://digits.ml.svc:8000",
+        "requestsServed": 0,
+        "firstServingTime": "2025-01-01T00:01:00Z",
+    }
+    st.update(extra)
+    return st
+
+
+SERVING_OBS = Observed(
+    worker_pods=pods(),
+    statefulset=True,
+    serve=ServeDeployment(generation=1, ready=True),
+    serve_pods=1,
+    client_service=True,
+    serve_status=ServeStatus(ready=True, requests_served=5, limit_reached=False, share_generation=1),
+)
+
+
+# ------------------------------------------------------------------ create -> Serving
+
+
+def test_new_model_provisions_workers() -> None:
+    plan = reconcile(res(), {}, Observed(), NOW)
+    assert kinds(plan) == BASE_KINDS
+    assert plan.delete == []
+    st = plan.status
+    assert st["phase"] == "Provisioning"
+    assert st["message"] == "0/3 workers ready"
+    assert st["observedGeneration"] == 1
+    assert st["shareGeneration"] == 0
+    assert "endpoint" not in st
+    assert cond(plan, "WorkersReady") == ("False", "Starting")
+    assert cond(plan, "ModelShared") == ("False", "WaitingForWorkers")
+    assert cond(plan, "Serving") == ("False", "NotShared")
+    assert cond(plan, "Ready") == ("False", "Provisioning")
+    assert [c["type"] for c in st["conditions"]] == ["WorkersReady", "ModelShared", "Serving", "Ready"]
+    assert [(e.type, e.reason) for e in plan.events] == [("Normal", "Provisioning")]
+    assert st["workers"] == [
+        {
+            "name": f"server{i}",
+            "address": f"digits-worker-{i}.digits-workers.ml.svc:4440",
+            "pod": f"digits-worker-{i}",
+            "ready": False,
+        }
+        for i in range(3)
+    ]
+
+
+def test_missing_source_is_pending() -> None:
+    obs = Observed(worker_pods=pods(), source_missing="waiting for ConfigMap 'digits-model' (model source)")
+    plan = reconcile(res(), {}, obs, NOW)
+    assert plan.status["phase"] == "Pending"
+    assert plan.status["message"] == "waiting for ConfigMap 'digits-model' (model source)"
+    assert cond(plan, "ModelShared") == ("False", "SourceMissing")
+    assert kinds(plan) == BASE_KINDS
+
+
+def test_ready_workers_start_share_job() -> None:
+    plan = reconcile(res(), {"phase": "Provisioning"}, Observed(worker_pods=pods(), statefulset=True), NOW)
+    assert kinds(plan) == [*BASE_KINDS, ("Job", "digits-share-g1")]
+    assert plan.apply[-1] == builders.share_job(make_ctx(), 1)
+    assert plan.status["phase"] == "Sharing"
+    assert plan.status["sharing"] == {"generation": 1, "modelHash": HASH}
+    assert cond(plan, "WorkersReady") == ("True", "AllReady")
+    assert cond(plan, "ModelShared") == ("False", "Sharing")
+    assert [e.reason for e in plan.events] == ["ShareStarted", "Sharing"]
+
+
+def test_share_job_running_is_reapplied_idempotently() -> None:
+    st = {"phase": "Sharing", "sharing": {"generation": 1, "modelHash": HASH}}
+    obs = Observed(worker_pods=pods(), statefulset=True, jobs=(job(1),))
+    plan = reconcile(res(), st, obs, NOW)
+    assert kinds(plan)[-1] == ("Job", "digits-share-g1")
+    assert plan.status["phase"] == "Sharing"
+    assert plan.events == []
+
+
+def test_share_success_deploys_serve() -> None:
+    st = {"phase": "Sharing", "sharing": {"generation": 1, "modelHash": HASH}}
+    obs = Observed(worker_pods=pods(), statefulset=True, jobs=(job(1, "succeeded"),))
+    plan = reconcile(res(), st, obs, NOW)
+    assert kinds(plan) == [*BASE_KINDS, ("Deployment", "digits-serve"), ("Service", "digits")]
+    s = plan.status
+    assert s["shareGeneration"] == 1
+    assert s["modelHash"] == HASH
+    assert s["sharesStored"] is True
+    assert s["shareWorkerUIDs"] == ["u0", "u1", "u2"]
+    assert "sharing" not in s
+    assert s["endpoint"] == "http://digits.ml.svc:8000"
+    assert s["phase"] == "Provisioning"
+    assert s["message"] == "serve deployment starting (generation 1)"
+    assert cond(plan, "ModelShared") == ("True", "Shared")
+    assert cond(plan, "Serving") == ("False", "Starting")
+    assert plan.share_durations == [("succeeded", 30.0)]
+    assert "ModelShared" in [e.reason for e in plan.events]
+
+
+def test_serve_ready_is_serving() -> None:
+    st = serving_status(phase="Provisioning", firstServingTime=None)
+    del st["firstServingTime"]
+    plan = reconcile(res(), st, SERVING_OBS, NOW)
+    s = plan.status
+    assert s["phase"] == "Serving"
+    assert s["message"] == "generation 1 at http://digits.ml.svc:8000"
+    assert s["requestsServed"] == 5
+    assert s["firstServingTime"] == "2025-01-01T00:01:30Z"
+    assert plan.time_to_serving == 90.0
+    assert cond(plan, "Ready") == ("True", "Serving")
+    assert cond(plan, "Serving") == ("True", "Serving")
+    assert [e.reason for e in plan.events] == ["Serving"]
+
+
+def test_steady_state_is_quiet_and_stable() -> None:
+    first = reconcile(res(), serving_status(), SERVING_OBS, NOW)
+    second = reconcile(res(), first.status, SERVING_OBS, NOW + timedelta(seconds=5))
+    assert second.status == first.status
+    assert second.events == []
+    assert second.time_to_serving is None
+    assert second.delete == []
+    assert kinds(second) == [*BASE_KINDS, ("Deployment", "digits-serve"), ("Service", "digits")]
+
+
+def test_serve_of_wrong_generation_is_not_serving() -> None:
+    obs = dataclasses.replace(SERVING_OBS, serve=ServeDeployment(generation=1, ready=True))
+    plan = reconcile(res(), serving_status(gen=2), obs, NOW)
+    assert plan.status["phase"] == "Provisioning"
+    assert cond(plan, "Serving") == ("False", "Starting")
+
+
+# ------------------------------------------------------------------ re-share
+
+
+def test_model_change_reshares_while_old_generation_serves() -> None:
+    new_spec = {"model": {"configMap": {"name": "digits-model-v2", "key": "model.h5"}}}
+    plan = reconcile(res(new_spec, generation=2), serving_status(), SERVING_OBS, NOW)
+    # The old generation keeps serving: the Deployment stays at generation 1.
+    dep = next(m for m in plan.apply if m["kind"] == "Deployment")
+    assert dep["spec"]["template"]["metadata"]["labels"]["tfe.dev/share-generation"] == "1"
+    job_m = next(m for m in plan.apply if m["kind"] == "Job")
+    assert job_m["metadata"]["name"] == "digits-share-g2"
+    assert plan.status["sharing"]["generation"] == 2
+    assert plan.status["phase"] == "Sharing"
+    assert plan.status["endpoint"] == "http://digits.ml.svc:8000"
+    assert cond(plan, "Serving") == ("True", "Serving")
+    assert cond(plan, "ModelShared") == ("False", "Sharing")
+
+
+def test_reshare_success_rolls_serve_and_drops_old_jobs() -> None:
+    new_spec = {"model": {"configMap": {"name": "digits-model-v2", "key": "model.h5"}}}
+    h2 = make_ctx(new_spec).spec.model_hash
+    st = serving_status(sharing={"generation": 2, "modelHash": h2})
+    obs = dataclasses.replace(SERVING_OBS, jobs=(job(1, "succeeded"), job(2, "succeeded", spec=new_spec)))
+    plan = reconcile(res(new_spec, generation=2), st, obs, NOW)
+    dep = next(m for m in plan.apply if m["kind"] == "Deployment")
+    assert dep["spec"]["template"]["metadata"]["labels"]["tfe.dev/share-generation"] == "2"
+    assert plan.delete == [Ref("batch/v1", "Job", "digits-share-g1")]
+    assert plan.status["shareGeneration"] == 2
+    # The serve pod still reports generation 1 until the new one rolled out.
+    assert plan.status["phase"] == "Provisioning"
+
+
+def test_model_changed_during_share_abandons_that_generation() -> None:
+    spec3 = {"model": {"configMap": {"name": "v3", "key": "model.h5"}}}
+    st = {"phase": "Sharing", "sharing": {"generation": 1, "modelHash": HASH}}
+    obs = Observed(worker_pods=pods(), statefulset=True, jobs=(job(1),))
+    plan = reconcile(res(spec3, generation=2), st, obs, NOW)
+    assert Ref("batch/v1", "Job", "digits-share-g1") in plan.delete
+    assert plan.status["sharing"]["generation"] == 2
+    assert kinds(plan)[-1] == ("Job", "digits-share-g2")
+
+
+def test_restart_adopts_existing_job_instead_of_duplicating() -> None:
+    """Operator died after creating the Job, before writing status.sharing."""
+    obs = Observed(worker_pods=pods(), statefulset=True, jobs=(job(1),))
+    plan = reconcile(res(), {"phase": "Provisioning"}, obs, NOW)
+    assert plan.status["sharing"] == {"generation": 1, "modelHash": HASH}
+    assert [m["metadata"]["name"] for m in plan.apply if m["kind"] == "Job"] == ["digits-share-g1"]
+    assert "ShareStarted" not in [e.reason for e in plan.events]
+
+
+def test_restart_after_success_without_status() -> None:
+    obs = Observed(worker_pods=pods(), statefulset=True, jobs=(job(1, "succeeded"),))
+    plan = reconcile(res(), {"phase": "Sharing"}, obs, NOW)
+    # Adoption only considers non-failed jobs of this model: a succeeded one is adopted.
+    assert plan.status["shareGeneration"] == 1
+    assert [m["kind"] for m in plan.apply].count("Job") == 0
+
+
+# ------------------------------------------------------------------ failures
+
+
+def test_invalid_model_fails_with_the_layer_message() -> None:
+    msg = "unsupported layer 'lstm' (LSTM); supported: Dense, Conv2D"
+    st = {"phase": "Sharing", "sharing": {"generation": 1, "modelHash": HASH}}
+    obs = Observed(worker_pods=pods(), statefulset=True, jobs=(job(1, "failed", exit_code=2, message=msg),))
+    plan = reconcile(res(), st, obs, NOW)
+    s = plan.status
+    assert s["phase"] == "Failed"
+    assert s["message"] == msg
+    assert s["failure"] == {"generation": 1, "reason": "InvalidModel", "message": msg}
+    assert "sharing" not in s
+    assert cond(plan, "ModelShared") == ("False", "InvalidModel")
+    assert cond(plan, "Ready") == ("False", "Failed")
+    assert ("Warning", "Failed", msg) in [(e.type, e.reason, e.message) for e in plan.events]
+    assert plan.share_durations == [("failed", 30.0)]
+    # Failed stays Failed (no new Job) until the spec changes.
+    again = reconcile(res(), s, obs, NOW)
+    assert again.status["phase"] == "Failed"
+    assert "Job" not in [m["kind"] for m in again.apply]
+    assert again.events == []
+    # A spec change retries with a fresh generation.
+    retry = reconcile(res(generation=2), s, obs, NOW)
+    assert "failure" not in retry.status
+    assert retry.status["sharing"]["generation"] == 2
+    assert retry.status["phase"] == "Sharing"
+
+
+def test_transient_failure_exhausted_names_exit_code() -> None:
+    st = {"phase": "Sharing", "sharing": {"generation": 1, "modelHash": HASH}}
+    obs = Observed(
+        worker_pods=pods(),
+        jobs=(job(1, "failed", exit_code=1, message="connection refused"),),
+    )
+    plan = reconcile(res(), st, obs, NOW)
+    assert plan.status["failure"]["reason"] == "ShareJobFailed"
+    assert plan.status["message"] == "share job digits-share-g1 failed (exit 1): connection refused"
+
+
+def test_reshare_failure_keeps_old_generation_serving() -> None:
+    spec2 = {"model": {"configMap": {"name": "bad", "key": "model.h5"}}}
+    st = serving_status(sharing={"generation": 2, "modelHash": make_ctx(spec2).spec.model_hash})
+    obs = dataclasses.replace(
+        SERVING_OBS, jobs=(job(2, "failed", spec=spec2, exit_code=2, message="unsupported layer 'x'"),)
+    )
+    plan = reconcile(res(spec2, generation=2), st, obs, NOW)
+    assert plan.status["phase"] == "Failed"
+    assert plan.status["message"] == "unsupported layer 'x' (generation 1 keeps serving)"
+    assert cond(plan, "Serving") == ("True", "Serving")
+    assert "Deployment" in [m["kind"] for m in plan.apply]
+
+
+def test_crashing_worker_shows_in_workers_ready() -> None:
+    crash = (
+        WorkerPod(0, "digits-worker-0", "u0", True),
+        WorkerPod(
+            1, "digits-worker-1", "u1", False, problem="CrashLoopBackOff",
+            detail="back-off 40s; last exit 1: ImportError: no tf_encrypted", restarts=4,
+        ),
+        WorkerPod(2, "digits-worker-2", "u2", True),
+    )  # fmt: skip
+    plan = reconcile(res(), {"phase": "Provisioning"}, Observed(worker_pods=crash), NOW)
+    c = condition(plan.status, "WorkersReady")
+    assert c is not None
+    assert (c["status"], c["reason"]) == ("False", "CrashLoopBackOff")
+    assert c["message"] == (
+        "2/3 workers ready; digits-worker-1: CrashLoopBackOff: back-off 40s; "
+        "last exit 1: ImportError: no tf_encrypted (restarts: 4)"
+    )
+    assert ("Warning", "WorkerNotReady") in [(e.type, e.reason) for e in plan.events]
+    # Not repeated while the reason stays the same.
+    again = reconcile(res(), plan.status, Observed(worker_pods=crash), NOW)
+    assert "WorkerNotReady" not in [e.reason for e in again.events]
+
+
+def test_deleted_worker_pod_with_pvc_keeps_shares() -> None:
+    obs = dataclasses.replace(SERVING_OBS, worker_pods=pods(ready=2, uids=("u0", "u1", "NEW")))
+    plan = reconcile(res(), serving_status(), obs, NOW)
+    assert plan.status["sharesStored"] is True
+    assert "Job" not in [m["kind"] for m in plan.apply]
+    assert plan.status["phase"] == "Provisioning"  # until the worker is ready again
+
+
+MEMORY = {**BASE_SPEC, "workers": {"storage": {"medium": "Memory"}}}
+
+
+def test_deleted_worker_pod_with_memory_storage_reshares() -> None:
+    obs = dataclasses.replace(SERVING_OBS, worker_pods=pods(uids=("u0", "u1", "NEW")))
+    st = serving_status(modelHash=make_ctx(MEMORY).spec.model_hash)
+    plan = reconcile(res(MEMORY), st, obs, NOW)
+    assert plan.status["sharesStored"] is False
+    assert plan.status["sharing"]["generation"] == 2
+    assert ("Warning", "SharesLost") in [(e.type, e.reason) for e in plan.events]
+    assert Ref("apps/v1", "Deployment", "digits-serve") in plan.delete
+    assert "endpoint" not in plan.status
+
+
+# ------------------------------------------------------------------ shutdown
+
+
+def test_shutdown_removes_workers_and_coordinator_keeping_shares() -> None:
+    spec = {**BASE_SPEC, "shutdown": True}
+    obs = dataclasses.replace(SERVING_OBS, jobs=(job(1, "succeeded"),), pvcs=("state-digits-worker-0",))
+    plan = reconcile(res(spec, generation=2), serving_status(), obs, NOW)
+    assert plan.apply == []
+    assert plan.delete == [
+        Ref("apps/v1", "Deployment", "digits-serve"),
+        Ref("v1", "Service", "digits"),
+        Ref("batch/v1", "Job", "digits-share-g1"),
+        Ref("apps/v1", "StatefulSet", "digits-worker"),
+    ]
+    s = plan.status
+    assert s["phase"] == "ShuttingDown"
+    assert s["sharesStored"] is True
+    assert "endpoint" not in s
+    assert cond(plan, "ModelShared") == ("True", "Stored")
+    assert cond(plan, "Serving") == ("False", "ShutdownRequested")
+    gone = reconcile(res(spec, generation=2), s, Observed(), NOW)
+    assert gone.delete == []
+    assert gone.status["phase"] == "Stopped"
+    assert gone.status["message"] == "shutdown requested; workers and coordinator removed (shares kept)"
+    assert [e.reason for e in gone.events] == ["Stopped"]
+
+
+def test_shutdown_with_delete_policy_deletes_volumes() -> None:
+    spec = {**BASE_SPEC, "shutdown": True, "workers": {"storage": {"retainPolicy": "Delete"}}}
+    obs = Observed(pvcs=("state-digits-worker-0", "state-digits-worker-1"))
+    st = serving_status(modelHash=make_ctx(spec).spec.model_hash)
+    plan = reconcile(res(spec), st, obs, NOW)
+    assert plan.delete == [
+        Ref("v1", "PersistentVolumeClaim", "state-digits-worker-0"),
+        Ref("v1", "PersistentVolumeClaim", "state-digits-worker-1"),
+    ]
+    assert plan.status["sharesStored"] is False
+    assert plan.status["phase"] == "Stopped"
+    assert cond(plan, "ModelShared") == ("False", "SharesDeleted")
+
+
+def test_restart_from_stored_shares_skips_share_job() -> None:
+    stopped = serving_status(phase="Stopped")
+    del stopped["endpoint"]
+    obs = Observed(worker_pods=pods(uids=("n0", "n1", "n2")), statefulset=True)
+    plan = reconcile(res(generation=3), stopped, obs, NOW)
+    assert "Job" not in [m["kind"] for m in plan.apply]
+    assert kinds(plan) == [*BASE_KINDS, ("Deployment", "digits-serve"), ("Service", "digits")]
+    assert plan.status["phase"] == "Provisioning"
+    assert plan.status["shareGeneration"] == 1
+
+
+def test_restart_after_memory_shutdown_reshares() -> None:
+    stopped = {
+        "phase": "Stopped",
+        "shareGeneration": 1,
+        "modelHash": make_ctx(MEMORY).spec.model_hash,
+        "sharesStored": False,
+    }
+    obs = Observed(worker_pods=pods(uids=("n0", "n1", "n2")), statefulset=True)
+    plan = reconcile(res(MEMORY, generation=3), stopped, obs, NOW)
+    assert plan.status["sharing"]["generation"] == 2
+    assert plan.status["phase"] == "Sharing"
+
+
+def test_max_requests_reached_stops_until_spec_changes() -> None:
+    spec = {**BASE_SPEC, "serving": {"maxRequests": 5}}
+    obs = dataclasses.replace(
+        SERVING_OBS,
+        serve_status=ServeStatus(ready=True, requests_served=5, limit_reached=True, share_generation=1),
+    )
+    st = serving_status(modelHash=make_ctx(spec).spec.model_hash)
+    plan = reconcile(res(spec), st, obs, NOW)
+    assert plan.status["limitReachedGeneration"] == 1
+    assert plan.status["requestsServed"] == 5
+    assert plan.status["phase"] == "ShuttingDown"
+    assert Ref("apps/v1", "StatefulSet", "digits-worker") in plan.delete
+    assert cond(plan, "Serving") == ("False", "MaxRequestsReached")
+    assert "MaxRequestsReached" in [e.reason for e in plan.events]
+    stopped = reconcile(res(spec), plan.status, Observed(), NOW)
+    assert stopped.status["phase"] == "Stopped"
+    assert stopped.status["message"].startswith("request limit reached")
+    # Any spec change (e.g. a higher limit) brings it back, from the stored shares.
+    spec2 = {**BASE_SPEC, "serving": {"maxRequests": 50}}
+    back = reconcile(res(spec2, generation=2), stopped.status, Observed(), NOW)
+    assert "limitReachedGeneration" not in back.status
+    assert back.status["requestsServed"] == 0
+    assert back.status["phase"] == "Provisioning"
+
+
+# ------------------------------------------------------------------ external workers
+
+EXTERNAL = {
+    **BASE_SPEC,
+    "workers": {"external": [{"host": f"w{i}.example", "port": 4440} for i in range(3)]},
+}
+
+
+def test_external_workers_share_without_spawning() -> None:
+    plan = reconcile(res(EXTERNAL), {}, Observed(public_keys={0: "k0"}), NOW)
+    assert kinds(plan) == [("ConfigMap", "digits-tfe-config"), ("Job", "digits-share-g1")]
+    assert cond(plan, "WorkersReady") == ("True", "External")
+    assert plan.status["workers"][0] == {
+        "name": "server0",
+        "address": "w0.example:4440",
+        "ready": True,
+        "publicKey": "k0",
+    }
+
+
+def test_external_shutdown_removes_only_coordinator() -> None:
+    spec = {**EXTERNAL, "shutdown": True}
+    obs = Observed(serve=ServeDeployment(1, True), serve_pods=1, client_service=True)
+    st = serving_status(modelHash=make_ctx(spec).spec.model_hash)
+    plan = reconcile(res(spec), st, obs, NOW)
+    assert plan.delete == [
+        Ref("apps/v1", "Deployment", "digits-serve"),
+        Ref("v1", "Service", "digits"),
+    ]
+    assert plan.status["sharesStored"] is True
+
+
+# ------------------------------------------------------------------ public keys
+
+
+def test_public_keys_kept_per_pod_and_refetched_on_new_pod() -> None:
+    st = serving_status()
+    first = reconcile(res(), st, dataclasses.replace(SERVING_OBS, public_keys={0: "a", 1: "b", 2: "c"}), NOW)
+    assert [w["publicKey"] for w in first.status["workers"]] == ["a", "b", "c"]
+    assert keys_to_fetch(res(), first.status, SERVING_OBS) == []
+    new_pod = dataclasses.replace(SERVING_OBS, worker_pods=pods(uids=("u0", "u1", "NEW")))
+    assert keys_to_fetch(res(), first.status, new_pod) == [2]
+    second = reconcile(res(), first.status, new_pod, NOW)
+    assert "publicKey" not in second.status["workers"][2]
+    assert second.status["workers"][0]["publicKey"] == "a"
+
+
+@pytest.mark.parametrize("phase", ["Serving", "Stopped"])
+def test_observed_generation_always_written(phase: str) -> None:
+    plan = reconcile(res(generation=7), serving_status(phase=phase), SERVING_OBS, NOW)
+    assert plan.status["observedGeneration"] == 7
+    assert all(c["observedGeneration"] == 7 for c in plan.status["conditions"])
