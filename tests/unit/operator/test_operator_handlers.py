@@ -1,0 +1,212 @@
+"""The thin handler glue, against an in-memory fake of the API server."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import kopf
+import pytest
+from operator_testlib import BASE_SPEC
+
+from tfe_operator import handlers, metrics
+from tfe_operator.kube import Kube
+from tfe_operator.reconcile import Plan, Ref
+
+
+class FakeApi:
+    """Stores objects by (kind plural path); understands apply/create/delete/get/list."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, dict[str, Any]] = {}
+        self.writes: list[tuple[str, str]] = []
+        self.proxy: dict[str, Any] = {}
+
+    def __call__(
+        self,
+        method: str,
+        path: str,
+        query: Sequence[tuple[str, str]] = (),
+        body: Any = None,
+        content_type: str | None = None,
+        accept: str = "application/json",
+    ) -> tuple[int, bytes]:
+        import json
+
+        q = dict(query)
+        if "/proxy/" in path:
+            doc = self.proxy.get(path)
+            return (200, json.dumps(doc).encode()) if doc is not None else (503, b"{}")
+        if method == "PATCH":
+            self.writes.append(("apply", path))
+            self.objects[path] = copy.deepcopy(body)
+            return 200, json.dumps(body).encode()
+        if method == "POST":
+            full = f"{path}/{body['metadata']['name']}"
+            if full in self.objects:
+                return 409, b'{"reason": "AlreadyExists"}'
+            self.writes.append(("create", full))
+            self.objects[full] = copy.deepcopy(body)
+            return 201, json.dumps(body).encode()
+        if method == "DELETE":
+            self.writes.append(("delete", path))
+            return (200, b"{}") if self.objects.pop(path, None) is not None else (404, b"{}")
+        if method == "GET" and path in self.objects:
+            return 200, json.dumps(self.objects[path]).encode()
+        if method == "GET" and "labelSelector" in q:
+            want = dict(term.split("=", 1) for term in q["labelSelector"].split(","))
+            items = [
+                o
+                for p, o in self.objects.items()
+                if p.rsplit("/", 1)[0] == path
+                and all(o["metadata"].get("labels", {}).get(k) == v for k, v in want.items())
+            ]
+            return 200, json.dumps({"items": items}).encode()
+        return 404, b"{}"
+
+
+@pytest.fixture
+def api(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
+    fake = FakeApi()
+    monkeypatch.setattr(handlers.RUNTIME, "kube", Kube(fake))
+    monkeypatch.setattr(handlers.RUNTIME, "in_cluster", False)
+    events: list[tuple[str, str]] = []
+    monkeypatch.setattr(handlers.kopf, "event", lambda body, type, reason, message: events.append((type, reason)))
+    fake.events = events  # type: ignore[attr-defined]
+    return fake
+
+
+def body(spec: Mapping[str, Any] | None = None, status: Mapping[str, Any] | None = None) -> kopf.Body:
+    return kopf.Body(
+        {
+            "apiVersion": "tfe.dev/v1alpha1",
+            "kind": "EncryptedModel",
+            "metadata": {
+                "name": "digits",
+                "namespace": "ml",
+                "uid": "uid-1",
+                "generation": 1,
+                "creationTimestamp": "2025-01-01T00:00:00Z",
+            },
+            "spec": dict(spec or BASE_SPEC),
+            "status": dict(status or {}),
+        }
+    )
+
+
+def run(b: kopf.Body, memo: kopf.Memo) -> kopf.Patch:
+    patch = kopf.Patch()
+    handlers._reconcile(b, b.meta, b.spec, b.status, patch, memo)
+    return patch
+
+
+def ready_pod(i: int) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": f"digits-worker-{i}",
+            "uid": f"p{i}",
+            "labels": {"tfe.dev/model": "digits", "app.kubernetes.io/component": "worker"},
+        },
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+    }
+
+
+def test_first_reconcile_creates_base_objects_and_status(api: FakeApi) -> None:
+    api.objects["/api/v1/namespaces/ml/configmaps/digits-model"] = {"metadata": {"name": "digits-model"}}
+    memo = kopf.Memo()
+    patch = run(body(), memo)
+    assert sorted(p for op, p in api.writes) == sorted(
+        [
+            "/api/v1/namespaces/ml/configmaps/digits-tfe-config",
+            "/api/v1/namespaces/ml/services/digits-workers",
+            "/apis/networking.k8s.io/v1/namespaces/ml/networkpolicies/digits-workers",
+            "/apis/networking.k8s.io/v1/namespaces/ml/networkpolicies/digits-coordinator",
+            "/apis/apps/v1/namespaces/ml/statefulsets/digits-worker",
+        ]
+    )
+    assert patch["status"]["phase"] == "Provisioning"
+    assert memo["status"]["phase"] == "Provisioning"
+    assert api.events == [("Normal", "Provisioning")]  # type: ignore[attr-defined]
+    assert metrics.PHASES.counts()["Provisioning"] >= 1
+
+
+def test_full_flow_to_serving_without_duplicates(api: FakeApi) -> None:
+    api.objects["/api/v1/namespaces/ml/configmaps/digits-model"] = {"metadata": {"name": "digits-model"}}
+    memo = kopf.Memo()
+    b = body()
+    run(b, memo)
+    for i in range(3):
+        api.objects[f"/api/v1/namespaces/ml/pods/digits-worker-{i}"] = ready_pod(i)
+        api.proxy[f"/api/v1/namespaces/ml/pods/digits-worker-{i}:8081/proxy/v1/public-key"] = {
+            "name": f"server{i}",
+            "publicKey": f"key{i}",
+        }
+    run(b, memo)
+    job_path = "/apis/batch/v1/namespaces/ml/jobs/digits-share-g1"
+    assert ("create", job_path) in api.writes
+    assert memo["status"]["phase"] == "Sharing"
+    assert [w["publicKey"] for w in memo["status"]["workers"]] == ["key0", "key1", "key2"]
+    # A second round (e.g. after an operator restart) creates nothing new.
+    creates = [w for w in api.writes if w[0] == "create"]
+    run(b, memo)
+    run(body(status=memo["status"]), kopf.Memo())
+    assert [w for w in api.writes if w[0] == "create"] == creates
+    # The Job succeeds.
+    api.objects[job_path]["status"] = {
+        "conditions": [{"type": "Complete", "status": "True"}],
+        "startTime": "2025-01-01T00:01:00Z",
+        "completionTime": "2025-01-01T00:01:30Z",
+    }
+    run(b, memo)
+    dep_path = "/apis/apps/v1/namespaces/ml/deployments/digits-serve"
+    assert ("apply", dep_path) in api.writes
+    assert memo["status"]["shareGeneration"] == 1
+    # The serve pod becomes ready and reports its status.
+    dep = api.objects[dep_path]
+    dep["metadata"]["generation"] = 1
+    dep["status"] = {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1}
+    api.objects["/api/v1/namespaces/ml/pods/digits-serve-x"] = {
+        "metadata": {
+            "name": "digits-serve-x",
+            "labels": {"tfe.dev/model": "digits", "app.kubernetes.io/component": "serve"},
+        },
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+    }
+    api.proxy["/api/v1/namespaces/ml/services/digits:8000/proxy/v1/status"] = {
+        "ready": True,
+        "requestsServed": 3,
+        "limitReached": False,
+        "shareGeneration": 1,
+    }
+    patch = run(b, memo)
+    assert patch["status"]["phase"] == "Serving"
+    assert patch["status"]["requestsServed"] == 3
+    assert memo["status"]["endpoint"] == "http://digits.ml.svc:8000"
+
+
+def test_invalid_spec_is_failed_without_writes(api: FakeApi) -> None:
+    memo = kopf.Memo()
+    patch = run(body({"model": {}}), memo)
+    assert api.writes == []
+    assert patch["status"]["phase"] == "Failed"
+    assert patch["status"]["message"].startswith("invalid spec: exactly one model source")
+
+
+def test_patch_status_removes_vanished_keys() -> None:
+    patch = kopf.Patch()
+    handlers._patch_status(
+        patch,
+        body_status={"phase": "Sharing", "sharing": {"generation": 1}, "kopf": {}},
+        current={"phase": "Sharing", "failure": {"x": 1}, "sharing": {"generation": 1}},
+        new={"phase": "Serving"},
+    )
+    assert dict(patch["status"]) == {"phase": "Serving", "sharing": None, "failure": None}
+
+
+def test_execute_continues_after_errors(api: FakeApi) -> None:
+    plan = Plan(delete=[Ref("v1", "Service", "gone"), Ref("apps/v1", "Deployment", "x")])
+    api.objects["/apis/apps/v1/namespaces/ml/deployments/x"] = {"metadata": {"name": "x"}}
+    assert handlers.RUNTIME.kube is not None
+    assert handlers.execute(handlers.RUNTIME.kube, "ml", plan) == []
+    assert "/apis/apps/v1/namespaces/ml/deployments/x" not in api.objects
