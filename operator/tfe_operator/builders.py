@@ -415,6 +415,7 @@ def share_job(ctx: Context, generation: int) -> Manifest:
         "--name", ctx.name,
         "--generation", str(generation),
         "--coordinator-address", f"$(POD_IP):{api.PORT_COORDINATOR}",
+        "--protocol", ctx.spec.protocol,
     ]  # fmt: skip
     container: dict[str, Any] = {
         "name": "share",

@@ -388,6 +388,8 @@ def expected_job(generation: int = 1) -> dict[str, Any]:
                                 str(generation),
                                 "--coordinator-address",
                                 "$(POD_IP):4450",
+                                "--protocol",
+                                "ABY3",
                             ],
                             "env": [
                                 {

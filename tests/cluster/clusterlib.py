@@ -1,0 +1,192 @@
+"""Helpers for the operator's cluster tests (see conftest.py).
+
+Cluster tests of the operator (marker ``cluster``; ``make e2e``).
+
+They need the local cluster (.cluster/kubeconfig, see mk/cluster.mk) and, for the tests that
+run workers, the images from ``make images``. Without a cluster they are skipped, except
+when CI=true: then the run fails, so a CI without a cluster never passes silently.
+
+The operator runs in-process (kopf in a thread, watching namespaces ``tfe-e2e-*``); each test
+gets a fresh namespace, deleted afterwards; on failure its pods, events and logs are printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+REPO = Path(__file__).resolve().parents[2]
+KUBECONFIG = Path(os.environ.get("TFE_KUBECONFIG", str(REPO / ".cluster" / "kubeconfig")))
+KUBECTL = os.environ.get("TFE_KUBECTL", str(REPO / ".cluster" / "bin" / "kubectl"))
+CRD = REPO / "charts" / "tfe-operator" / "crds" / "encryptedmodels.tfe.dev.yaml"
+VERSION = (REPO / "VERSION").read_text().strip()
+WORKER_IMAGE = os.environ.get("TFE_WORKER_IMAGE", f"tfe-operator/worker:{VERSION}")
+WORKER_PYTHON = REPO / ".venv-worker" / "bin" / "python"
+NS_PREFIX = "tfe-e2e-"
+
+T = TypeVar("T")
+
+
+# ------------------------------------------------------------------ kubectl and waiting
+
+
+def kubectl(*args: str, input: str | bytes | None = None, check: bool = True, timeout: float = 120) -> str:
+    env = {**os.environ, "KUBECONFIG": str(KUBECONFIG)}
+    data = input.encode() if isinstance(input, str) else input
+    proc = subprocess.run([KUBECTL, *args], input=data, capture_output=True, env=env, timeout=timeout, check=False)
+    out, err = proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
+    if check and proc.returncode != 0:
+        raise KubectlError(args, proc.returncode, out, err)
+    return out + (err if not check and proc.returncode else "")
+
+
+class KubectlError(Exception):
+    def __init__(self, args: tuple[str, ...], code: int, out: str, err: str) -> None:
+        self.code, self.out, self.err = code, out, err
+        super().__init__(f"kubectl {' '.join(args)} -> {code}: {err.strip() or out.strip()}")
+
+
+def get_json(*args: str) -> Any:
+    out = kubectl("get", *args, "-o", "json", check=False)
+    try:
+        return json.loads(out)
+    except ValueError:
+        return None
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 1.0) -> T:
+    """Poll ``probe`` (which reads the API) until it returns a truthy value or time runs out."""
+    deadline = time.monotonic() + timeout
+    tick = threading.Event()
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        tick.wait(interval)
+
+
+def em_status(ns: str, name: str) -> dict[str, Any]:
+    doc = get_json("encryptedmodel", name, "-n", ns)
+    return (doc or {}).get("status", {}) or {}
+
+
+def wait_phase(ns: str, name: str, phase: str, timeout: float) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        st = em_status(ns, name)
+        if st.get("phase") == phase:
+            return st
+        if phase != "Failed" and st.get("phase") == "Failed":
+            raise AssertionError(f"{name} went Failed: {st.get('message')}")
+        return None
+
+    try:
+        return wait_for(f"{ns}/{name} phase {phase}", probe, timeout)
+    except TimeoutError as e:
+        st = em_status(ns, name)
+        raise TimeoutError(f"{e}; now {st.get('phase')}: {st.get('message')}; conditions {st.get('conditions')}") from e
+
+
+def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    for c in status.get("conditions", []) or []:
+        if c.get("type") == type_:
+            return dict(c)
+    return {}
+
+
+# ------------------------------------------------------------------ the operator in-process
+
+
+class InProcessOperator:
+    """kopf in a thread with its own event loop; stop() then start() = an operator restart."""
+
+    def __init__(self) -> None:
+        self.thread: threading.Thread | None = None
+        self.stop_flag = threading.Event()
+        self.ready_flag = threading.Event()
+        self.error: BaseException | None = None
+        self.liveness_port = _free_port()
+
+    def start(self) -> None:
+        import kopf
+
+        from tfe_operator import handlers  # noqa: F401  # registers the handlers
+
+        self.stop_flag = threading.Event()
+        self.ready_flag = threading.Event()
+
+        def run() -> None:
+            try:
+                asyncio.run(
+                    kopf.operator(
+                        standalone=True,
+                        clusterwide=False,
+                        namespaces=[f"{NS_PREFIX}*"],
+                        stop_flag=self.stop_flag,
+                        ready_flag=self.ready_flag,
+                        liveness_endpoint=f"http://127.0.0.1:{self.liveness_port}/healthz",
+                    )
+                )
+            except Exception as e:  # noqa: BLE001  # reported by start()
+                self.error = e
+
+        self.thread = threading.Thread(target=run, name="kopf", daemon=True)
+        self.thread.start()
+        if not self.ready_flag.wait(60):
+            raise RuntimeError(f"operator did not start in 60s: {self.error!r}")
+
+    def stop(self) -> None:
+        if self.thread is None:
+            return
+        self.stop_flag.set()
+        self.thread.join(60)
+        assert not self.thread.is_alive(), "operator thread did not stop in 60s"
+        self.thread = None
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def dump(ns: str) -> None:
+    print(f"\n===== diagnostics for namespace {ns} =====")
+    for args in (
+        ("get", "encryptedmodels,all,pvc,networkpolicies,configmaps", "-n", ns, "-o", "wide"),
+        ("get", "encryptedmodels", "-n", ns, "-o", "yaml"),
+        ("get", "events", "-n", ns, "--sort-by=.lastTimestamp"),
+    ):
+        print(f"$ kubectl {' '.join(args)}\n{kubectl(*args, check=False)}")
+    pods = get_json("pods", "-n", ns) or {}
+    for p in pods.get("items", []):
+        pname = p["metadata"]["name"]
+        logs = kubectl("logs", "-n", ns, pname, "--all-containers", "--tail=60", check=False)
+        print(f"----- logs {pname} (tail) -----\n{logs}")
+
+
+# ------------------------------------------------------------------ models (built with the worker venv: TF 2.9.1)
+
+MODEL_SCRIPT = """
+import sys
+import tensorflow as tf
+from tfe_worker.demo import train_mlp
+out = sys.argv[1]
+train_mlp(out + "/digits.h5")
+m = tf.keras.Sequential([tf.keras.layers.LSTM(4, input_shape=(8, 4)), tf.keras.layers.Dense(2)])
+m.save(out + "/lstm.h5")
+"""
+
+
+def model_configmap(ns: str, name: str, path: Path, key: str = "model.h5") -> None:
+    kubectl("create", "configmap", name, "-n", ns, f"--from-file={key}={path}")
