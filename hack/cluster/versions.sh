@@ -1,0 +1,12 @@
+# Pinned versions for the local cluster (sourced by hack/cluster/*.sh).
+K8S_VERSION=${K8S_VERSION:-v1.35.8}       # see docs/cluster.md for why 1.35
+COREDNS_VERSION=${COREDNS_VERSION:-v1.14.7}
+HELM_VERSION=${HELM_VERSION:-v3.21.4}
+CRICTL_VERSION=${CRICTL_VERSION:-v1.34.0}   # cri-tools, for teardown/debugging
+PAUSE_TAG=${PAUSE_TAG:-3.10.1}
+CACHE=${CACHE:-$HOME/.cache/tfe-operator}
+CLUSTER_CACHE=$CACHE/cluster
+export GOMODCACHE=${GOMODCACHE_OVERRIDE:-$CACHE/go/mod}
+export GOCACHE=${GOCACHE_OVERRIDE:-$CACHE/go/build}
+export GOFLAGS="${GOFLAGS_EXTRA:-} -p=${GO_PARALLEL:-2} -buildvcs=false -trimpath"
+export CGO_ENABLED=0
