@@ -255,12 +255,8 @@ def observe_model(kube: Kube, res: Resource, status: Mapping[str, Any]) -> obser
         pvcs=tuple(pvcs),
         source_missing=_source_missing(kube, ctx),
     )
-    serve_ready_pod = any(
-        c.get("type") == "Ready" and c.get("status") == "True"
-        for p in serve_pods
-        for c in (p.get("status", {}) or {}).get("conditions", []) or []
-    )
-    serve_status = _serve_status(kube, ctx) if serve_ready_pod else None
+    serve_pod = observe.pick_serve_pod(serve_pods)
+    serve_status = _serve_status(kube, ctx, serve_pod) if serve_pod is not None else None
     keys: dict[int, str] = {}
     for i in keys_to_fetch(res, status, base):
         k = _public_key(kube, ctx, i)
@@ -293,19 +289,21 @@ def _source_missing(kube: Kube, ctx: Context) -> str | None:
     return None
 
 
-def _serve_status(kube: Kube, ctx: Context) -> observe.ServeStatus | None:
+def _serve_status(kube: Kube, ctx: Context, pod: Mapping[str, Any]) -> observe.ServeStatus | None:
+    """GET /v1/status from one serve pod (not the Service: it routes to ready pods only)."""
+    name = str(pod["metadata"]["name"])
     try:
         if RUNTIME.use_proxy():
-            doc = kube.proxy_get(
-                ctx.namespace, "services", builders.client_service_name(ctx.name),
-                api.PORT_SERVE, "/v1/status",
-            )  # fmt: skip
+            doc = kube.proxy_get(ctx.namespace, "pods", name, api.PORT_SERVE, "/v1/status")
         else:
+            ip = (pod.get("status", {}) or {}).get("podIP")
+            if not ip:
+                return None
             doc = http_get_json(
-                f"{builders.endpoint(ctx)}/v1/status", RUNTIME.settings.http_timeout_seconds
+                f"http://{ip}:{api.PORT_SERVE}/v1/status", RUNTIME.settings.http_timeout_seconds
             )
     except (ApiError, OSError, ValueError) as e:
-        log.info("%s/%s: serve status unavailable: %s", ctx.namespace, ctx.name, e)
+        log.info("%s/%s: serve status unavailable: %s", ctx.namespace, name, e)
         return None
     return observe.serve_status(doc)
 

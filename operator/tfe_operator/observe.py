@@ -208,6 +208,29 @@ def serve_deployment(dep: Mapping[str, Any]) -> ServeDeployment:
     return ServeDeployment(generation=generation, ready=ready)
 
 
+def pick_serve_pod(pods: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The serve pod to ask for /v1/status: running (ready or not: after its request limit a
+    serve pod turns unready but still reports), ready first, then the newest generation."""
+
+    def rank(pod: Mapping[str, Any]) -> tuple[bool, int]:
+        conditions = (pod.get("status", {}) or {}).get("conditions", []) or []
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+        labels = (pod.get("metadata", {}) or {}).get("labels", {}) or {}
+        try:
+            gen = int(labels.get(api.LABEL_GENERATION, "0"))
+        except ValueError:
+            gen = 0
+        return ready, gen
+
+    running = [
+        p
+        for p in pods
+        if not (p.get("metadata", {}) or {}).get("deletionTimestamp")
+        and (p.get("status", {}) or {}).get("phase") == "Running"
+    ]
+    return max(running, key=rank) if running else None
+
+
 def serve_status(doc: Any) -> ServeStatus | None:
     if not isinstance(doc, Mapping):
         return None

@@ -171,9 +171,9 @@ def test_full_flow_to_serving_without_duplicates(api: FakeApi) -> None:
             "name": "digits-serve-x",
             "labels": {"tfe.dev/model": "digits", "app.kubernetes.io/component": "serve"},
         },
-        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
     }
-    api.proxy["/api/v1/namespaces/ml/services/digits:8000/proxy/v1/status"] = {
+    api.proxy["/api/v1/namespaces/ml/pods/digits-serve-x:8000/proxy/v1/status"] = {
         "ready": True,
         "requestsServed": 3,
         "limitReached": False,

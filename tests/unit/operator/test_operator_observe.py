@@ -181,3 +181,25 @@ def test_serve_status_and_public_key_documents() -> None:
     assert observe.public_key({"name": "server1", "publicKey": "QUJD"}, 1) == "QUJD"
     assert observe.public_key({"name": "server0", "publicKey": "QUJD"}, 1) is None
     assert observe.public_key({"name": "server1"}, 1) is None
+
+
+def serve_pod(name: str, gen: str, ready: bool, phase: str = "Running") -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "labels": {"tfe.dev/share-generation": gen}},
+        "status": {"phase": phase, "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+    }
+
+
+def test_pick_serve_pod() -> None:
+    old_ready = serve_pod("old", "1", True)
+    new_warming = serve_pod("new", "2", False)
+    assert observe.pick_serve_pod([new_warming, old_ready]) is old_ready
+    new_ready = serve_pod("new", "2", True)
+    assert observe.pick_serve_pod([old_ready, new_ready]) is new_ready
+    # After its request limit a serve pod is unready but still reports its status.
+    limited = serve_pod("x", "1", False)
+    assert observe.pick_serve_pod([limited]) is limited
+    assert observe.pick_serve_pod([serve_pod("p", "1", False, phase="Pending")]) is None
+    gone = serve_pod("g", "1", True)
+    gone["metadata"]["deletionTimestamp"] = "2025-01-01T00:00:00Z"
+    assert observe.pick_serve_pod([gone]) is None
