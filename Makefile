@@ -46,16 +46,16 @@ unit: setup ## pure unit tests (no processes, no cluster)
 	$(VENV)/bin/pytest -q tests/unit
 	$(WVENV)/bin/pytest -q tests/worker_unit
 
-integration: setup ## three real TFE players, share, serve, client over HTTP
-	$(WVENV)/bin/pytest -q tests/integration
+integration: setup ## three real TFE players, share, serve, client over HTTP (private network namespace)
+	$(WPY) -m tfe_worker.netns $(WVENV)/bin/pytest -q tests/integration
 
 test: lint unit integration ## lint, then every test that needs no cluster
 
-demo: setup ## train digits MLP, run three local players + share + serve, 100+ private predictions
+demo: $(WVENV)/.stamp ## train digits MLP, run three local players + share + serve, 200 private predictions
 	$(WPY) -m tfe_worker.demo --workdir .demo
 
-bench: setup ## benchmarks -> bench/results.json and a table
-	$(WPY) -m tfe_worker.bench --out bench/results.json
+bench: $(WVENV)/.stamp ## benchmarks -> bench/results.json and a table (private network namespace)
+	$(WPY) -m tfe_worker.netns $(WPY) -m tfe_worker.bench --out bench/results.json
 
 clean: ## remove venvs and local state (not the cluster: see cluster-down)
 	rm -rf $(VENV) $(WVENV) .demo .state .pytest_cache .mypy_cache .ruff_cache

@@ -8,4 +8,4 @@ Nothing it sends reveals the input to the endpoint, a proxy or a log.
 from tfe_client.client import Client, ModelInfo
 from tfe_client.errors import InconsistentSharesError, ProtocolError, RemoteError
 
-__all__ = ["Client", "ModelInfo", "InconsistentSharesError", "ProtocolError", "RemoteError"]
+__all__ = ["Client", "InconsistentSharesError", "ModelInfo", "ProtocolError", "RemoteError"]

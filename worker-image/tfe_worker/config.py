@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import List
 
 PLAYER_NAMES = ("server0", "server1", "server2")
 
@@ -24,10 +23,10 @@ class Player:
 
 @dataclass(frozen=True)
 class Config:
-    players: List[Player]
+    players: list[Player]
 
     @property
-    def hostmap(self) -> "OrderedDict[str, str]":
+    def hostmap(self) -> OrderedDict[str, str]:
         return OrderedDict((p.name, p.tf) for p in self.players)
 
     def player(self, name: str) -> Player:
@@ -41,7 +40,7 @@ class Config:
                           indent=2)
 
     @classmethod
-    def parse(cls, obj: object) -> "Config":
+    def parse(cls, obj: object) -> Config:
         if not isinstance(obj, dict) or not isinstance(obj.get("players"), list):
             raise ConfigError('config must be {"players": [{"name", "tf", "http"} x3]}')
         raw = obj["players"]
@@ -57,7 +56,7 @@ class Config:
         return cls(players)
 
     @classmethod
-    def load(cls, path: str) -> "Config":
+    def load(cls, path: str) -> Config:
         with open(path) as f:
             try:
                 obj = json.load(f)
@@ -66,6 +65,6 @@ class Config:
         return cls.parse(obj)
 
     @classmethod
-    def loopback(cls, tf_ports: List[int], http_ports: List[int], host: str = "127.0.0.1") -> "Config":
+    def loopback(cls, tf_ports: list[int], http_ports: list[int], host: str = "127.0.0.1") -> Config:
         return cls([Player(n, i, f"{host}:{tf_ports[i]}", f"{host}:{http_ports[i]}")
                     for i, n in enumerate(PLAYER_NAMES)])

@@ -8,14 +8,13 @@ import signal
 import subprocess
 import sys
 import time
-from typing import List, Optional, Tuple
 
 import numpy as np
 
 from tfe_worker.local import free_ports, worker_cmd
 
 
-def digits() -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """scikit-learn's digits (ships with the package, no download), scaled to [0, 1]."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -37,7 +36,7 @@ def train_mlp(path: str, seed: int = 0) -> None:
     m.save(path)
 
 
-def wait_endpoint(url: str, proc: "subprocess.Popen[bytes]", timeout: float) -> None:
+def wait_endpoint(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
     import http.client
     import urllib.parse
 
@@ -57,7 +56,7 @@ def wait_endpoint(url: str, proc: "subprocess.Popen[bytes]", timeout: float) -> 
     raise TimeoutError(f"endpoint {url} not ready after {timeout:.0f}s")
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="tfe-worker demo")
     p.add_argument("--workdir", default=".demo")
     p.add_argument("--samples", type=int, default=200)

@@ -11,14 +11,16 @@ import logging
 import re
 import socket
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Dict, List, Optional, Pattern, Tuple
+from re import Pattern
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 log = logging.getLogger("tfe_worker.http")
 
-Handler = Callable[["Request"], Tuple[int, Any]]
+Handler = Callable[["Request"], tuple[int, Any]]
 
 
 class HTTPError(Exception):
@@ -28,7 +30,7 @@ class HTTPError(Exception):
 
 
 class Request:
-    def __init__(self, handler: BaseHTTPRequestHandler, match: "re.Match[str]", max_body: int) -> None:
+    def __init__(self, handler: BaseHTTPRequestHandler, match: re.Match[str], max_body: int) -> None:
         self.h = handler
         self.match = match
         self.max_body = max_body
@@ -85,10 +87,10 @@ class JSONServer:
     def __init__(self, name: str, max_body: int = 1 << 20) -> None:
         self.name = name
         self.max_body = max_body
-        self.routes: List[Tuple[str, Pattern[str], Handler]] = []
-        self.before: Optional[Callable[[Request, str], None]] = None
-        self.httpd: Optional[ThreadingHTTPServer] = None
-        self.thread: Optional[threading.Thread] = None
+        self.routes: list[tuple[str, Pattern[str], Handler]] = []
+        self.before: Callable[[Request, str], None] | None = None
+        self.httpd: ThreadingHTTPServer | None = None
+        self.thread: threading.Thread | None = None
 
     def route(self, method: str, pattern: str, fn: Handler) -> None:
         self.routes.append((method, re.compile(f"^{pattern}$"), fn))
@@ -137,7 +139,7 @@ class JSONServer:
                             log.warning("%s %s -> %d %s", method, path, e.status, e.code)
                         # unread bodies would corrupt the keep-alive stream
                         self.close_connection = True
-                    except Exception:  # noqa: BLE001 - never crash the server on one request
+                    except Exception:
                         log.exception("%s %s failed", method, path)
                         status, payload = 500, {"error": {"code": "internal", "message": "internal error"}}
                         self.close_connection = True
@@ -151,18 +153,18 @@ class JSONServer:
                 else:
                     self._send(404, {"error": {"code": "not_found", "message": f"no such path {path[:100]}"}})
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 self._dispatch("GET")
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 self._dispatch("POST")
 
-            def do_DELETE(self) -> None:  # noqa: N802
+            def do_DELETE(self) -> None:
                 self._dispatch("DELETE")
 
         return H
 
-    def start(self, host: str, port: int, sock: Optional[socket.socket] = None) -> int:
+    def start(self, host: str, port: int, sock: socket.socket | None = None) -> int:
         handler = self._make_handler()
         if sock is not None:
             httpd = _Quiet(sock.getsockname()[:2], handler, bind_and_activate=False)
@@ -183,12 +185,12 @@ class JSONServer:
             self.httpd.server_close()
 
 
-def split_hostport(s: str) -> Tuple[str, int]:
+def split_hostport(s: str) -> tuple[str, int]:
     host, port = s.rsplit(":", 1)
     return host.strip("[]"), int(port)
 
 
-def get_json(addr: str, path: str, timeout: float = 5.0) -> Dict[str, Any]:
+def get_json(addr: str, path: str, timeout: float = 5.0) -> dict[str, Any]:
     """One GET against a host:port (used for readiness and public metadata)."""
     import http.client
 

@@ -22,8 +22,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional
 
 from tfe_worker.config import PLAYER_NAMES, Config
 from tfe_worker.workers import wait_ready
@@ -31,7 +31,7 @@ from tfe_worker.workers import wait_ready
 log = logging.getLogger("tfe_worker.local")
 
 
-def free_ports(n: int, host: str = "127.0.0.1") -> List[int]:
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
     socks = []
     try:
         for _ in range(n):
@@ -54,21 +54,21 @@ def loopback_up() -> None:
         s.close()
 
 
-def isolation_cmd() -> Optional[List[str]]:
+def isolation_cmd() -> list[str] | None:
     """The unshare prefix that gives a private network namespace here, or None."""
     exe = shutil.which("unshare")
     if exe is None:
         return None
     for cmd in ([exe, "-n"], [exe, "-rn"]) if os.geteuid() == 0 else ([exe, "-rn"],):
         try:
-            if subprocess.run(cmd + ["true"], capture_output=True, timeout=10).returncode == 0:
+            if subprocess.run([*cmd, "true"], capture_output=True, timeout=10, check=False).returncode == 0:
                 return cmd
         except (OSError, subprocess.TimeoutExpired):
             continue
     return None
 
 
-def worker_cmd(*args: str) -> List[str]:
+def worker_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "tfe_worker.cli", *args]
 
 
@@ -79,11 +79,10 @@ class Stack:
     state: str
     name: str
     config: Config
-    coordinator: str
-    procs: Dict[str, subprocess.Popen] = field(default_factory=dict)  # type: ignore[type-arg]
-    logs: Dict[str, str] = field(default_factory=dict)
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)  # type: ignore[type-arg]
+    logs: dict[str, str] = field(default_factory=dict)
 
-    def _spawn(self, key: str, cmd: List[str], pass_fds: tuple = ()) -> subprocess.Popen:  # type: ignore[type-arg]
+    def _spawn(self, key: str, cmd: list[str], pass_fds: tuple = ()) -> subprocess.Popen:  # type: ignore[type-arg]
         logdir = os.path.join(self.state, "logs")
         os.makedirs(logdir, exist_ok=True)
         path = os.path.join(logdir, f"{key}.log")
@@ -93,6 +92,10 @@ class Stack:
                                  start_new_session=False)
         self.procs[key] = p
         return p
+
+    def coordinator(self) -> str:
+        """A fresh coordinator address: each coordinator process binds its own TF port."""
+        return f"127.0.0.1:{free_ports(1)[0]}"
 
     def config_path(self) -> str:
         return os.path.join(self.state, "tfe.json")
@@ -112,18 +115,18 @@ class Stack:
             self.start_player(i)
         wait_ready(self.config, ready_timeout)
 
-    def share(self, model: str, generation: int = 1, sha256: Optional[str] = None) -> int:
+    def share(self, model: str, generation: int = 1, sha256: str | None = None) -> int:
         cmd = worker_cmd("share", "--config", self.config_path(), "--model", model, "--name", self.name,
-                         "--generation", str(generation), "--coordinator-address", self.coordinator,
+                         "--generation", str(generation), "--coordinator-address", self.coordinator(),
                          "--termination-log", os.path.join(self.state, "share.termination-log"))
         if sha256:
             cmd += ["--sha256", sha256]
-        p = self._spawn(f"share-g{generation}", cmd)
+        p = self._spawn(f"share-{self.name}-g{generation}", cmd)
         return p.wait()
 
-    def start_serve(self, port: int, extra: List[str], listen_fd: Optional[int] = None) -> subprocess.Popen:  # type: ignore[type-arg]
+    def start_serve(self, port: int, extra: list[str], listen_fd: int | None = None) -> subprocess.Popen:  # type: ignore[type-arg]
         cmd = worker_cmd("serve", "--config", self.config_path(), "--name", self.name, "--port", str(port),
-                         "--host", "127.0.0.1", "--coordinator-address", self.coordinator, *extra)
+                         "--host", "127.0.0.1", "--coordinator-address", self.coordinator(), *extra)
         fds: tuple = ()
         if listen_fd is not None:
             cmd += ["--listen-fd", str(listen_fd)]
@@ -151,10 +154,9 @@ class Stack:
 
 
 def new_stack(state: str, name: str) -> Stack:
-    tf_ports = free_ports(4)
+    tf_ports = free_ports(3)
     http_ports = free_ports(3)
-    cfg = Config.loopback(tf_ports[:3], http_ports)
-    return Stack(os.path.abspath(state), name, cfg, f"127.0.0.1:{tf_ports[3]}")
+    return Stack(os.path.abspath(state), name, Config.loopback(tf_ports, http_ports))
 
 
 @contextlib.contextmanager
@@ -177,7 +179,7 @@ def inner(a: argparse.Namespace) -> int:
         stack.start_players()
         rc = stack.share(a.model)
         if rc != 0:
-            with open(stack.logs[next(k for k in stack.logs if k.startswith("share"))]) as f:
+            with open(stack.logs[f"share-{a.name}-g1"]) as f:
                 tail = f.read().strip().splitlines()[-1:]
             print(f"tfe-worker local: share job failed: {tail[0] if tail else rc}", file=sys.stderr)
             return rc
@@ -197,7 +199,7 @@ def inner(a: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="tfe-worker local", description="three local players + share + serve")
     p.add_argument("--model", required=True)
     p.add_argument("--name", required=True)

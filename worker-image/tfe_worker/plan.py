@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -31,26 +31,26 @@ class ModelError(ValueError):
 @dataclass
 class LayerSpec:
     kind: str
-    config: Dict[str, Any]
-    weights: List[np.ndarray] = field(default_factory=list)
+    config: dict[str, Any]
+    weights: list[np.ndarray] = field(default_factory=list)
 
-    def public(self) -> Dict[str, Any]:
+    def public(self) -> dict[str, Any]:
         return {"kind": self.kind, "config": self.config, "weightShapes": [list(w.shape) for w in self.weights]}
 
 
 @dataclass
 class Plan:
-    input_shape: Tuple[int, ...]
-    output_shape: Tuple[int, ...]
-    layers: List[LayerSpec]
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    layers: list[LayerSpec]
     postprocess: str
     digest: str
 
     @property
-    def weights(self) -> List[np.ndarray]:
+    def weights(self) -> list[np.ndarray]:
         return [w for layer in self.layers for w in layer.weights]
 
-    def public(self) -> Dict[str, Any]:
+    def public(self) -> dict[str, Any]:
         return {"inputShape": list(self.input_shape), "outputShape": list(self.output_shape),
                 "layers": [layer.public() for layer in self.layers], "postprocess": self.postprocess,
                 "modelDigest": self.digest}
@@ -86,7 +86,7 @@ def _unsupported(layer: Any, why: str = "") -> ModelError:
                       f"supported: {', '.join(SUPPORTED)}")
 
 
-def _chain(model: Any) -> List[Any]:
+def _chain(model: Any) -> list[Any]:
     """The model's layers, if they form one chain (Sequential or a linear functional model)."""
     import tensorflow as tf
 
@@ -112,7 +112,7 @@ def _fold_bn(prev: LayerSpec, bn: Any) -> None:
     shift = (beta if beta is not None else 0.0) - mean * scale
     kernel = prev.weights[0]
     if prev.kind == "DepthwiseConv2D":
-        kh, kw, cin, mult = kernel.shape
+        _, _, cin, mult = kernel.shape
         kernel = kernel * scale.reshape(cin, mult)
     else:
         kernel = kernel * scale  # last axis is the output channel for Dense and Conv2D
@@ -128,7 +128,7 @@ def build_plan(model: Any, digest: str) -> Plan:
     if not in_shape or any(d is None for d in model.input_shape[1:]):
         raise ModelError(f"the model input must have a fixed shape (got {model.input_shape}); "
                          f"build the model with an explicit input_shape")
-    out: List[LayerSpec] = []
+    out: list[LayerSpec] = []
     post = "none"
     for pos, lay in enumerate(layers):
         kind = type(lay).__name__
@@ -141,7 +141,7 @@ def build_plan(model: Any, digest: str) -> Plan:
                 post, act = act, "linear"
             elif act not in ("linear", "relu", "sigmoid"):
                 raise _unsupported(lay, f"activation '{act}' (only relu, sigmoid and a final softmax)")
-            cfg: Dict[str, Any] = {"activation": None if act == "linear" else act, "use_bias": bool(lay.use_bias)}
+            cfg: dict[str, Any] = {"activation": None if act == "linear" else act, "use_bias": bool(lay.use_bias)}
             if kind == "Dense":
                 if len(lay.input_shape) != 2:
                     raise _unsupported(lay, f"Dense on a rank-{len(lay.input_shape)} input; add Flatten first")
@@ -215,7 +215,7 @@ def load_keras(path: str) -> Any:
             from None
 
 
-def tfe_layer_args(spec: Dict[str, Any], batch_input_shape: Optional[List[int]]) -> Dict[str, Any]:
+def tfe_layer_args(spec: dict[str, Any], batch_input_shape: list[int] | None) -> dict[str, Any]:
     """Constructor kwargs for the tfe.keras layer of a public layer spec."""
     args = dict(spec["config"])
     if "kernel_size" in args:

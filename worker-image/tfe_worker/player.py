@@ -24,7 +24,7 @@ import shutil
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -58,7 +58,7 @@ def load_or_create_key(state: str) -> WorkerKey:
     return key
 
 
-def generations(state: str, model: str) -> List[int]:
+def generations(state: str, model: str) -> list[int]:
     """Complete generations (manifest present) of a model, newest first."""
     mdir = os.path.join(state, "models", model)
     out = []
@@ -69,7 +69,7 @@ def generations(state: str, model: str) -> List[int]:
     return sorted(out, reverse=True)
 
 
-def prune(state: str) -> List[str]:
+def prune(state: str) -> list[str]:
     """Keep the newest KEEP_GENERATIONS complete generations of each model; drop older ones."""
     removed = []
     root = os.path.join(state, "models")
@@ -90,7 +90,7 @@ def prune(state: str) -> List[str]:
 @dataclass
 class Item:
     request_id: str
-    shape: Tuple[int, ...]
+    shape: tuple[int, ...]
     ephemeral_key: bytes
     offset: int
 
@@ -98,7 +98,7 @@ class Item:
 @dataclass
 class Batch:
     model: str
-    items: List[Item]
+    items: list[Item]
     created: float
 
 
@@ -109,9 +109,9 @@ class Player:
         self.me = config.player(name)
         self.state = os.path.abspath(state)
         self.spool = os.path.abspath(spool)
-        self.key: Optional[WorkerKey] = None
+        self.key: WorkerKey | None = None
         self.server: Any = None
-        self.batches: Dict[str, Batch] = {}
+        self.batches: dict[str, Batch] = {}
         self.lock = threading.Lock()
         self.stop_event = threading.Event()
         self.registry = CollectorRegistry()
@@ -147,26 +147,26 @@ class Player:
         self.server = tf.distribute.Server(cluster, job_name="tfe", task_index=self.me.index, start=True)
 
     # -- HTTP handlers -----------------------------------------------------------------------
-    def healthz(self, req: Request) -> Tuple[int, Any]:
+    def healthz(self, req: Request) -> tuple[int, Any]:
         return 200, {"ok": True}
 
-    def readyz(self, req: Request) -> Tuple[int, Any]:
+    def readyz(self, req: Request) -> tuple[int, Any]:
         if self.server is None or self.key is None:
             return 503, {"ready": False}
         return 200, {"ready": True, "name": self.name}
 
-    def public_key(self, req: Request) -> Tuple[int, Any]:
+    def public_key(self, req: Request) -> tuple[int, Any]:
         if self.key is None:
             raise HTTPError(503, "not_ready", "key not loaded yet")
         return 200, {"name": self.name, "publicKey": b64e(self.key.public)}
 
-    def list_generations(self, req: Request) -> Tuple[int, Any]:
+    def list_generations(self, req: Request) -> tuple[int, Any]:
         model = wire.check_model_name(req.match.group(1)) if _safe(req.match.group(1)) else None
         if model is None:
             raise HTTPError(400, "bad_model", "invalid model name")
         return 200, {"model": model, "generations": generations(self.state, model)}
 
-    def manifest(self, req: Request) -> Tuple[int, Any]:
+    def manifest(self, req: Request) -> tuple[int, Any]:
         model, gen = req.match.group(1), req.match.group(2)
         if not _safe(model):
             raise HTTPError(400, "bad_model", "invalid model name")
@@ -176,7 +176,7 @@ class Player:
         with open(path) as f:
             return 200, json.load(f)
 
-    def ingress(self, req: Request) -> Tuple[int, Any]:
+    def ingress(self, req: Request) -> tuple[int, Any]:
         t0 = time.perf_counter()
         body = req.json()
         if not isinstance(body, dict):
@@ -196,8 +196,8 @@ class Player:
             raise HTTPError(400, "bad_batch", "featureShape must be positive integers")
         feat_t = tuple(feat)
         data = np.zeros((2, bucket) + feat_t, dtype="<i8")  # zero rows: a valid sharing of 0 (padding)
-        kept: List[Item] = []
-        failed: List[Dict[str, str]] = []
+        kept: list[Item] = []
+        failed: list[dict[str, str]] = []
         r = 0
         for it in items:
             rid, shape = _item_header(it, feat_t)
@@ -223,7 +223,7 @@ class Player:
         log.debug("batch %s: spooled %d request(s), %d rejected", bid, len(kept), len(failed))
         return 200, {"batchId": bid, "accepted": [i.request_id for i in kept], "failed": failed}
 
-    def _open_item(self, it: Dict[str, Any], model: str, rid: str, shape: Tuple[int, ...]) -> Tuple[bytes, np.ndarray]:
+    def _open_item(self, it: dict[str, Any], model: str, rid: str, shape: tuple[int, ...]) -> tuple[bytes, np.ndarray]:
         eph = b64d(it.get("ephemeralKey"), "ephemeralKey")
         nonce = b64d(it.get("nonce"), "nonce")
         ct = b64d(it.get("ciphertext"), "ciphertext")
@@ -232,7 +232,7 @@ class Player:
                                       f"{self.name} bundle")
         return eph, wire.pair_from_bytes(plain, shape, self.name)
 
-    def egress(self, req: Request) -> Tuple[int, Any]:
+    def egress(self, req: Request) -> tuple[int, Any]:
         t0 = time.perf_counter()
         body = req.json()
         bid = body.get("batchId") if isinstance(body, dict) else None
@@ -268,7 +268,7 @@ class Player:
         self.m_io.labels("egress").observe(time.perf_counter() - t0)
         return 200, {"batchId": bid, "outputs": outputs}
 
-    def drop_batch(self, req: Request) -> Tuple[int, Any]:
+    def drop_batch(self, req: Request) -> tuple[int, Any]:
         bid = req.match.group(1)
         with self.lock:
             self.batches.pop(bid, None)
@@ -277,7 +277,7 @@ class Player:
             _unlink(os.path.join(self.spool, sub, f"{bid}.{ext}"))
         return 200, {"batchId": bid, "dropped": True}
 
-    def metrics(self, req: Request) -> Tuple[int, Any]:
+    def metrics(self, req: Request) -> tuple[int, Any]:
         return 200, metrics_response(self.registry)
 
     # -- housekeeping --------------------------------------------------------------------------
@@ -328,7 +328,7 @@ def _safe(name: str) -> bool:
         return False
 
 
-def _item_header(it: Any, feat: Tuple[int, ...]) -> Tuple[str, Tuple[int, ...]]:
+def _item_header(it: Any, feat: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
     """requestId and shape of a batch item; the coordinator validated them, so errors fail the batch."""
     if not isinstance(it, dict):
         raise HTTPError(400, "bad_batch", "items must be objects")
@@ -363,7 +363,7 @@ def read_tensorproto_int64(path: str) -> np.ndarray:
     return np.asarray(tp.int64_val, dtype=np.int64).reshape(shape)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="tfe-worker player")
     p.add_argument("name", help="server0, server1 or server2")
     p.add_argument("--config", required=True)

@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tf_encrypted as tfe  # noqa: E402
-from tf_encrypted.config import RemoteConfig  # noqa: E402
-from tf_encrypted.protocol.aby3.aby3_tensors import ABY3PrivateTensor, ShareType  # noqa: E402
-from tf_encrypted.tensor import int64factory  # noqa: E402
+import numpy as np
+import tensorflow as tf
+import tf_encrypted as tfe
+from tf_encrypted.config import RemoteConfig
+from tf_encrypted.protocol.aby3.aby3_tensors import ABY3PrivateTensor, ShareType
+from tf_encrypted.tensor import int64factory
 
-from tfe_worker.config import Config  # noqa: E402
-from tfe_worker.plan import tfe_layer_args  # noqa: E402
+from tfe_worker.config import Config
+from tfe_worker.plan import tfe_layer_args
 
 log = logging.getLogger("tfe_worker.runtime")
 PROTOCOLS = ("ABY3",)
@@ -40,7 +41,7 @@ class FreshABY3(tfe.protocol.ABY3):  # type: ignore[misc]
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._call: Optional[tf.Tensor] = None
+        self._call: tf.Tensor | None = None
         super().__init__(*args, **kwargs)
 
     def _vec(self) -> tf.Tensor:
@@ -73,11 +74,11 @@ def connect(config: Config, coordinator: str, protocol: str = "ABY3") -> FreshAB
     return prot
 
 
-def devices(prot: FreshABY3) -> List[str]:
+def devices(prot: FreshABY3) -> list[str]:
     return [s.device_name for s in prot.servers]
 
 
-def write_pair(prot: FreshABY3, x: ABY3PrivateTensor, path: Any) -> List[tf.Operation]:
+def write_pair(prot: FreshABY3, x: ABY3PrivateTensor, path: Any) -> list[tf.Operation]:
     """Player i writes ITS pair (x_i, x_{i+1}) to `path` on its own disk."""
     ops = []
     for i in range(3):
@@ -89,7 +90,7 @@ def write_pair(prot: FreshABY3, x: ABY3PrivateTensor, path: Any) -> List[tf.Oper
 
 def read_pair(prot: FreshABY3, path: Any, shape: Sequence[int]) -> ABY3PrivateTensor:
     """Each player parses its own file; returns the replicated private tensor."""
-    shares: List[List[Any]] = [[None, None] for _ in range(3)]
+    shares: list[list[Any]] = [[None, None] for _ in range(3)]
     for i in range(3):
         with tf.device(prot.servers[i].device_name):
             pair = tf.io.parse_tensor(tf.io.read_file(path), tf.int64)
@@ -100,7 +101,7 @@ def read_pair(prot: FreshABY3, path: Any, shape: Sequence[int]) -> ABY3PrivateTe
 
 def read_raw_pair(prot: FreshABY3, path: Any, shape: Sequence[int]) -> ABY3PrivateTensor:
     """Like read_pair, for raw little-endian int64 files written by a player's ingress."""
-    shares: List[List[Any]] = [[None, None] for _ in range(3)]
+    shares: list[list[Any]] = [[None, None] for _ in range(3)]
     for i in range(3):
         with tf.device(prot.servers[i].device_name):
             raw = tf.io.decode_raw(tf.io.read_file(path), tf.int64, little_endian=True)
@@ -123,7 +124,7 @@ def share_weights(prot: FreshABY3, weights: Sequence[np.ndarray], prefix: str) -
         write_pair(prot, x.read_value(), f"{prefix}/w{k}.tp")
 
 
-def build_model(manifest: Dict[str, Any], batch: int) -> Any:
+def build_model(manifest: dict[str, Any], batch: int) -> Any:
     """tfe.keras Sequential with the manifest's architecture and a fixed batch size."""
     layers = []
     for pos, spec in enumerate(manifest["layers"]):
@@ -135,7 +136,7 @@ def build_model(manifest: Dict[str, Any], batch: int) -> Any:
     return tfe.keras.Sequential(layers)
 
 
-def load_weights(prot: FreshABY3, model: Any, manifest: Dict[str, Any], prefix: str) -> None:
+def load_weights(prot: FreshABY3, model: Any, manifest: dict[str, Any], prefix: str) -> None:
     """Assign the players' stored share pairs to the model's private variables, on the players."""
     k = 0
     for layer, spec in zip(model.layers, manifest["layers"]):

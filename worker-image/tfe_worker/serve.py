@@ -25,7 +25,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -50,7 +50,7 @@ class Pending:
     req: wire.PredictRequest
     enqueued: float
     done: threading.Event = field(default_factory=threading.Event)
-    result: Optional[Tuple[int, Any]] = None
+    result: tuple[int, Any] | None = None
     attempts: int = 0
 
     def finish(self, status: int, payload: Any) -> None:
@@ -59,7 +59,7 @@ class Pending:
             self.done.set()
 
 
-def default_buckets(max_batch: int) -> List[int]:
+def default_buckets(max_batch: int) -> list[int]:
     b = [x for x in (1, 4, 16, 64, 256) if x < max_batch]
     return b + [max_batch]
 
@@ -69,9 +69,9 @@ class WorkerLink:
 
     def __init__(self, addr: str) -> None:
         self.host, self.port = split_hostport(addr)
-        self.conn: Optional[http.client.HTTPConnection] = None
+        self.conn: http.client.HTTPConnection | None = None
 
-    def call(self, method: str, path: str, body: Optional[Dict[str, Any]] = None, timeout: float = 30.0) -> Any:
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 30.0) -> Any:
         data = json.dumps(body, separators=(",", ":")).encode() if body is not None else None
         for attempt in (0, 1):
             if self.conn is None:
@@ -96,11 +96,11 @@ class WorkerLink:
 class Engine:
     """TF Encrypted state of one coordinator connection: protocol, private model, graphs."""
 
-    def __init__(self, config: Config, coordinator: str, manifest: Dict[str, Any], protocol: str,
-                 buckets: List[int]) -> None:
+    def __init__(self, config: Config, coordinator: str, manifest: dict[str, Any], protocol: str,
+                 buckets: list[int]) -> None:
         self.config, self.coordinator, self.manifest = config, coordinator, manifest
         self.protocol, self.buckets = protocol, buckets
-        self.fns: Dict[int, Any] = {}
+        self.fns: dict[int, Any] = {}
         self.calls = 0
         self.prot: Any = None
 
@@ -140,9 +140,9 @@ class Engine:
 
 
 class Server:
-    def __init__(self, config: Config, name: str, generation: Optional[int], coordinator: str, protocol: str,
-                 max_batch: int, max_wait_ms: float, max_requests: Optional[int], linger: bool,
-                 token: Optional[str], buckets: Optional[List[int]], ready_timeout: float) -> None:
+    def __init__(self, config: Config, name: str, generation: int | None, coordinator: str, protocol: str,
+                 max_batch: int, max_wait_ms: float, max_requests: int | None, linger: bool,
+                 token: str | None, buckets: list[int] | None, ready_timeout: float) -> None:
         self.config, self.name, self.coordinator, self.protocol = config, name, coordinator, protocol
         self.generation = generation
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000.0
@@ -151,7 +151,7 @@ class Server:
         if self.buckets[-1] != max_batch:
             self.buckets.append(max_batch)
         self.ready_timeout = ready_timeout
-        self.queue: "queue.Queue[Pending]" = queue.Queue()
+        self.queue: queue.Queue[Pending] = queue.Queue()
         self.links = [WorkerLink(p.http) for p in config.players]
         self.pool = ThreadPoolExecutor(3, thread_name_prefix="worker-link")
         self.stop = threading.Event()
@@ -160,9 +160,9 @@ class Server:
         self.served = 0
         self.admitted = 0
         self.admit_lock = threading.Lock()
-        self.manifest: Dict[str, Any] = {}
-        self.keys: List[str] = []
-        self.engine: Optional[Engine] = None
+        self.manifest: dict[str, Any] = {}
+        self.keys: list[str] = []
+        self.engine: Engine | None = None
         r = self.registry = CollectorRegistry()
         self.m_requests = Counter("tfe_serve_requests_total", "Predict requests by result", ["result"], registry=r)
         self.m_latency = Histogram("tfe_serve_request_seconds", "Predict latency at the endpoint", registry=r,
@@ -219,7 +219,7 @@ class Server:
 
     # -- batching ------------------------------------------------------------------------------
     def batcher(self) -> None:
-        carry: Optional[Pending] = None
+        carry: Pending | None = None
         while not self.stop.is_set():
             if self.engine is None or not self.ready:
                 try:
@@ -263,7 +263,7 @@ class Server:
         with self.admit_lock:
             return self.admitted - self.served
 
-    def _retry(self, batch: List[Pending], err: BaseException) -> None:
+    def _retry(self, batch: list[Pending], err: BaseException) -> None:
         log.warning("batch of %d request(s) failed (%s); reconnecting and retrying", len(batch), _short(err))
         self.m_errors.labels("worker_failure").inc()
         self.ready = False
@@ -276,7 +276,7 @@ class Server:
             else:
                 self.queue.put(p)
 
-    def _process(self, batch: List[Pending], count: bool = True) -> None:
+    def _process(self, batch: list[Pending], count: bool = True) -> None:
         assert self.engine is not None
         rows = sum(p.req.rows for p in batch)
         bucket = next(b for b in self.buckets if b >= rows)
@@ -284,7 +284,7 @@ class Server:
         feat = list(self.manifest["inputShape"])
         out_feat = list(self.manifest["outputShape"])
         bodies = []
-        for i, w in enumerate(wire.WORKERS):
+        for i in range(len(wire.WORKERS)):
             items = [{"requestId": p.req.request_id, "shape": list(p.req.shape),
                       "ephemeralKey": b64e(p.req.ephemeral_key), "nonce": b64e(p.req.bundles[i].sealed.nonce),
                       "ciphertext": b64e(p.req.bundles[i].sealed.ciphertext)} for p in batch]
@@ -293,7 +293,7 @@ class Server:
         try:
             acks = list(self.pool.map(lambda ib: self.links[ib[0]].call("POST", "/v1/ingress", ib[1]),
                                       enumerate(bodies)))
-            rejected: Dict[str, str] = {}
+            rejected: dict[str, str] = {}
             for i, ack in enumerate(acks):
                 for f in ack.get("failed", []):
                     rejected.setdefault(f["requestId"], f"{wire.WORKERS[i]} rejected its bundle: {f['reason']}")
@@ -355,7 +355,7 @@ class Server:
         if not self.ready and not self.manifest:
             raise HTTPError(503, "not_ready", "the model is still loading")
 
-    def info(self, req: Request) -> Tuple[int, Any]:
+    def info(self, req: Request) -> tuple[int, Any]:
         self._check_model(req.match.group(1))
         m = self.manifest
         return 200, {"name": self.name, "protocol": self.protocol, "shareGeneration": int(m["generation"]),
@@ -365,7 +365,7 @@ class Server:
                      "fixedPoint": m["fixedPoint"], "maxBatchSize": self.max_batch,
                      "workers": [{"name": w, "publicKey": k} for w, k in zip(wire.WORKERS, self.keys)]}
 
-    def predict(self, req: Request) -> Tuple[int, Any]:
+    def predict(self, req: Request) -> tuple[int, Any]:
         t0 = time.perf_counter()
         self._check_model(req.match.group(1))
         body = req.json()
@@ -395,16 +395,16 @@ class Server:
         self.m_latency.observe(time.perf_counter() - t0)
         return status, payload
 
-    def status(self, req: Request) -> Tuple[int, Any]:
+    def status(self, req: Request) -> tuple[int, Any]:
         return 200, {"ready": self.ready, "model": self.name, "requestsServed": self.served,
                      "maxRequests": self.max_requests, "limitReached": self.limit_event.is_set(),
                      "shareGeneration": int(self.manifest["generation"]) if self.manifest else None}
 
-    def readyz(self, req: Request) -> Tuple[int, Any]:
+    def readyz(self, req: Request) -> tuple[int, Any]:
         ok = self.ready and not self.limit_event.is_set()
         return (200 if ok else 503), {"ready": ok}
 
-    def serve(self, host: str, port: int, sock: Optional[socket.socket] = None) -> int:
+    def serve(self, host: str, port: int, sock: socket.socket | None = None) -> int:
         feat_bytes = 1 << 16
         srv = JSONServer("serve", max_body=max(1 << 20, self.max_batch * feat_bytes * 2 * 8 * 3 * 2))
         srv.before = self._auth
@@ -436,7 +436,7 @@ def _short(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[-1][:200] if lines else ''}"
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="tfe-worker serve")
     p.add_argument("--config", required=True)
     p.add_argument("--name", required=True)

@@ -18,7 +18,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-from typing import List, Optional
 
 from tfe_client.fixedpoint import DEFAULT as FIXED_POINT
 from tfe_worker.config import Config
@@ -30,7 +29,7 @@ EXIT_INVALID = 2
 MAX_DOWNLOAD = 2 << 30
 
 
-def fetch_model(src: str, sha256: Optional[str], tmp: str) -> str:
+def fetch_model(src: str, sha256: str | None, tmp: str) -> str:
     """Return a local path for src (a file, a SavedModel dir, or an http(s) URL)."""
     if src.startswith(("http://", "https://")):
         if not sha256:
@@ -40,7 +39,7 @@ def fetch_model(src: str, sha256: Optional[str], tmp: str) -> str:
         h = hashlib.sha256()
         n = 0
         try:
-            with urllib.request.urlopen(src, timeout=60) as r, open(path, "wb") as f:  # noqa: S310 - http(s) only
+            with urllib.request.urlopen(src, timeout=60) as r, open(path, "wb") as f:
                 for chunk in iter(lambda: r.read(1 << 20), b""):
                     n += len(chunk)
                     if n > MAX_DOWNLOAD:
@@ -64,7 +63,7 @@ def fetch_model(src: str, sha256: Optional[str], tmp: str) -> str:
     return src
 
 
-def run(config: Config, model_src: str, sha256: Optional[str], name: str, generation: int, coordinator: str,
+def run(config: Config, model_src: str, sha256: str | None, name: str, generation: int, coordinator: str,
         protocol: str, ready_timeout: float) -> None:
     tmp = tempfile.mkdtemp(prefix="tfe-share-")
     try:
@@ -97,7 +96,7 @@ def _termination(path: str, msg: str) -> None:
         pass
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="tfe-worker share")
     p.add_argument("--config", required=True)
     p.add_argument("--model", required=True, help="path to .h5/.keras/SavedModel, or http(s) URL (needs --sha256)")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Dict, List
+from typing import Any
 
 from tfe_worker.config import Config
 from tfe_worker.httpd import get_json
 
 
-def not_ready(config: Config) -> List[str]:
+def not_ready(config: Config) -> list[str]:
     """Names of players whose /readyz does not answer 200 now."""
     bad = []
     for p in config.players:
@@ -21,7 +21,7 @@ def not_ready(config: Config) -> List[str]:
     return bad
 
 
-def wait_ready(config: Config, timeout: float, stop: "threading.Event | None" = None) -> None:
+def wait_ready(config: Config, timeout: float, stop: threading.Event | None = None) -> None:
     """Block until all three players are ready, or raise TimeoutError naming the missing ones."""
     deadline = time.monotonic() + timeout
     stop = stop or threading.Event()
@@ -34,7 +34,7 @@ def wait_ready(config: Config, timeout: float, stop: "threading.Event | None" = 
         stop.wait(0.5)
 
 
-def public_keys(config: Config) -> List[str]:
+def public_keys(config: Config) -> list[str]:
     keys = []
     for p in config.players:
         obj = get_json(p.http, "/v1/public-key")
@@ -53,7 +53,7 @@ def latest_generation(config: Config, model: str) -> int:
     return max(common)
 
 
-def manifest(config: Config, model: str, generation: int) -> Dict[str, Any]:
+def manifest(config: Config, model: str, generation: int) -> dict[str, Any]:
     """The public manifest; all three players must hold the same one."""
     ms = [get_json(p.http, f"/v1/models/{model}/{generation}/manifest") for p in config.players]
     digests = {m.get("modelDigest") for m in ms}
