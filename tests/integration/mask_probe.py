@@ -4,7 +4,8 @@ usage: python mask_probe.py CONFIG COORD MODEL GEN stock|fresh SPOOL0 SPOOL1 SPO
 
 Builds the private model from the players' shares with either stock ABY3 or FreshABY3, runs
 one compiled graph twice on identical input shares, and prints whether the graph's
-zero-sharing masks and the output shares were identical across the two calls. Prints JSON only; holds no plaintext (inputs are zeros shared here)."""
+zero-sharing masks and the output shares were identical across the two calls.
+Prints JSON only; its input is a constant it shares itself."""
 
 import json
 import os
