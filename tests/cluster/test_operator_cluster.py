@@ -362,3 +362,71 @@ def test_max_requests_tears_down(namespace: str, models: Path) -> None:
     assert condition(st, "Serving")["reason"] == "MaxRequestsReached"
     assert get_json("statefulset", "limited-worker", "-n", namespace) is None
     assert get_json("deployment", "limited-serve", "-n", namespace) is None
+
+
+# ------------------------------------------------------------------ the chart, operator in its image
+
+
+@pytest.fixture
+def chart_namespace(request: pytest.FixtureRequest, cluster: str) -> Iterator[str]:
+    """A namespace outside the in-process operator's tfe-e2e-* pattern, for a helm release."""
+    import uuid
+
+    from clusterlib import dump
+
+    ns = f"tfe-chart-{uuid.uuid4().hex[:6]}"
+    kubectl("create", "namespace", ns)
+    yield ns
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        dump(ns)
+    helm("uninstall", "tfe", "-n", ns, "--wait", "--timeout", "60s", check=False)
+    kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def helm(*args: str, check: bool = True) -> str:
+    from clusterlib import REPO
+
+    proc = subprocess.run(
+        [str(REPO / ".cluster" / "bin" / "helm"), "--kubeconfig", str(KUBECONFIG), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} -> {proc.returncode}: {proc.stderr}")
+    return proc.stdout
+
+
+@pytest.mark.worker_image
+def test_chart_installs_an_operator_that_reconciles(chart_namespace: str, tmp_path: Path) -> None:
+    from clusterlib import REPO
+
+    ns = chart_namespace
+    helm(
+        "install", "tfe", str(REPO / "charts" / "tfe-operator"), "-n", ns,
+        "--set", "rbac.clusterWide=false",
+        "--set", "image.pullPolicy=Never",
+        "--set", "workerImage.pullPolicy=Never",
+        "--set", "resyncSeconds=2",
+        "--wait", "--timeout", "180s",
+    )  # fmt: skip
+    dummy_model(ns, tmp_path)
+    apply(ns, "m", {"model": DUMMY_MODEL, "workers": BROKEN_WORKERS})
+
+    def image_problem() -> dict[str, Any] | None:
+        c = condition(em_status(ns, "m"), "WorkersReady")
+        return c if c.get("reason") == "ErrImageNeverPull" else None
+
+    wait_for("the in-cluster operator reports the worker problem", image_problem, 180)
+    pods = get_json("pods", "-n", ns, "-l", "app.kubernetes.io/name=tfe-operator")["items"]
+    (pod,) = pods
+    name = pod["metadata"]["name"]
+    metrics = kubectl("get", "--raw", f"/api/v1/namespaces/{ns}/pods/{name}:8080/proxy/metrics")
+    assert 'tfe_operator_encryptedmodels{phase="Provisioning"} 1.0' in metrics
+    assert 'tfe_operator_reconciles_total{result="success"}' in metrics
+    healthz = kubectl("get", "--raw", f"/api/v1/namespaces/{ns}/pods/{name}:8081/proxy/healthz")
+    assert healthz is not None
+    kubectl("delete", "encryptedmodel", "m", "-n", ns, "--timeout=60s")
+    wait_for("owned objects gone", lambda: get_json("statefulset", "m-worker", "-n", ns) is None, 120)
