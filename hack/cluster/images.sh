@@ -112,12 +112,14 @@ context() { # name pyver requirements-file paths...
     tar -C "$REPO" --exclude='*.egg-info' --exclude='__pycache__' --exclude="$p/build" -cf - "$p" | tar -C "$ctx" -xf -
   done
   cp "$REPO/$req" "$ctx/requirements/"
-  local stamp; stamp=$(cat "$REPO/$req" | sha256sum | cut -c1-16)
+  local stamp srcs=(); for p in "$@"; do srcs+=("$REPO/$p"); done
+  stamp=$(cat "$REPO/$req" "$REPO"/{client,worker-image,operator}/pyproject.toml 2>/dev/null | sha256sum | cut -c1-16)
   if [ "$(cat "$ctx/requirements/wheels/.stamp" 2>/dev/null)" != "$stamp" ]; then
     log "wheelhouse for $name (python $v, $req)" >&2
     rm -rf "$ctx/requirements/wheels"; mkdir -p "$ctx/requirements/wheels"
     PIP_CACHE_DIR=${PIP_CACHE_DIR:-$CACHE/pip} "$py" -m pip wheel -q -w "$ctx/requirements/wheels" \
-      -r "$REPO/$req" "setuptools>=61" wheel >&2
+      -r "$REPO/$req" "${srcs[@]}" "setuptools>=61" wheel >&2
+    rm -f "$ctx"/requirements/wheels/tfe_*.whl   # the packages themselves come from the sources
     echo "$stamp" > "$ctx/requirements/wheels/.stamp"
   fi
   echo "$ctx"
