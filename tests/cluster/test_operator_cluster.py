@@ -198,6 +198,26 @@ def test_liveness_endpoint(operator: InProcessOperator) -> None:
         assert r.status == 200
 
 
+@pytest.mark.worker_image
+def test_crashing_worker_shows_crashloop_in_workers_ready(namespace: str, tmp_path: Path) -> None:
+    """The operator image has no tfe-worker: the player command exits 127 and crash-loops."""
+    from clusterlib import VERSION
+
+    dummy_model(namespace, tmp_path)
+    workers = {"image": f"tfe-operator/operator:{VERSION}", "storage": {"medium": "Memory"}}
+    apply(namespace, "m", {"model": DUMMY_MODEL, "workers": workers})
+
+    def crashloop() -> dict[str, Any] | None:
+        c = condition(em_status(namespace, "m"), "WorkersReady")
+        return c if c.get("reason") == "CrashLoopBackOff" else None
+
+    c = wait_for("WorkersReady reason CrashLoopBackOff", crashloop, 180)
+    assert c["status"] == "False"
+    assert "last exit 127" in c["message"], c["message"]
+    assert "restarts:" in c["message"]
+    assert em_status(namespace, "m")["phase"] == "Provisioning"
+
+
 # ------------------------------------------------------------------ with the worker image
 
 
