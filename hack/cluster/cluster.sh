@@ -383,6 +383,9 @@ down() {
   ipt_cleanup ip6tables
   if [ -f "$CL/sysctl.orig" ]; then sysctl -qw $(cat "$CL/sysctl.orig") || true; rm -f "$CL/sysctl.orig"; fi
   rm -rf "$STATE" "$RUN" "$HOSTPATH_PV"
+  # directories containerd 1.6 shims, dockerd and CNI create at fixed paths: removed when empty
+  rmdir /run/containerd/s /run/containerd/runc/k8s.io /run/containerd/runc /run/containerd \
+        /run/docker/plugins /run/docker /run/netns 2>/dev/null || true
   # containerd's metadata DB references the removed state; keep only its image content/snapshots
   rm -rf "$CL/pids" "$CL/config" "$CL/pki" "$CL/kubeconfig"
   log "cluster down"
