@@ -172,7 +172,7 @@ def test_worker_killed_and_restarted_mid_run(deployment, data, models):
 def test_coordinator_restart_reloads_shares_without_the_model_file(deployment, data, models):
     _, x_te, _, _ = data
     assert not [f for f in os.listdir(deployment.stack.state) if f.endswith(".h5")]
-    deployment.stack.kill("serve", signal.SIGTERM)
+    deployment.stack.kill("serve-digits", signal.SIGTERM)
     deployment.start_serve()
     y = Client(deployment.url).predict_proba("digits", x_te[:8])
     np.testing.assert_allclose(y, models["mlp_keras"].predict(x_te[:8], verbose=0), atol=2e-2)
@@ -206,7 +206,7 @@ def test_unsupported_layer_fails_the_share_job_with_its_name(deployment, models)
 
 def test_max_requests_and_bearer_token(deployment, data, tmp_path):
     _, x_te, _, _ = data
-    deployment.stack.kill("serve", signal.SIGTERM)
+    deployment.stack.kill("serve-digits", signal.SIGTERM)
     token = tmp_path / "token"
     token.write_text("s3cret-token\n")
     port = deployment.start_serve("--max-requests", "3", "--token-file", str(token))

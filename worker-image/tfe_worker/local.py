@@ -131,7 +131,7 @@ class Stack:
         if listen_fd is not None:
             cmd += ["--listen-fd", str(listen_fd)]
             fds = (listen_fd,)
-        return self._spawn("serve", cmd, pass_fds=fds)
+        return self._spawn(f"serve-{self.name}", cmd, pass_fds=fds)
 
     def kill(self, key: str, sig: int = signal.SIGKILL) -> None:
         p = self.procs.get(key)
@@ -140,7 +140,7 @@ class Stack:
             p.wait(timeout=30)
 
     def stop(self) -> None:
-        for key in ["serve"] + [k for k in self.procs if k != "serve"]:
+        for key in sorted(self.procs, key=lambda k: not k.startswith("serve")):  # coordinators first
             p = self.procs.get(key)
             if p is not None and p.poll() is None:
                 p.terminate()

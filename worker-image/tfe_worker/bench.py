@@ -1,0 +1,191 @@
+"""make bench: private prediction through the HTTP endpoint vs plaintext Keras vs TF Encrypted's
+own serving path, on the same three local players. Writes a JSON results file and prints a table.
+
+Measured per model (digits MLP 64-128-10, Net-A 784-128-128-10 with random weights, a small
+CNN on digits): batch-1 latency through the endpoint (sequential client: p50, p99), and
+predictions/s with 8 concurrent clients (16 rows per request, dynamic batching).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Dict, List
+
+import numpy as np
+
+from tfe_worker.demo import digits, wait_endpoint
+from tfe_worker.local import Stack, free_ports, new_stack
+
+
+def stats(ts: List[float]) -> Dict[str, float]:
+    a = np.asarray(ts) * 1000.0
+    return {"n": len(ts), "p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)),
+            "mean_ms": float(a.mean())}
+
+
+def build_models(d: str) -> Dict[str, Any]:
+    import tensorflow as tf
+
+    L = tf.keras.layers
+    x_tr, x_te, y_tr, _ = digits()
+    tf.keras.utils.set_random_seed(0)
+    mlp = tf.keras.Sequential([L.Dense(128, activation="relu", input_shape=(64,)), L.Dense(10, activation="softmax")])
+    mlp.compile("adam", "sparse_categorical_crossentropy")
+    mlp.fit(x_tr, y_tr, epochs=20, verbose=0)
+    neta = tf.keras.Sequential([L.Dense(128, activation="relu", input_shape=(784,)),
+                                L.Dense(128, activation="relu"), L.Dense(10, activation="softmax")])
+    cnn = tf.keras.Sequential([L.Reshape((8, 8, 1), input_shape=(64,)), L.Conv2D(8, 3, activation="relu"),
+                               L.AveragePooling2D(2), L.Flatten(), L.Dense(10, activation="softmax")])
+    cnn.compile("adam", "sparse_categorical_crossentropy")
+    cnn.fit(x_tr, y_tr, epochs=20, verbose=0)
+    rng = np.random.default_rng(0)
+    out = {}
+    for name, m, x in (("digits-mlp", mlp, x_te), ("net-a", neta, rng.uniform(0, 1, (256, 784)).astype(np.float32)),
+                       ("digits-cnn", cnn, x_te)):
+        path = os.path.join(d, f"{name}.h5")
+        m.save(path)
+        out[name] = {"path": path, "keras": m, "x": x}
+    return out
+
+
+def plaintext(m: Any, x: np.ndarray, n: int) -> Dict[str, Any]:
+    import tensorflow as tf
+
+    fn = tf.function(lambda v: m(v, training=False))
+    one = tf.constant(x[:1])
+    for _ in range(10):
+        fn(one).numpy()
+    ts = []
+    for k in range(n):
+        v = tf.constant(x[k % len(x):k % len(x) + 1])
+        t = time.perf_counter()
+        fn(v).numpy()
+        ts.append(time.perf_counter() - t)
+    b = tf.constant(np.resize(x, (128, *x.shape[1:])))
+    fn(b).numpy()
+    t = time.perf_counter()
+    reps = 50
+    for _ in range(reps):
+        fn(b).numpy()
+    return {"batch1": stats(ts), "predictions_per_s": 128 * reps / (time.perf_counter() - t)}
+
+
+def queue_baseline(stack: Stack, name: str, m: Any, n: int, tmp: str) -> Dict[str, Any]:
+    """TF Encrypted's QueueServer/QueueClient on the same players (two extra processes)."""
+    from tfe_worker.plan import build_plan
+
+    plan = build_plan(m, "bench")
+    man = os.path.join(tmp, f"{name}-manifest.json")
+    with open(man, "w") as f:
+        json.dump(plan.public(), f)
+    wts = os.path.join(tmp, f"{name}-weights.npz")
+    np.savez(wts, **{f"w{k}": w for k, w in enumerate(plan.weights)})
+    out = subprocess.run([sys.executable, "-m", "tfe_worker.bench_queue", stack.config_path(), stack.coordinator(),
+                          man, wts, str(n + 5)], capture_output=True, text=True, timeout=900, check=True)
+    lat = json.loads(out.stdout.strip().splitlines()[-1])["latencies"][5:]
+    return {"batch1": stats(lat)}
+
+
+def private_http(stack: Stack, name: str, x: np.ndarray, n: int, seconds: float) -> Dict[str, Any]:
+    from tfe_client import Client
+
+    port = free_ports(1)[0]
+    serve = stack.__class__(stack.state, name, stack.config, stack.procs, stack.logs).start_serve(
+        port, ["--max-batch-size", "128", "--max-wait-ms", "5"])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_endpoint(url, serve, 600)
+        c = Client(url)
+        for k in range(10):
+            c.predict(name, x[k:k + 1])
+        ts = []
+        for k in range(n):
+            row = x[k % len(x):k % len(x) + 1]
+            t = time.perf_counter()
+            c.predict(name, row)
+            ts.append(time.perf_counter() - t)
+        rows_done = [0] * 8
+        stop = time.monotonic() + seconds
+
+        def load(i: int) -> None:
+            cl = Client(url)
+            k = 16 * i
+            while time.monotonic() < stop:
+                cl.predict(name, np.resize(x[k % len(x):], (16, *x.shape[1:])))
+                rows_done[i] += 16
+                k += 16
+
+        threads = [threading.Thread(target=load, args=(i,)) for i in range(8)]
+        t0 = time.perf_counter()
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(timeout=seconds + 120)
+        elapsed = time.perf_counter() - t0
+        return {"batch1": stats(ts), "predictions_per_s": sum(rows_done) / elapsed,
+                "concurrency": {"clients": 8, "rows_per_request": 16, "seconds": elapsed}}
+    finally:
+        serve.terminate()
+        serve.wait(timeout=60)
+
+
+def main(argv: List[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="tfe-worker bench")
+    p.add_argument("--out", default="bench/results.json")
+    p.add_argument("--n", type=int, default=200, help="batch-1 requests per measurement")
+    p.add_argument("--seconds", type=float, default=10.0, help="duration of the concurrent-clients run")
+    a = p.parse_args(argv)
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    results: Dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                                            "platform": platform.platform()},
+                               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "models": {}}
+    with tempfile.TemporaryDirectory(prefix="tfe-bench-") as tmp:
+        models = build_models(tmp)
+        stack = new_stack(os.path.join(tmp, "state"), "bench")
+        try:
+            stack.start_players()
+            for name, m in models.items():
+                s = stack.__class__(stack.state, name, stack.config, stack.procs, stack.logs)
+                if s.share(m["path"]) != 0:
+                    raise RuntimeError(f"share of {name} failed")
+                r = {"plaintext": plaintext(m["keras"], m["x"], a.n)}
+                r["tfe_queue"] = queue_baseline(stack, name, m["keras"], min(a.n, 100), tmp)
+                r["private_http"] = private_http(stack, name, m["x"], a.n, a.seconds)
+                r["ratios"] = {
+                    "p50_vs_plaintext": r["private_http"]["batch1"]["p50_ms"] / r["plaintext"]["batch1"]["p50_ms"],
+                    "p50_vs_tfe_queue": r["private_http"]["batch1"]["p50_ms"] / r["tfe_queue"]["batch1"]["p50_ms"],
+                }
+                results["models"][name] = r
+                print(f"  {name}: done", flush=True)
+        finally:
+            stack.stop()
+    with open(a.out, "w") as f:
+        json.dump(results, f, indent=2)
+    print(table(results))
+    print(f"results written to {a.out}")
+    return 0
+
+
+def table(results: Dict[str, Any]) -> str:
+    rows = ["| model | plaintext b1 p50 / p99 (ms) | TFE queue b1 p50 / p99 (ms) | private HTTP b1 p50 / p99 (ms) "
+            "| vs TFE queue | private pred/s (8 clients) | plaintext pred/s |",
+            "|---|---|---|---|---|---|---|"]
+    for name, r in results["models"].items():
+        pl, q, h = r["plaintext"], r["tfe_queue"]["batch1"], r["private_http"]
+        rows.append(f"| {name} | {pl['batch1']['p50_ms']:.2f} / {pl['batch1']['p99_ms']:.2f} "
+                    f"| {q['p50_ms']:.1f} / {q['p99_ms']:.1f} | {h['batch1']['p50_ms']:.1f} / {h['batch1']['p99_ms']:.1f} "
+                    f"| {r['ratios']['p50_vs_tfe_queue']:.2f}x | {h['predictions_per_s']:,.0f} "
+                    f"| {pl['predictions_per_s']:,.0f} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
