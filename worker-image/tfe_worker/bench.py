@@ -17,7 +17,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Dict, List
+from typing import Any
 
 import numpy as np
 
@@ -25,13 +25,13 @@ from tfe_worker.demo import digits, wait_endpoint
 from tfe_worker.local import Stack, free_ports, new_stack
 
 
-def stats(ts: List[float]) -> Dict[str, float]:
+def stats(ts: list[float]) -> dict[str, float]:
     a = np.asarray(ts) * 1000.0
     return {"n": len(ts), "p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)),
             "mean_ms": float(a.mean())}
 
 
-def build_models(d: str) -> Dict[str, Any]:
+def build_models(d: str) -> dict[str, Any]:
     import tensorflow as tf
 
     L = tf.keras.layers
@@ -56,7 +56,7 @@ def build_models(d: str) -> Dict[str, Any]:
     return out
 
 
-def plaintext(m: Any, x: np.ndarray, n: int) -> Dict[str, Any]:
+def plaintext(m: Any, x: np.ndarray, n: int) -> dict[str, Any]:
     import tensorflow as tf
 
     fn = tf.function(lambda v: m(v, training=False))
@@ -78,7 +78,7 @@ def plaintext(m: Any, x: np.ndarray, n: int) -> Dict[str, Any]:
     return {"batch1": stats(ts), "predictions_per_s": 128 * reps / (time.perf_counter() - t)}
 
 
-def queue_baseline(stack: Stack, name: str, m: Any, n: int, tmp: str) -> Dict[str, Any]:
+def queue_baseline(stack: Stack, name: str, m: Any, n: int, tmp: str) -> dict[str, Any]:
     """TF Encrypted's QueueServer/QueueClient on the same players (two extra processes)."""
     from tfe_worker.plan import build_plan
 
@@ -94,7 +94,7 @@ def queue_baseline(stack: Stack, name: str, m: Any, n: int, tmp: str) -> Dict[st
     return {"batch1": stats(lat)}
 
 
-def private_http(stack: Stack, name: str, x: np.ndarray, n: int, seconds: float) -> Dict[str, Any]:
+def private_http(stack: Stack, name: str, x: np.ndarray, n: int, seconds: float) -> dict[str, Any]:
     from tfe_client import Client
 
     port = free_ports(1)[0]
@@ -137,14 +137,14 @@ def private_http(stack: Stack, name: str, x: np.ndarray, n: int, seconds: float)
         serve.wait(timeout=60)
 
 
-def main(argv: List[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="tfe-worker bench")
     p.add_argument("--out", default="bench/results.json")
     p.add_argument("--n", type=int, default=200, help="batch-1 requests per measurement")
     p.add_argument("--seconds", type=float, default=10.0, help="duration of the concurrent-clients run")
     a = p.parse_args(argv)
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    results: Dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                             "platform": platform.platform()},
                                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "models": {}}
     with tempfile.TemporaryDirectory(prefix="tfe-bench-") as tmp:
@@ -174,14 +174,15 @@ def main(argv: List[str] | None = None) -> int:
     return 0
 
 
-def table(results: Dict[str, Any]) -> str:
-    rows = ["| model | plaintext b1 p50 / p99 (ms) | TFE queue b1 p50 / p99 (ms) | private HTTP b1 p50 / p99 (ms) "
-            "| vs TFE queue | private pred/s (8 clients) | plaintext pred/s |",
-            "|---|---|---|---|---|---|---|"]
+def table(results: dict[str, Any]) -> str:
+    head = ("| model | plaintext b1 p50 / p99 (ms) | TFE queue b1 p50 / p99 (ms) | private HTTP b1 p50 / p99 (ms) "
+            "| vs TFE queue | private pred/s (8 clients) | plaintext pred/s |")
+    rows = [head, "|---|---|---|---|---|---|---|"]
     for name, r in results["models"].items():
         pl, q, h = r["plaintext"], r["tfe_queue"]["batch1"], r["private_http"]
         rows.append(f"| {name} | {pl['batch1']['p50_ms']:.2f} / {pl['batch1']['p99_ms']:.2f} "
-                    f"| {q['p50_ms']:.1f} / {q['p99_ms']:.1f} | {h['batch1']['p50_ms']:.1f} / {h['batch1']['p99_ms']:.1f} "
+                    f"| {q['p50_ms']:.1f} / {q['p99_ms']:.1f} "
+                    f"| {h['batch1']['p50_ms']:.1f} / {h['batch1']['p99_ms']:.1f} "
                     f"| {r['ratios']['p50_vs_tfe_queue']:.2f}x | {h['predictions_per_s']:,.0f} "
                     f"| {pl['predictions_per_s']:,.0f} |")
     return "\n".join(rows)

@@ -18,13 +18,13 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tf_encrypted as tfe  # noqa: E402
-from tf_encrypted.protocol.aby3.aby3 import ABY3, ABY3PrivateTensor, ShareType  # noqa: E402
-from tf_encrypted.queue.fifo import AbstractFIFOQueue, TFFIFOQueue  # noqa: E402
+import numpy as np
+import tensorflow as tf
+import tf_encrypted as tfe
+from tf_encrypted.protocol.aby3.aby3 import ABY3, ABY3PrivateTensor, ShareType
+from tf_encrypted.queue.fifo import AbstractFIFOQueue, TFFIFOQueue
 
-from tfe_worker.config import Config  # noqa: E402
+from tfe_worker.config import Config
 
 
 class ABY3FIFOQueue(AbstractFIFOQueue):  # type: ignore[misc]
