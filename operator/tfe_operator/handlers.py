@@ -127,8 +127,13 @@ def _reconcile(
         return
     with _lock(uid):
         body_status = dict(status)
-        # This process wrote the newest status; the watched body may lag behind it.
-        current = memo.get("status") or body_status
+        # If the object has not changed since this process last read it, its own status
+        # patch is not visible yet: continue from what it wrote. Any change (our patch
+        # landing, or anyone else's write) makes the body authoritative again.
+        rv = str(meta.get("resourceVersion", ""))
+        current = memo.get("status") if memo.get("status_rv") == rv else None
+        current = current or body_status
+        memo["status_rv"] = rv
         now = datetime.now(UTC)
         try:
             parsed = parse_spec(dict(spec))

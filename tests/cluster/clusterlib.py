@@ -18,6 +18,7 @@ import os
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,7 +30,9 @@ CRD = REPO / "charts" / "tfe-operator" / "crds" / "encryptedmodels.tfe.dev.yaml"
 VERSION = (REPO / "VERSION").read_text().strip()
 WORKER_IMAGE = os.environ.get("TFE_WORKER_IMAGE", f"tfe-operator/worker:{VERSION}")
 WORKER_PYTHON = REPO / ".venv-worker" / "bin" / "python"
-NS_PREFIX = "tfe-e2e-"
+# Namespaces of this run only: two runs on one cluster must not reconcile each other's objects.
+RUN_ID = uuid.uuid4().hex[:4]
+NS_PREFIX = f"tfe-e2e-{RUN_ID}-"
 
 T = TypeVar("T")
 

@@ -210,3 +210,19 @@ def test_execute_continues_after_errors(api: FakeApi) -> None:
     assert handlers.RUNTIME.kube is not None
     assert handlers.execute(handlers.RUNTIME.kube, "ml", plan) == []
     assert "/apis/apps/v1/namespaces/ml/deployments/x" not in api.objects
+
+
+def test_memo_status_only_while_the_body_is_stale(api: FakeApi) -> None:
+    """Continue from our own last status only if the object did not change since we read it."""
+    memo = kopf.Memo()
+    memo["status"] = {"phase": "Sharing", "marker": 1}
+    memo["status_rv"] = "5"
+    stale = body({"model": {}})
+    stale["metadata"]["resourceVersion"] = "5"
+    assert run(stale, memo)["status"]["marker"] == 1
+    memo["status"] = {"phase": "Sharing", "marker": 1}
+    memo["status_rv"] = "5"
+    fresh = body({"model": {}})
+    fresh["metadata"]["resourceVersion"] = "6"
+    assert "marker" not in run(fresh, memo)["status"]
+    assert memo["status_rv"] == "6"
