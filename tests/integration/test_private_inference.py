@@ -140,7 +140,7 @@ def test_wrong_shape_oversized_wrong_model_and_tampered(deployment, data):
     assert Client(deployment.url).predict("digits", x_te[:1]).shape == (1, 10)
     m = http_json(deployment.port, "GET", "/metrics")[1].decode()
     for series in ("tfe_serve_requests_total", "tfe_serve_request_seconds_bucket", "tfe_serve_batch_rows_bucket",
-                   "tfe_serve_errors_total", "tfe_serve_ready 1.0"):
+                   "tfe_serve_errors_total", "tfe_serve_ready 1.0", 'tfe_serve_stage_seconds_count{stage="graph"}'):
         assert series in m
 
 

@@ -169,8 +169,10 @@ class Server:
                                    buckets=(.005, .01, .015, .02, .03, .05, .075, .1, .2, .5, 1, 2, 5, 10))
         self.m_batch = Histogram("tfe_serve_batch_rows", "Rows per private graph call", registry=r,
                                  buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
-        self.m_graph = Histogram("tfe_serve_graph_seconds", "Private graph time per batch", registry=r,
-                                 buckets=(.005, .01, .015, .02, .03, .05, .075, .1, .2, .5, 1))
+        self.m_stage = Histogram("tfe_serve_stage_seconds", "Time per batch in each stage: ingress (workers "
+                                 "decrypt and spool), graph (the private computation), egress (workers "
+                                 "encrypt outputs)", ["stage"], registry=r,
+                                 buckets=(.001, .0025, .005, .01, .015, .02, .03, .05, .075, .1, .2, .5, 1))
         self.m_errors = Counter("tfe_serve_errors_total", "Errors by reason", ["reason"], registry=r)
         self.m_queue = Gauge("tfe_serve_queue_depth", "Requests waiting for a batch", registry=r)
         self.m_reconnects = Counter("tfe_serve_reconnects_total", "Reconnects to the workers", registry=r)
@@ -291,19 +293,23 @@ class Server:
             bodies.append({"batchId": bid, "model": self.name, "bucket": bucket, "featureShape": feat,
                            "items": items})
         try:
+            t0 = time.perf_counter()
             acks = list(self.pool.map(lambda ib: self.links[ib[0]].call("POST", "/v1/ingress", ib[1]),
                                       enumerate(bodies)))
+            t1 = time.perf_counter()
             rejected: dict[str, str] = {}
             for i, ack in enumerate(acks):
                 for f in ack.get("failed", []):
                     rejected.setdefault(f["requestId"], f"{wire.WORKERS[i]} rejected its bundle: {f['reason']}")
-            t0 = time.perf_counter()
             self.engine.run(bid, bucket)
-            self.m_graph.observe(time.perf_counter() - t0)
-            self.m_batch.observe(rows)
+            t2 = time.perf_counter()
             outs = list(self.pool.map(
                 lambda i: self.links[i].call("POST", "/v1/egress", {"batchId": bid, "outputShape": out_feat}),
                 range(3)))
+            if count:
+                self.m_batch.observe(rows)
+                for stage, dt in (("ingress", t1 - t0), ("graph", t2 - t1), ("egress", time.perf_counter() - t2)):
+                    self.m_stage.labels(stage).observe(dt)
         except BaseException:
             for link in self.links:  # best effort: drop this batch's spool files everywhere
                 try:
