@@ -260,3 +260,34 @@ def test_stock_aby3_reuses_masks(deployment, kind, reused):
     if not reused:
         assert res["sameShares"] is False
     assert res["maxDiff"] <= 8
+
+
+def test_cli_predict_and_worker_metrics(deployment, data, models, tmp_path):
+    import subprocess
+    import sys
+
+    _, x_te, _, _ = data
+    if deployment.serve.poll() is not None:
+        deployment.start_serve()
+    np.save(tmp_path / "x.npy", x_te[:4])
+    cli = [sys.executable, "-m", "tfe_client.cli"]
+    out = subprocess.run([*cli, "predict", "--endpoint", deployment.url, "--model", "digits", "--input",
+                          str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy"), "--proba"],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), models["mlp_keras"].predict(x_te[:4], verbose=0),
+                               atol=2e-2)
+    plain_json = subprocess.run([*cli, "predict", "--endpoint", deployment.url, "--model", "digits", "--input",
+                          str(tmp_path / "x.npy")], capture_output=True, text=True, timeout=120, check=False,
+                         env={**os.environ, "TFE_TOKEN": ""})
+    assert plain_json.returncode == 0 and len(json.loads(plain_json.stdout)) == 4
+    np.save(tmp_path / "wrong.npy", np.zeros((1, 3)))
+    wrong = subprocess.run([*cli, "predict", "--endpoint", deployment.url, "--model", "digits", "--input",
+                            str(tmp_path / "wrong.npy")], capture_output=True, text=True, timeout=120, check=False)
+    assert wrong.returncode == 2 and "does not match the model input [B, 64]" in wrong.stderr
+    for p in deployment.stack.config.players:
+        port = p.http.rsplit(":", 1)[1]
+        status, body = http_json(int(port), "GET", "/metrics")
+        assert status == 200
+        text = body.decode()
+        assert 'tfe_worker_ingress_items_total{result="ok"}' in text and "tfe_worker_egress_items_total" in text
