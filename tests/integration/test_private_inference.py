@@ -291,3 +291,32 @@ def test_cli_predict_and_worker_metrics(deployment, data, models, tmp_path):
         assert status == 200
         text = body.decode()
         assert 'tfe_worker_ingress_items_total{result="ok"}' in text and "tfe_worker_egress_items_total" in text
+
+
+def test_share_from_url_checks_the_digest(deployment, models):
+    """--model URL --sha256: downloaded, digest checked, then shared (a loopback HTTP server)."""
+    import functools
+    import hashlib
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    d = os.path.dirname(models["mlp"])
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=d)
+    handler.log_message = lambda *a: None  # type: ignore[method-assign]
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    stack = deployment.stack
+    s = stack.__class__(stack.state, "from-url", stack.config, stack.procs, stack.logs)
+    url = f"http://127.0.0.1:{srv.server_address[1]}/mlp.h5"
+    try:
+        with open(models["mlp"], "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        assert s.share(url, sha256="0" * 64) == 2
+        with open(os.path.join(stack.state, "share.termination-log")) as f:
+            assert f"sha256 of the downloaded model is {digest}, expected {'0' * 64}" in f.read()
+        assert s.share(url, generation=2, sha256=digest) == 0
+        gens = [http_json(int(p.http.rsplit(":", 1)[1]), "GET", "/v1/models/from-url/generations")[1]["generations"]
+                for p in stack.config.players]
+        assert gens == [[2], [2], [2]]
+    finally:
+        srv.shutdown()
+        srv.server_close()
