@@ -33,7 +33,7 @@ def train_mlp(path: str, seed: int = 0) -> None:
                              tf.keras.layers.Dense(10, activation="softmax")])
     m.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     m.fit(x_tr, y_tr, epochs=30, batch_size=32, verbose=0)
-    m.save(path)
+    m.save(path, include_optimizer=False)
 
 
 def wait_endpoint(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
