@@ -420,7 +420,9 @@ def helm(*args: str, check: bool = True) -> str:
 
 
 @pytest.mark.worker_image
-def test_chart_installs_an_operator_that_reconciles(chart_namespace: str, tmp_path: Path) -> None:
+def test_chart_installs_an_operator_that_serves_a_model(chart_namespace: str, models: Path) -> None:
+    """The operator in its image, as Helm installs it (namespaced RBAC, direct HTTP to the
+    pods): a model reaches Serving with the workers' public keys, and /metrics has the series."""
     from clusterlib import REPO
 
     ns = chart_namespace
@@ -432,21 +434,24 @@ def test_chart_installs_an_operator_that_reconciles(chart_namespace: str, tmp_pa
         "--set", "resyncSeconds=2",
         "--wait", "--timeout", "180s",
     )  # fmt: skip
-    dummy_model(ns, tmp_path)
-    apply(ns, "m", {"model": DUMMY_MODEL, "workers": BROKEN_WORKERS})
-
-    def image_problem() -> dict[str, Any] | None:
-        c = condition(em_status(ns, "m"), "WorkersReady")
-        return c if c.get("reason") == "ErrImageNeverPull" else None
-
-    wait_for("the in-cluster operator reports the worker problem", image_problem, 180)
-    pods = get_json("pods", "-n", ns, "-l", "app.kubernetes.io/name=tfe-operator")["items"]
-    (pod,) = pods
+    model_configmap(ns, "digits-model", models / "digits.h5")
+    apply(
+        ns,
+        "digits",
+        {
+            "model": {"configMap": {"name": "digits-model", "key": "model.h5"}},
+            "workers": {"storage": {"medium": "Memory"}},
+        },
+    )
+    st = wait_phase(ns, "digits", "Serving", SERVING_TIMEOUT)
+    assert all(w.get("publicKey") for w in st["workers"]), st["workers"]
+    (pod,) = get_json("pods", "-n", ns, "-l", "app.kubernetes.io/name=tfe-operator")["items"]
     name = pod["metadata"]["name"]
     metrics = kubectl("get", "--raw", f"/api/v1/namespaces/{ns}/pods/{name}:8080/proxy/metrics")
-    assert 'tfe_operator_encryptedmodels{phase="Provisioning"} 1.0' in metrics
+    assert 'tfe_operator_encryptedmodels{phase="Serving"} 1.0' in metrics
+    assert "tfe_operator_time_to_serving_seconds_count 1.0" in metrics
+    assert 'tfe_operator_share_job_duration_seconds_count{result="succeeded"} 1.0' in metrics
     assert 'tfe_operator_reconciles_total{result="success"}' in metrics
-    healthz = kubectl("get", "--raw", f"/api/v1/namespaces/{ns}/pods/{name}:8081/proxy/healthz")
-    assert healthz is not None
-    kubectl("delete", "encryptedmodel", "m", "-n", ns, "--timeout=60s")
-    wait_for("owned objects gone", lambda: get_json("statefulset", "m-worker", "-n", ns) is None, 120)
+    assert kubectl("get", "--raw", f"/api/v1/namespaces/{ns}/pods/{name}:8081/proxy/healthz") is not None
+    kubectl("delete", "encryptedmodel", "digits", "-n", ns, "--timeout=60s")
+    wait_for("owned objects gone", lambda: get_json("statefulset", "digits-worker", "-n", ns) is None, 120)
