@@ -138,7 +138,12 @@ def _reconcile(
         try:
             parsed = parse_spec(dict(spec))
         except SpecError as e:
-            new = {**current, "phase": "Failed", "message": f"invalid spec: {e}"}
+            new = {
+                **current,
+                "phase": "Failed",
+                "message": f"invalid spec: {e}",
+                "observedGeneration": int(meta.get("generation", 1) or 1),
+            }
             _patch_status(patch, body_status, current, new)
             memo["status"] = new
             metrics.RECONCILES.labels(result="invalid").inc()
