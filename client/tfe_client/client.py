@@ -57,6 +57,19 @@ class ModelInfo:
             raise ProtocolError(f"malformed model metadata: {e!r}") from e
 
 
+def seal_request(model: str, worker_keys: list[bytes], encoded: npt.NDArray[np.int64]
+                 ) -> tuple[wire.PredictRequest, ClientSession]:
+    """Share fixed-point values and encrypt pair i to worker i: one predict request."""
+    shape = tuple(int(d) for d in encoded.shape)
+    pairs = sharing.share(encoded)
+    session = ClientSession(worker_keys)
+    rid = os.urandom(16).hex()
+    bundles = tuple(
+        wire.Bundle(w, session.seal_request(i, wire.pair_to_bytes(pairs[i]), wire.aad("req", model, rid, w, shape)))
+        for i, w in enumerate(wire.WORKERS))
+    return wire.PredictRequest(rid, shape, session.ephemeral_public, bundles), session
+
+
 def softmax(z: FloatArray) -> FloatArray:
     e = np.exp(z - z.max(axis=-1, keepdims=True))
     out: FloatArray = e / e.sum(axis=-1, keepdims=True)
@@ -169,16 +182,8 @@ class Client:
         """Private logits for x (rows × model input). Raw model output before post-processing."""
         arr, info = self.prepare(name, x)
         fp = info.fixed_point
-        shape = tuple(int(d) for d in arr.shape)
-        pairs = sharing.share(fp.encode(arr))
-        session = ClientSession(list(info.worker_keys))
-        rid = os.urandom(16).hex()
-        bundles = tuple(
-            wire.Bundle(w, session.seal_request(i, wire.pair_to_bytes(pairs[i]),
-                                                wire.aad("req", name, rid, w, shape)))
-            for i, w in enumerate(wire.WORKERS))
-        req = wire.PredictRequest(rid, shape, session.ephemeral_public, bundles)
-        del pairs
+        req, session = seal_request(name, list(info.worker_keys), fp.encode(arr))
+        rid, shape = req.request_id, req.shape
         resp = wire.PredictResponse.parse(self._call("POST", f"/{wire.VERSION}/models/{name}:predict", req.to_json()))
         if resp.request_id != rid:
             raise ProtocolError("response belongs to another request")

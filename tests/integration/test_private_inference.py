@@ -12,7 +12,7 @@ import pytest
 from conftest import http_json
 
 from tfe_client import Client, RemoteError, sharing, wire
-from tfe_client.crypto import ClientSession
+from tfe_client.client import seal_request
 from tfe_client.fixedpoint import DEFAULT
 
 
@@ -56,15 +56,9 @@ def test_concurrent_clients_each_get_their_own_answer(deployment, models, data):
 
 
 def _raw_request(info, x, model="digits"):
-    """Build a predict body by hand (as the client does) so that tests can tamper with it."""
-    shape = tuple(x.shape)
-    pairs = sharing.share(DEFAULT.encode(x))
-    sess = ClientSession(list(info.worker_keys))
-    rid = os.urandom(16).hex()
-    bundles = tuple(
-        wire.Bundle(w, sess.seal_request(i, wire.pair_to_bytes(pairs[i]), wire.aad("req", model, rid, w, shape)))
-        for i, w in enumerate(wire.WORKERS))
-    return wire.PredictRequest(rid, shape, sess.ephemeral_public, bundles).to_json(), sess, rid
+    """A predict body built as the client builds it, so that tests can tamper with it."""
+    req, sess = seal_request(model, list(info.worker_keys), DEFAULT.encode(x))
+    return req.to_json(), sess, req.request_id
 
 
 def _open(sess, rid, resp, shape, model="digits"):

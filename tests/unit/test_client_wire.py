@@ -9,20 +9,15 @@ import numpy as np
 import pytest
 
 from tfe_client import sharing, wire
+from tfe_client.client import seal_request
 from tfe_client.crypto import ClientSession, Sealed, WorkerKey, b64e
 from tfe_client.errors import ProtocolError
 from tfe_client.fixedpoint import DEFAULT
 
 
 def _request(keys: list[WorkerKey], x: np.ndarray, model: str = "digits") -> tuple[dict[str, Any], ClientSession]:
-    sess = ClientSession([k.public for k in keys])
-    rid = "ab" * 16
-    shape = tuple(x.shape)
-    pairs = sharing.share(DEFAULT.encode(x))
-    bundles = tuple(
-        wire.Bundle(w, sess.seal_request(i, wire.pair_to_bytes(pairs[i]), wire.aad("req", model, rid, w, shape)))
-        for i, w in enumerate(wire.WORKERS))
-    return wire.PredictRequest(rid, shape, sess.ephemeral_public, bundles).to_json(), sess
+    req, sess = seal_request(model, [k.public for k in keys], DEFAULT.encode(x))
+    return req.to_json(), sess
 
 
 def test_aad_binds_everything() -> None:

@@ -29,8 +29,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from tfe_client import sharing, wire
-from tfe_client.crypto import ClientSession, b64d, b64e
+from tfe_client import wire
+from tfe_client.client import seal_request
+from tfe_client.crypto import b64d, b64e
 from tfe_client.errors import ProtocolError
 from tfe_client.fixedpoint import FixedPoint
 from tfe_worker import workers
@@ -205,16 +206,10 @@ class Server:
         """Run the whole path once (encrypt zeros like a client would) so tracing happens now."""
         import numpy as np
 
-        feat = tuple(self.manifest["inputShape"])
-        shape = (bucket,) + feat
         fp = FixedPoint.from_dict(self.manifest["fixedPoint"])
-        pairs = sharing.share(fp.encode(np.zeros(shape)))
-        sess = ClientSession([b64d(k, "key") for k in self.keys])
-        rid = os.urandom(16).hex()
-        bundles = tuple(wire.Bundle(w, sess.seal_request(i, wire.pair_to_bytes(pairs[i]),
-                                                         wire.aad("req", self.name, rid, w, shape)))
-                        for i, w in enumerate(wire.WORKERS))
-        p = Pending(wire.PredictRequest(rid, shape, sess.ephemeral_public, bundles), time.monotonic())
+        zeros = fp.encode(np.zeros((bucket, *self.manifest["inputShape"])))
+        req, _ = seal_request(self.name, [b64d(k, "key") for k in self.keys], zeros)
+        p = Pending(req, time.monotonic())
         self._process([p], count=False)
         if p.result is None or p.result[0] != 200:
             raise WorkerFailure(f"warm-up of bucket {bucket} failed: {p.result}")
