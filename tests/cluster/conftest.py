@@ -86,6 +86,9 @@ def namespace(request: pytest.FixtureRequest, operator: InProcessOperator) -> It
     rep = getattr(request.node, "rep_call", None)
     if rep is not None and rep.failed:
         dump(name)
+    # While the operator runs: kopf's timers put a finalizer on each EncryptedModel, which
+    # only a running operator removes (a namespace deleted later would hang on it).
+    kubectl("delete", "encryptedmodels", "--all", "-n", name, "--timeout=90s", check=False)
     kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 

@@ -400,6 +400,7 @@ def chart_namespace(request: pytest.FixtureRequest, cluster: str) -> Iterator[st
     rep = getattr(request.node, "rep_call", None)
     if rep is not None and rep.failed:
         dump(ns)
+    kubectl("delete", "encryptedmodels", "--all", "-n", ns, "--timeout=90s", check=False)  # operator still up
     helm("uninstall", "tfe", "-n", ns, "--wait", "--timeout", "60s", check=False)
     kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
