@@ -6,7 +6,7 @@ KUBECONFIG_E2E ?= $(CURDIR)/.cluster/kubeconfig
 operator-unit: $(VENV)/.stamp ## operator unit tests only (builders, CRD schema, state machine)
 	$(VENV)/bin/pytest -q tests/unit/operator
 
-e2e: $(VENV)/.stamp ## cluster tests of the operator on .cluster/kubeconfig (make cluster-up images first)
+e2e: $(VENV)/.stamp $(WVENV)/.stamp ## cluster tests of the operator on .cluster/kubeconfig (make cluster-up images first)
 	TFE_KUBECONFIG=$(KUBECONFIG_E2E) $(VENV)/bin/pytest -m cluster -v -rs tests/cluster
 
 operator-run: $(VENV)/.stamp ## run the operator locally against .cluster/kubeconfig (Ctrl-C stops it)
