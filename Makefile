@@ -16,7 +16,7 @@ export PIP_CACHE_DIR ?= $(CACHE)/pip
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help setup lint test unit integration demo bench clean
+.PHONY: help setup lint test unit integration demo bench clean helm-bin
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z0-9_.-]+:.*## ' $(MAKEFILE_LIST) | sort | \
@@ -42,8 +42,11 @@ lint: $(VENV)/.stamp ## ruff + mypy --strict on operator/ and client/
 	$(VENV)/bin/ruff check operator client worker-image tests
 	$(VENV)/bin/mypy --strict operator/tfe_operator client/tfe_client
 
-unit: setup ## pure unit tests (no processes, no cluster)
-	$(VENV)/bin/pytest -q tests/unit
+helm-bin: ## build helm from its Go module into ~/.cache/tfe-operator (cached; the chart tests need it)
+	hack/cluster/build.sh helm
+
+unit: setup helm-bin ## pure unit tests (no processes, no cluster), helm lint/template of the chart
+	TFE_HELM=$$(hack/cluster/build.sh path)/helm $(VENV)/bin/pytest -q -rs tests/unit
 	$(WVENV)/bin/pytest -q tests/worker_unit
 
 integration: setup ## three real TFE players, share, serve, client over HTTP (private network namespace)
