@@ -19,7 +19,7 @@ with tempfile.TemporaryDirectory() as d:
 lines = [
     "# The digits MLP (64-128-10, trained on scikit-learn's digits) as a ConfigMap.",
     "# Regenerate with: .venv-worker/bin/python examples/make_digits_configmap.py",
-    "apiVersion: v1", "kind: ConfigMap", "metadata:", "  name: digits-model", "binaryData:", "  model.h5: >-",
+    "apiVersion: v1", "kind: ConfigMap", "metadata:", "  name: digits-model", "binaryData:", "  model.h5: |-",
 ]
 lines += ["    " + data[i:i + 76] for i in range(0, len(data), 76)]
 with open(os.path.join(HERE, "digits-model.yaml"), "w") as f:
