@@ -580,17 +580,20 @@ def _tcp(*ports: int) -> list[dict[str, Any]]:
     return [{"protocol": "TCP", "port": p} for p in ports]
 
 
+def _components(ctx: Context, *components: str) -> dict[str, Any]:
+    """Label selector for this model's pods of the given components."""
+    return {
+        "matchExpressions": [
+            {"key": api.LABEL_MODEL, "operator": "In", "values": [ctx.name]},
+            {"key": api.LABEL_COMPONENT, "operator": "In", "values": list(components)},
+        ]
+    }
+
+
 def worker_network_policy(ctx: Context) -> Manifest:
     """Worker tf gRPC (unauthenticated) and HTTP: only this model's workers, share Job and
     serve pod; HTTP also from the operator (public keys)."""
-    peers = {
-        "podSelector": {
-            "matchExpressions": [
-                {"key": api.LABEL_MODEL, "operator": "In", "values": [ctx.name]},
-                {"key": api.LABEL_COMPONENT, "operator": "In", "values": [WORKER, SHARE, SERVE]},
-            ]
-        }
-    }
+    peers = {"podSelector": _components(ctx, WORKER, SHARE, SERVE)}
     ingress: list[dict[str, Any]] = [{"from": [peers], "ports": _tcp(api.PORT_TF, api.PORT_HTTP)}]
     if ctx.operator_pod_labels:
         ingress.append(
@@ -623,12 +626,7 @@ def coordinator_network_policy(ctx: Context) -> Manifest:
         "kind": "NetworkPolicy",
         "metadata": metadata(ctx, coordinator_policy_name(ctx.name), NETWORK),
         "spec": {
-            "podSelector": {
-                "matchExpressions": [
-                    {"key": api.LABEL_MODEL, "operator": "In", "values": [ctx.name]},
-                    {"key": api.LABEL_COMPONENT, "operator": "In", "values": [SHARE, SERVE]},
-                ]
-            },
+            "podSelector": _components(ctx, SHARE, SERVE),
             "policyTypes": ["Ingress"],
             "ingress": [
                 {
