@@ -94,8 +94,7 @@ class Deployment:
         self.port = free_ports(1)[0]
         stack = self.stack
         if name is not None:
-            stack = Stack(self.stack.state, name, self.stack.config, self.stack.procs,
-                          self.stack.logs)
+            stack = self.stack.for_model(name)
         self.serve = stack.start_serve(self.port, ["--max-batch-size", "8", "--buckets", "1,8",
                                                    "--max-wait-ms", "5", *extra])
         wait_http_ready(self.port, self.serve)

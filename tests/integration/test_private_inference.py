@@ -174,9 +174,7 @@ def test_coordinator_restart_reloads_shares_without_the_model_file(deployment, d
 
 def test_cnn_served_next_to_the_mlp(deployment, models, data):
     _, x_te, _, _ = data
-    assert deployment.stack.__class__(deployment.stack.state, "cnn", deployment.stack.config,
-                                      deployment.stack.procs,
-                                      deployment.stack.logs).share(models["cnn"]) == 0
+    assert deployment.stack.for_model("cnn").share(models["cnn"]) == 0
     cnn = type(deployment)(deployment.stack)
     cnn.start_serve(name="cnn")
     try:
@@ -191,7 +189,7 @@ def test_cnn_served_next_to_the_mlp(deployment, models, data):
 
 def test_unsupported_layer_fails_the_share_job_with_its_name(deployment, models):
     stack = deployment.stack
-    rc = stack.__class__(stack.state, "bad", stack.config, stack.procs, stack.logs).share(models["bad"])
+    rc = stack.for_model("bad").share(models["bad"])
     assert rc == 2
     with open(os.path.join(stack.state, "share.termination-log")) as f:
         msg = f.read()
@@ -299,7 +297,7 @@ def test_share_from_url_checks_the_digest(deployment, models):
     srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     stack = deployment.stack
-    s = stack.__class__(stack.state, "from-url", stack.config, stack.procs, stack.logs)
+    s = stack.for_model("from-url")
     url = f"http://127.0.0.1:{srv.server_address[1]}/mlp.h5"
     try:
         with open(models["mlp"], "rb") as f:

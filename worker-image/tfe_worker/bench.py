@@ -98,7 +98,7 @@ def private_http(stack: Stack, name: str, x: np.ndarray, n: int, seconds: float)
     from tfe_client import Client
 
     port = free_ports(1)[0]
-    serve = stack.__class__(stack.state, name, stack.config, stack.procs, stack.logs).start_serve(
+    serve = stack.for_model(name).start_serve(
         port, ["--max-batch-size", "128", "--max-wait-ms", "5"])
     url = f"http://127.0.0.1:{port}"
     try:
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             stack.start_players()
             for name, m in models.items():
-                s = stack.__class__(stack.state, name, stack.config, stack.procs, stack.logs)
+                s = stack.for_model(name)
                 if s.share(m["path"]) != 0:
                     raise RuntimeError(f"share of {name} failed")
                 r = {"plaintext": plaintext(m["keras"], m["x"], a.n)}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import os
@@ -92,6 +93,10 @@ class Stack:
                                  start_new_session=False)
         self.procs[key] = p
         return p
+
+    def for_model(self, name: str) -> Stack:
+        """The same players (and process table) acting for another model name."""
+        return dataclasses.replace(self, name=name)
 
     def coordinator(self) -> str:
         """A fresh coordinator address: each coordinator process binds its own TF port."""
