@@ -4,12 +4,22 @@ A plan is the public architecture (a list of simple layer specs) plus the plaint
 it needs. It is built only in the share job. Unsupported layers are refused here with a
 message that names the layer; BatchNormalization is folded into the preceding layer; a final
 softmax/sigmoid is stripped and recorded so that the client applies it.
+
+A model file is inspected before anything in it is deserialized (`inspect_model`): its Keras
+config is read as plain JSON (the HDF5 `model_config` attribute, `config.json` of a .keras
+archive, or the `keras_metadata.pb` protobuf of a SavedModel directory) and every layer class
+is checked BY NAME against `ALLOWED_LAYERS`. A Lambda layer (marshalled Python bytecode that
+Keras would run while rebuilding the model) or any other layer outside the allow-list is
+refused without running; only then is the model loaded, with compile=False and no
+custom_objects (TF 2.9.1 has no safe_mode).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import zipfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -202,17 +212,170 @@ def build_plan(model: Any, digest: str) -> Plan:
     return Plan(in_shape, out_shape, out, post, digest)
 
 
-def load_keras(path: str) -> Any:
-    """Load an .h5 / .keras file or a SavedModel directory without compiling it."""
-    import tensorflow as tf
+# Layer class names a model may contain, as Keras writes them in the config (the classes build_plan
+# handles; aliases such as Convolution2D are not accepted). Anything else is refused before loading.
+ALLOWED_LAYERS = frozenset({"InputLayer", *_WEIGHTED, "BatchNormalization", "ReLU", "Activation", "Softmax",
+                            "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D",
+                            "Flatten", "Reshape", *_DROPOUTS})
+MODEL_CLASSES = frozenset({"Sequential", "Functional", "Model"})  # the outermost object only: no nesting
+MAX_CONFIG_BYTES = 16 << 20
+# SavedModel object kinds (keras_metadata.pb identifiers) that are layers and must pass the allow-list.
+_SAVED_LAYER_IDS = ("_tf_keras_layer", "_tf_keras_input_layer", "_tf_keras_network", "_tf_keras_model",
+                    "_tf_keras_sequential", "_tf_keras_rnn_layer")
 
+
+def _refuse(name: object, cls: object) -> ModelError:
+    return ModelError(f"unsupported layer '{name}' ({cls}); supported: {', '.join(SUPPORTED)}")
+
+
+def _no_code(obj: object, where: str, depth: int = 0) -> None:
+    """Belt and braces: no serialized Python function (Keras func_dump) anywhere in the config."""
+    if depth > 32:
+        raise ModelError(f"the config of {where} is nested too deeply")
+    if isinstance(obj, dict):
+        if "function_type" in obj or ("function" in obj and isinstance(obj.get("function"), (list, dict))):
+            raise ModelError(f"{where} carries a serialized Python function; refused without running it")
+        for v in obj.values():
+            _no_code(v, where, depth + 1)
+    elif isinstance(obj, list):
+        for v in obj:
+            _no_code(v, where, depth + 1)
+
+
+def check_config(config: object) -> dict[str, Any]:
+    """Check a Keras model config (parsed JSON) against the allow-list, by class name only.
+
+    Returns the config. Raises ModelError naming the first layer outside the allow-list."""
+    if not isinstance(config, dict) or not isinstance(config.get("config"), dict):
+        raise ModelError("the model file holds no Keras model config")
+    cls = config.get("class_name")
+    if cls not in MODEL_CLASSES:
+        raise ModelError(f"the model is a {cls!r}, not a Sequential or functional Keras model")
+    layers = config["config"].get("layers")
+    if not isinstance(layers, list):
+        raise ModelError("the Keras model config lists no layers")
+    for layer in layers:
+        if not isinstance(layer, dict):
+            raise ModelError("malformed Keras model config: a layer is not an object")
+        lcfg = layer.get("config")
+        name = layer.get("name") or (lcfg.get("name") if isinstance(lcfg, dict) else None) or "?"
+        if layer.get("class_name") not in ALLOWED_LAYERS:
+            raise _refuse(name, layer.get("class_name"))
+        _no_code(lcfg, f"layer '{name}'")
+    return config
+
+
+def _json(raw: bytes | str, what: str) -> object:
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ModelError(f"{what} is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+        raise ModelError(f"{what} is not valid JSON: {str(e)[:200]}") from None
+
+
+def _h5_config(f: Any, base: str) -> object:
+    raw = f.attrs.get("model_config")
+    if raw is None:
+        raise ModelError(f"{base} has no model_config: it holds weights only (save the whole model with "
+                         f"model.save('model.h5'))")
+    return _json(raw if isinstance(raw, (bytes, str)) else bytes(raw), f"model_config of {base}")
+
+
+def _saved_model_config(path: str, base: str) -> None:
+    """Check every layer recorded in a SavedModel's keras_metadata.pb, without loading anything."""
+    meta = os.path.join(path, "keras_metadata.pb")
+    if not os.path.isfile(meta):
+        raise ModelError(f"SavedModel {base} has no keras_metadata.pb (not saved by Keras): it cannot be inspected "
+                         f"safely; save it with model.save('model.h5')")
+    from google.protobuf.message import DecodeError
+    from keras.protobuf import saved_metadata_pb2  # a protobuf message class; parses, runs nothing
+
+    with open(meta, "rb") as fh:
+        data = fh.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ModelError(f"keras_metadata.pb of {base} is larger than {MAX_CONFIG_BYTES} bytes")
+    saved = saved_metadata_pb2.SavedMetadata()
+    try:
+        saved.ParseFromString(data)
+    except DecodeError as e:
+        raise ModelError(f"keras_metadata.pb of {base} cannot be parsed: {e}") from None
+    root: dict[str, Any] | None = None
+    nodes: list[tuple[str, dict[str, Any]]] = []
+    for node in saved.nodes:
+        if node.identifier not in _SAVED_LAYER_IDS:
+            continue  # metrics and other trackables are revived from the graph, never from Python code
+        meta_obj = _json(node.metadata, f"keras_metadata.pb of {base}")
+        if not isinstance(meta_obj, dict):
+            raise ModelError(f"keras_metadata.pb of {base}: malformed node {node.node_path}")
+        if node.node_path == "root":
+            root = meta_obj
+        else:
+            nodes.append((str(meta_obj.get("name", node.node_path)), meta_obj))
+    if root is None:
+        raise ModelError(f"keras_metadata.pb of {base} records no Keras model")
+    if isinstance(root.get("config"), dict) and "layers" in root["config"]:
+        check_config(root)  # the model's own config, as in an .h5
+    elif root.get("class_name") not in MODEL_CLASSES:
+        raise ModelError(f"the model is a {root.get('class_name')!r}, not a Sequential or functional Keras model")
+    for name, meta_obj in nodes:  # every layer object saved, whether or not the model config lists it
+        if meta_obj.get("class_name") not in ALLOWED_LAYERS:
+            raise _refuse(name, meta_obj.get("class_name"))
+    for name, meta_obj in nodes:
+        _no_code(meta_obj.get("config"), f"layer '{name}'")
+
+
+def inspect_model(path: str) -> str:
+    """Check a model file's Keras config against the allow-list WITHOUT deserializing anything.
+
+    Returns its format: "h5" (HDF5, whatever the suffix), "keras" (a Keras v3 .keras zip archive) or
+    "savedmodel" (a directory). Raises ModelError naming the first layer outside the allow-list."""
+    import h5py
+
+    base = os.path.basename(path.rstrip("/")) or path
     if not os.path.exists(path):
         raise ModelError(f"model file {path} does not exist")
+    if os.path.isdir(path):
+        _saved_model_config(path, base)
+        return "savedmodel"
+    if h5py.is_hdf5(path):
+        with h5py.File(path, "r") as f:
+            check_config(_h5_config(f, base))
+        return "h5"
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as z:
+                info = z.getinfo("config.json")
+                if info.file_size > MAX_CONFIG_BYTES:
+                    raise ModelError(f"config.json of {base} is larger than {MAX_CONFIG_BYTES} bytes")
+                raw = z.read(info)
+        except (KeyError, zipfile.BadZipFile) as e:
+            raise ModelError(f"{base} is a zip archive without a readable config.json: {e}") from None
+        check_config(_json(raw, f"config.json of {base}"))
+        return "keras"
+    raise ModelError(f"{base} is neither an HDF5 Keras model (.h5), a .keras archive nor a SavedModel directory")
+
+
+def load_keras(path: str) -> Any:
+    """Inspect (see inspect_model), then load an HDF5 file or a SavedModel directory without compiling it.
+
+    The HDF5 file is opened once: the config that was checked is the one that is loaded."""
+    import h5py
+    import tensorflow as tf
+
+    fmt = inspect_model(path)
+    base = os.path.basename(path.rstrip("/")) or path
+    if fmt == "keras":
+        raise ModelError(f"{base} is a Keras v3 .keras archive, which TF 2.9.1 cannot load; save the model as "
+                         f"HDF5 (model.save('model.h5'))")
     try:
+        if fmt == "h5":
+            with h5py.File(path, "r") as f:
+                check_config(_h5_config(f, base))  # the same open file that load_model reads
+                return tf.keras.models.load_model(f, compile=False)
         return tf.keras.models.load_model(path, compile=False)
-    except (OSError, ValueError, ImportError) as e:
-        raise ModelError(f"cannot load {os.path.basename(path)} as a Keras model: {str(e).splitlines()[0][:300]}") \
-            from None
+    except (OSError, ValueError, ImportError, TypeError, KeyError) as e:
+        raise ModelError(f"cannot load {base} as a Keras model: {str(e).splitlines()[0][:300]}") from None
 
 
 def tfe_layer_args(spec: dict[str, Any], batch_input_shape: list[int] | None) -> dict[str, Any]:
