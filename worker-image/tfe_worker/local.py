@@ -13,23 +13,34 @@ import argparse
 import contextlib
 import dataclasses
 import fcntl
+import hashlib
+import http.client
+import json
 import logging
 import os
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
+from tfe_client import mesh as mesh_mod
 from tfe_worker.config import PLAYER_NAMES, Config
-from tfe_worker.workers import wait_ready
 
 log = logging.getLogger("tfe_worker.local")
+
+# TLS on: the loopback ports inside every party's namespace (docs/mesh.md)
+TF_PORTS = (4440, 4441, 4442)
+HTTP_PORTS = (8081, 8082, 8083)
+COORD_PORTS = (4450, 4451)
+SHARE_PORTS = (4460,)
 
 
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
@@ -82,6 +93,9 @@ class Stack:
     config: Config
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)  # type: ignore[type-arg]
     logs: dict[str, str] = field(default_factory=dict)
+    tls: bool = True
+    slots: dict[str, list[str | None]] = field(default_factory=lambda: {"coordinator": [None, None],
+                                                                        "share": [None]})
 
     def _spawn(self, key: str, cmd: list[str], pass_fds: tuple = ()) -> subprocess.Popen:  # type: ignore[type-arg]
         logdir = os.path.join(self.state, "logs")
@@ -99,18 +113,121 @@ class Stack:
         return dataclasses.replace(self, name=name)
 
     def coordinator(self) -> str:
-        """A fresh coordinator address: each coordinator process binds its own TF port."""
+        """A fresh coordinator address: each coordinator process binds its own TF port (TLS off)."""
         return f"127.0.0.1:{free_ports(1)[0]}"
+
+    # -- the mesh (TLS on): every party in a network namespace of its own, behind tfe-guard --------
+    @property
+    def mesh_dir(self) -> str:
+        """Unix sockets of the guards (short: a socket path has at most 107 bytes)."""
+        d = os.path.join(self.state, "mesh")
+        return d if len(d) < 80 else os.path.join("/tmp", "tfe-mesh-" + hashlib.sha256(d.encode()).hexdigest()[:12])
+
+    @property
+    def mesh(self) -> mesh_mod.Mesh:
+        listen, dial = mesh_mod.unix_addressing(self.mesh_dir)
+        ports = mesh_mod.Ports.from_addresses([p.tf for p in self.config.players],
+                                              [p.http for p in self.config.players],
+                                              coordinators=tuple(COORD_PORTS[:len(self.slots["coordinator"])]),
+                                              shares=tuple(SHARE_PORTS[:len(self.slots["share"])]))
+        return mesh_mod.Mesh(ports, listen, dial)
+
+    def pki(self, identity: str) -> dict[str, str]:
+        """Paths of the CA and of `identity`'s certificate and key (created on first use)."""
+        d = os.path.join(self.state, "pki")
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        ca_crt, ca_key = os.path.join(d, "ca.crt"), os.path.join(d, "ca.key")
+        if not os.path.exists(ca_key):
+            _write_private(ca_key, (ca := mesh_mod.make_ca(f"local {self.state}")).key)
+            _write_private(ca_crt, ca.cert)
+        crt, key = os.path.join(d, f"{identity}.crt"), os.path.join(d, f"{identity}.key")
+        if not os.path.exists(key):
+            with open(ca_crt, "rb") as f, open(ca_key, "rb") as g:
+                ca = mesh_mod.KeyPair(f.read(), g.read())
+            kp = mesh_mod.issue(ca, identity, days=30)
+            _write_private(key, kp.key)
+            _write_private(crt, kp.cert)
+        return {"ca": ca_crt, "cert": crt, "key": key}
+
+    def _slot(self, role: str, owner: str) -> int:
+        """A coordinator/share slot for `owner` (reused by the same owner, freed when its process ends)."""
+        slots = self.slots[role]
+        for k, o in enumerate(slots):
+            if o == owner:
+                return k
+        for k, o in enumerate(slots):
+            p = self.procs.get(o) if o is not None else None
+            if o is None or (p is not None and p.poll() is not None):
+                slots[k] = owner
+                return k
+        raise RuntimeError(f"all {len(slots)} local {role} slots are busy ({', '.join(map(str, slots))})")
+
+    def release(self, role: str, owner: str) -> None:
+        slots = self.slots[role]
+        for k, o in enumerate(slots):
+            if o == owner:
+                slots[k] = None
+
+    def party_cmd(self, identity: str, cmd: list[str], slot: int = 0, pass_fds: tuple[int, ...] = ()) -> list[str]:
+        """`cmd` wrapped so it runs as `identity` of the mesh (unchanged with TLS off)."""
+        if not self.tls:
+            return cmd
+        os.makedirs(self.mesh_dir, exist_ok=True)
+        cfg = self.mesh.guard_config(identity, self.pki(identity), slot)
+        path = os.path.join(self.state, "pki", f"{identity}-{slot}.guard.json")
+        with open(path, "w") as f:
+            json.dump(cfg, f, indent=1)
+        fds = [x for fd in pass_fds for x in ("--pass-fd", str(fd))]
+        return [sys.executable, "-m", "tfe_worker.party", "--guard", path, "--isolate", *fds, "--", *cmd]
+
+    def as_coordinator(self, owner: str, cmd: Callable[[str], list[str]]) -> list[str]:
+        """A command that joins the players as job `coordinator` (given its TF address)."""
+        if not self.tls:
+            return cmd(self.coordinator())
+        k = self._slot("coordinator", owner)
+        return self.party_cmd(mesh_mod.COORDINATOR, cmd(f"127.0.0.1:{COORD_PORTS[k]}"), slot=k)
+
+    def worker_get(self, i: int, path: str, timeout: float = 10.0) -> tuple[int, Any]:
+        """GET a player's HTTP side as the `operator` identity (through its guard with TLS on)."""
+        if not self.tls:
+            host, port = self.config.players[i].http.rsplit(":", 1)
+            conn: http.client.HTTPConnection = http.client.HTTPConnection(host, int(port), timeout=timeout)
+        else:
+            conn = _UnixTLSConnection(self.mesh.dial(PLAYER_NAMES[i], "http")[len("unix:"):],
+                                      self.pki(mesh_mod.OPERATOR), PLAYER_NAMES[i], timeout)
+        try:
+            conn.request("GET", path)
+            r = conn.getresponse()
+            raw = r.read()
+            ctype = r.getheader("Content-Type") or ""
+            return r.status, (json.loads(raw) if raw and ctype.startswith("application/json") else raw)
+        finally:
+            conn.close()
+
+    def wait_players(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            bad = []
+            for i, n in enumerate(PLAYER_NAMES):
+                try:
+                    if self.worker_get(i, "/readyz", timeout=2.0)[0] != 200:
+                        bad.append(n)
+                except OSError:
+                    bad.append(n)
+            if not bad:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"workers not ready after {timeout:.0f}s: {', '.join(bad)}")
+            time.sleep(0.25)
 
     def config_path(self) -> str:
         return os.path.join(self.state, "tfe.json")
 
     def start_player(self, i: int) -> subprocess.Popen:  # type: ignore[type-arg]
         name = PLAYER_NAMES[i]
-        return self._spawn(name, worker_cmd("player", name, "--config", self.config_path(),
-                                            "--state", os.path.join(self.state, name),
-                                            "--spool", os.path.join(self.state, "spool", name),
-                                            "--http-bind", "127.0.0.1"))
+        return self._spawn(name, self.party_cmd(name, worker_cmd(
+            "player", name, "--config", self.config_path(), "--state", os.path.join(self.state, name),
+            "--spool", os.path.join(self.state, "spool", name), "--http-bind", "127.0.0.1")))
 
     def start_players(self, ready_timeout: float = 120.0) -> None:
         os.makedirs(self.state, exist_ok=True)
@@ -118,25 +235,52 @@ class Stack:
             f.write(self.config.to_json())
         for i in range(3):
             self.start_player(i)
-        wait_ready(self.config, ready_timeout)
+        self.wait_players(ready_timeout)
 
     def share(self, model: str, generation: int = 1, sha256: str | None = None) -> int:
+        key = f"share-{self.name}-g{generation}"
+        addr = self.coordinator() if not self.tls else f"127.0.0.1:{SHARE_PORTS[self._slot('share', key)]}"
         cmd = worker_cmd("share", "--config", self.config_path(), "--model", model, "--name", self.name,
-                         "--generation", str(generation), "--coordinator-address", self.coordinator(),
+                         "--generation", str(generation), "--coordinator-address", addr,
                          "--termination-log", os.path.join(self.state, "share.termination-log"))
         if sha256:
             cmd += ["--sha256", sha256]
-        p = self._spawn(f"share-{self.name}-g{generation}", cmd)
-        return p.wait()
+        if self.tls:
+            cmd = self.party_cmd(mesh_mod.share_identity(generation), cmd, self._slot("share", key))
+        p = self._spawn(key, cmd)
+        try:
+            return p.wait()
+        finally:
+            self.release("share", key)
 
     def start_serve(self, port: int, extra: list[str], listen_fd: int | None = None) -> subprocess.Popen:  # type: ignore[type-arg]
-        cmd = worker_cmd("serve", "--config", self.config_path(), "--name", self.name, "--port", str(port),
-                         "--host", "127.0.0.1", "--coordinator-address", self.coordinator(), *extra)
-        fds: tuple = ()
-        if listen_fd is not None:
-            cmd += ["--listen-fd", str(listen_fd)]
-            fds = (listen_fd,)
-        return self._spawn(f"serve-{self.name}", cmd, pass_fds=fds)
+        key = f"serve-{self.name}"
+        sock = None
+        if self.tls and listen_fd is None:
+            # the coordinator runs in a namespace of its own: open its client port out here
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", port))
+            sock.listen(128)
+            listen_fd = sock.fileno()
+            os.set_inheritable(listen_fd, True)
+        fds: tuple[int, ...] = () if listen_fd is None else (listen_fd,)
+
+        def cmd(addr: str) -> list[str]:
+            c = worker_cmd("serve", "--config", self.config_path(), "--name", self.name, "--port", str(port),
+                           "--host", "127.0.0.1", "--coordinator-address", addr, *extra)
+            return c + ["--listen-fd", str(listen_fd)] if listen_fd is not None else c
+
+        if self.tls:
+            k = self._slot("coordinator", key)
+            full = self.party_cmd(mesh_mod.COORDINATOR, cmd(f"127.0.0.1:{COORD_PORTS[k]}"), slot=k, pass_fds=fds)
+        else:
+            full = cmd(self.coordinator())
+        try:
+            return self._spawn(key, full, pass_fds=fds)
+        finally:
+            if sock is not None:
+                sock.close()
 
     def kill(self, key: str, sig: int = signal.SIGKILL) -> None:
         p = self.procs.get(key)
@@ -158,10 +302,35 @@ class Stack:
                 p.wait(timeout=5)
 
 
-def new_stack(state: str, name: str) -> Stack:
-    tf_ports = free_ports(3)
-    http_ports = free_ports(3)
-    return Stack(os.path.abspath(state), name, Config.loopback(tf_ports, http_ports))
+def new_stack(state: str, name: str, tls: bool = False) -> Stack:
+    """Three players' config. TLS on: fixed ports (each party has a namespace of its own)."""
+    if tls:
+        return Stack(os.path.abspath(state), name, Config.loopback(list(TF_PORTS), list(HTTP_PORTS)), tls=True)
+    return Stack(os.path.abspath(state), name, Config.loopback(free_ports(3), free_ports(3)), tls=False)
+
+
+def _write_private(path: str, data: bytes) -> None:
+    fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(path + ".tmp", path)
+
+
+class _UnixTLSConnection(http.client.HTTPConnection):
+    """HTTPS over a guard's Unix socket, with a client certificate, checking the server's identity."""
+
+    def __init__(self, path: str, pki: dict[str, str], expect: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.path, self.expect = path, expect
+        self.ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=pki["ca"])
+        self.ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        self.ctx.load_cert_chain(pki["cert"], pki["key"])
+
+    def connect(self) -> None:
+        raw = socket.socket(socket.AF_UNIX)
+        raw.settimeout(self.timeout)
+        raw.connect(self.path)
+        self.sock = self.ctx.wrap_socket(raw, server_hostname=self.expect)
 
 
 @contextlib.contextmanager

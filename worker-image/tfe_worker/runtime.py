@@ -57,8 +57,9 @@ class FreshABY3(tfe.protocol.ABY3):  # type: ignore[misc]
         return n if self._call is None else self._vec() + int(n)
 
 
-def connect(config: Config, coordinator: str, protocol: str = "ABY3") -> FreshABY3:
-    """Join the three players as job 'coordinator' at a stable, routable address.
+def connect(config: Config, coordinator: str, protocol: str = "ABY3", job: str = "coordinator") -> FreshABY3:
+    """Join the three players as `job` ('coordinator', or 'share' for the share job) at a stable,
+    routable address (the mesh authorizes each identity for its own job's device only).
 
     TFE's own connect_servers() advertises 'localhost:<random port>', which a remote worker
     cannot reach back and which changes on every reconnect.
@@ -67,8 +68,8 @@ def connect(config: Config, coordinator: str, protocol: str = "ABY3") -> FreshAB
         raise ValueError(f"protocol {protocol!r} is not supported for serving; use one of {PROTOCOLS}")
     rc = RemoteConfig(config.hostmap)
     tfe.set_config(rc)
-    cluster = tf.train.ClusterSpec({"tfe": rc.hosts, "coordinator": [coordinator]})
-    tf.config.experimental_connect_to_cluster(cluster, job_name="coordinator", task_index=0)
+    cluster = tf.train.ClusterSpec({"tfe": rc.hosts, job: [coordinator]})
+    tf.config.experimental_connect_to_cluster(cluster, job_name=job, task_index=0)
     prot = FreshABY3()
     tfe.set_protocol(prot)
     return prot

@@ -76,7 +76,7 @@ def run(config: Config, model_src: str, sha256: str | None, name: str, generatio
         from tfe_worker import runtime
 
         t0 = time.monotonic()
-        prot = runtime.connect(config, coordinator, protocol)
+        prot = runtime.connect(config, coordinator, protocol, job="share")
         prefix = f"models/{name}/{generation}"
         runtime.share_weights(prot, plan.weights, prefix)
         manifest = dict(plan.public(), name=name, generation=generation, protocol=protocol,

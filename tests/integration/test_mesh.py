@@ -1,0 +1,154 @@
+"""The party mesh against an attacker (issue 9): real players, real tfe-guard, real TLS.
+
+Each attack runs twice where it can: against the default stack (TLS on, every party in a
+network namespace of its own behind tfe-guard) it must fail; against the insecure stack
+(`tls=False`, what the first release did) the same attack must succeed, so these tests can fail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from tfe_client import mesh
+from tfe_worker.local import TF_PORTS, free_ports, new_stack
+
+ATTACK = os.path.join(os.path.dirname(__file__), "mesh_attack.py")
+READY_TIMEOUT = 300.0
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory):
+    stack = new_stack(str(tmp_path_factory.mktemp("mesh-on")), "digits", tls=True)
+    try:
+        stack.start_players(READY_TIMEOUT)
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="module")
+def insecure(tmp_path_factory):
+    stack = new_stack(str(tmp_path_factory.mktemp("mesh-off")), "digits", tls=False)
+    try:
+        stack.start_players(READY_TIMEOUT)
+        yield stack
+    finally:
+        stack.stop()
+
+
+def key_digest(stack, i: int) -> str:
+    with open(os.path.join(stack.state, f"server{i}", "keys", "x25519.key"), "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def run(cmd: list[str], timeout: float = 120.0) -> str:
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith(("READ", "REFUSED", "CODE"))]
+    assert lines, f"attacker printed no verdict (rc {out.returncode}): {out.stdout[-500:]} {out.stderr[-1500:]}"
+    return lines[-1]
+
+
+def as_identity(stack, tmp_path, pki: dict[str, str], targets: dict[int, str], cmd: list[str]) -> list[str]:
+    """`cmd` in a namespace of its own whose guard forwards 127.0.0.1:<port> to the given parties."""
+    cfg = {"identity": "intruder", **pki, "devices": mesh.DEVICES, "inbound": [],
+           "outbound": [{"listen": f"127.0.0.1:{port}", "dial": stack.mesh.dial(name, "grpc"), "expect": name}
+                        for port, name in targets.items()]}
+    path = tmp_path / "intruder.guard.json"
+    path.write_text(json.dumps(cfg))
+    return [sys.executable, "-m", "tfe_worker.party", "--guard", str(path), "--isolate", "--", *cmd]
+
+
+def read_key_cmd(addrs: list[str]) -> list[str]:
+    return [sys.executable, ATTACK, "read-key", *addrs, f"127.0.0.1:{free_ports(1)[0]}", "2", "keys/x25519.key"]
+
+
+def test_without_tls_an_outsider_reads_a_workers_private_key(insecure):
+    """The insecure baseline: what the attacks below must not achieve."""
+    verdict = run(read_key_cmd([p.tf for p in insecure.config.players]))
+    assert verdict == f"READ {key_digest(insecure, 2)}"
+
+
+def test_a_process_without_a_certificate_cannot_join(secure, tmp_path):
+    """Plain gRPC to the guards' sockets (TCP forwarders so TF can dial them): the TLS handshake fails."""
+    fwd = [_forward(secure.mesh.dial(n, "grpc")[len("unix:"):]) for n in mesh.SERVERS]
+    verdict = run(read_key_cmd([f"127.0.0.1:{p}" for p in fwd]))
+    assert verdict.startswith("REFUSED"), verdict
+
+
+def test_worker_1s_identity_cannot_run_ops_on_worker_2(secure, tmp_path):
+    cmd = as_identity(secure, tmp_path, secure.pki("server1"), {TF_PORTS[i]: f"server{i}" for i in (0, 2)},
+                      read_key_cmd([f"127.0.0.1:{p}" for p in TF_PORTS]))
+    verdict = run(cmd)
+    assert verdict.startswith("REFUSED"), verdict
+    assert key_digest(secure, 2) not in verdict
+
+
+def test_a_certificate_from_another_ca_is_refused(secure, tmp_path):
+    ca = mesh.make_ca("elsewhere")
+    kp = mesh.issue(ca, mesh.COORDINATOR)
+    for name, data in (("ca.crt", ca.cert), ("c.crt", kp.cert), ("c.key", kp.key)):
+        (tmp_path / name).write_bytes(data)
+    pki = {"ca": str(tmp_path / "ca.crt"), "cert": str(tmp_path / "c.crt"), "key": str(tmp_path / "c.key")}
+    cmd = as_identity(secure, tmp_path, pki, {TF_PORTS[i]: f"server{i}" for i in range(3)},
+                      read_key_cmd([f"127.0.0.1:{p}" for p in TF_PORTS]))
+    # our guard refuses the servers' certificates (other CA) or theirs refuse ours: either way no key
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert f"READ {key_digest(secure, 2)}" not in out.stdout
+    assert "REFUSED" in out.stdout or out.returncode != 0
+
+
+def test_worker_1_cannot_take_a_tensor_addressed_to_worker_0(secure, tmp_path):
+    cmd = as_identity(secure, tmp_path, secure.pki("server1"), {TF_PORTS[2]: "server2"},
+                      [sys.executable, ATTACK, "recv-tensor", f"127.0.0.1:{TF_PORTS[2]}", "0"])
+    verdict = run(cmd)
+    assert verdict.startswith("CODE PERMISSION_DENIED"), verdict
+    assert "server1" in verdict and "task:0" in verdict
+    # its own tensors it may ask for: the guard lets the call through to TF
+    cmd = as_identity(secure, tmp_path, secure.pki("server1"), {TF_PORTS[2]: "server2"},
+                      [sys.executable, ATTACK, "recv-tensor", f"127.0.0.1:{TF_PORTS[2]}", "1"])
+    assert not run(cmd).startswith("CODE PERMISSION_DENIED")
+
+
+def test_without_the_guard_tf_hands_out_any_tensor_request(insecure):
+    """TF itself checks nothing: the same forged request is not refused without the guard."""
+    verdict = run([sys.executable, ATTACK, "recv-tensor", insecure.config.players[2].tf, "0"])
+    assert not verdict.startswith("CODE PERMISSION_DENIED"), verdict
+
+
+def _forward(unix_path: str) -> int:
+    """A plain TCP -> Unix socket forwarder on loopback (no TLS): what a pod without a certificate has."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+
+    def pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def accept() -> None:
+        while True:
+            c, _ = srv.accept()
+            u = socket.socket(socket.AF_UNIX)
+            u.connect(unix_path)
+            threading.Thread(target=pipe, args=(c, u), daemon=True).start()
+            threading.Thread(target=pipe, args=(u, c), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return int(srv.getsockname()[1])
