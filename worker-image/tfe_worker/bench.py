@@ -56,7 +56,7 @@ def build_models(d: str) -> dict[str, Any]:
     return out
 
 
-def plaintext(m: Any, x: np.ndarray, n: int) -> dict[str, Any]:
+def plaintext(m: Any, x: np.ndarray[Any, Any], n: int) -> dict[str, Any]:
     import tensorflow as tf
 
     fn = tf.function(lambda v: m(v, training=False))
@@ -94,7 +94,7 @@ def queue_baseline(stack: Stack, name: str, m: Any, n: int, tmp: str) -> dict[st
     return {"batch1": stats(lat)}
 
 
-def private_http(stack: Stack, name: str, x: np.ndarray, n: int, seconds: float) -> dict[str, Any]:
+def private_http(stack: Stack, name: str, x: np.ndarray[Any, Any], n: int, seconds: float) -> dict[str, Any]:
     from tfe_client import Client
 
     port = free_ports(1)[0]

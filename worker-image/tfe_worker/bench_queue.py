@@ -15,6 +15,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -28,7 +30,7 @@ from tfe_worker.config import Config
 
 
 class ABY3FIFOQueue(AbstractFIFOQueue):  # type: ignore[misc]
-    def __init__(self, protocol, capacity, shape, shared_name):  # type: ignore[no-untyped-def]
+    def __init__(self, protocol: Any, capacity: int, shape: Sequence[int], shared_name: str | None) -> None:
         self.prot, self.shape = protocol, list(shape)
         self.factory = protocol.default_factory
         self.queues = []

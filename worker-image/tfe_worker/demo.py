@@ -8,20 +8,22 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any
 
 import numpy as np
 
 from tfe_worker.local import free_ports, worker_cmd
 
 
-def digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def digits() -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]:
     """scikit-learn's digits (ships with the package, no download), scaled to [0, 1]."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     d = load_digits()
     x = (d.data / 16.0).astype(np.float32)
-    return tuple(train_test_split(x, d.target, test_size=0.25, random_state=0))  # type: ignore[return-value]
+    x_tr, x_te, y_tr, y_te = train_test_split(x, d.target, test_size=0.25, random_state=0)
+    return x_tr, x_te, y_tr, y_te
 
 
 def train_mlp(path: str, seed: int = 0) -> None:
@@ -46,7 +48,7 @@ def wait_endpoint(url: str, proc: subprocess.Popen[bytes], timeout: float) -> No
         if proc.poll() is not None:
             raise RuntimeError(f"the local deployment exited with code {proc.returncode}")
         try:
-            c = http.client.HTTPConnection(u.hostname, u.port, timeout=2)
+            c = http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port, timeout=2)
             c.request("GET", "/readyz")
             if c.getresponse().status == 200:
                 return

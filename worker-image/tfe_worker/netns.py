@@ -28,7 +28,6 @@ def main() -> int:
               file=sys.stderr)
         os.execvp(args[0], args)
     os.execvp(iso[0], [*iso, sys.executable, "-m", "tfe_worker.netns", "--inside", *args])
-    return 0
 
 
 if __name__ == "__main__":

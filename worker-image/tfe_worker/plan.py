@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 SUPPORTED = ("Dense", "Conv2D", "DepthwiseConv2D", "ReLU", "Activation(relu|sigmoid|linear)",
              "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D",
@@ -42,7 +43,7 @@ class ModelError(ValueError):
 class LayerSpec:
     kind: str
     config: dict[str, Any]
-    weights: list[np.ndarray] = field(default_factory=list)
+    weights: list[npt.NDArray[np.float32]] = field(default_factory=list)
 
     def public(self) -> dict[str, Any]:
         return {"kind": self.kind, "config": self.config, "weightShapes": [list(w.shape) for w in self.weights]}
@@ -57,7 +58,7 @@ class Plan:
     digest: str
 
     @property
-    def weights(self) -> list[np.ndarray]:
+    def weights(self) -> list[npt.NDArray[np.float32]]:
         return [w for layer in self.layers for w in layer.weights]
 
     def public(self) -> dict[str, Any]:

@@ -118,7 +118,7 @@ def write_public(prot: FreshABY3, text: str, path: str) -> None:
             tf.io.write_file(path, tf.constant(text))
 
 
-def share_weights(prot: FreshABY3, weights: Sequence[np.ndarray], prefix: str) -> None:
+def share_weights(prot: FreshABY3, weights: Sequence[np.ndarray[Any, Any]], prefix: str) -> None:
     """Secret-share plaintext weights; each player writes its own pairs under prefix/."""
     for k, w in enumerate(weights):
         x = prot.define_private_variable(w)

@@ -50,7 +50,7 @@ def latest_generation(config: Config, model: str) -> int:
     common = set.intersection(*sets)
     if not common:
         raise LookupError(f"no complete share generation of model {model} on all three workers")
-    return max(common)
+    return int(max(common))
 
 
 def manifest(config: Config, model: str, generation: int) -> dict[str, Any]:
