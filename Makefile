@@ -22,10 +22,10 @@ help: ## list targets
 	@grep -hE '^[a-zA-Z0-9_.-]+:.*## ' $(MAKEFILE_LIST) | sort | \
 	  awk 'BEGIN{FS=":.*## "}{printf "  %-16s %s\n", $$1, $$2}'
 
-$(WVENV)/.stamp: requirements/worker.txt worker-image/pyproject.toml client/pyproject.toml
+$(WVENV)/.stamp: requirements/worker.txt requirements/worker-dev.txt worker-image/pyproject.toml client/pyproject.toml
 	@test -n "$(PY310)" || { echo "Python 3.10 not found (set PY310=/path/to/python3.10)"; exit 1; }
 	rm -rf $(WVENV) && $(PY310) -m venv $(WVENV)
-	$(WPY) -m pip install -q -r requirements/worker.txt
+	$(WPY) -m pip install -q -r requirements/worker-dev.txt
 	$(WPY) -m pip install -q --no-deps -e client -e worker-image
 	touch $@
 
