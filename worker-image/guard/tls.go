@@ -115,8 +115,11 @@ func describeHandshakeError(err error) (identity, reason string) {
 		return "", "handshake timed out"
 	}
 	msg := err.Error()
-	if strings.Contains(msg, "didn't provide a certificate") {
+	switch {
+	case strings.Contains(msg, "didn't provide a certificate"):
 		return "", "client presented no certificate"
+	case strings.Contains(msg, "unsupported versions"), strings.Contains(msg, "protocol version not supported"):
+		return "", "peer does not offer TLS 1.3 (" + strings.TrimPrefix(msg, "tls: ") + ")"
 	}
 	return "", strings.TrimPrefix(msg, "tls: ")
 }
