@@ -91,6 +91,7 @@ func newGRPCInbound(cfg *Loaded, in Inbound) (*grpcInbound, error) {
 	creds := loggingCreds{credentials.NewTLS(serverTLS(cfg, []string{"h2"})), g.name}
 	g.server = grpc.NewServer(
 		grpc.Creds(creds),
+		grpc.ConnectionTimeout(handshakeTimeout), // TLS handshake deadline
 		grpc.UnknownServiceHandler(g.handle),
 		grpc.ForceServerCodecV2(rawCodec{}),
 		grpc.MaxRecvMsgSize(math.MaxInt32),
