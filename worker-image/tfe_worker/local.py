@@ -345,7 +345,11 @@ def inner(a: argparse.Namespace) -> int:
     """Runs inside the network namespace (or directly, when isolation is unavailable)."""
     if a.isolated:
         loopback_up()
-    stack = new_stack(a.state, a.name)
+    if a.insecure_no_tls:
+        print("tfe-worker local: WARNING: --insecure-no-tls: the parties talk plain, unauthenticated TF gRPC and HTTP; "
+              "any local process that reaches a TF port can run ops on every worker and read its keys and shares. "
+              "For tests and benchmark comparisons only.", file=sys.stderr, flush=True)
+    stack = new_stack(a.state, a.name, tls=not a.insecure_no_tls)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -383,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--max-requests", type=int, default=None)
     p.add_argument("--no-isolation", action="store_true", help="do not use a private network namespace")
+    p.add_argument("--insecure-no-tls", action="store_true",
+                   help="INSECURE: no mutual TLS between the parties (tests and benchmark comparisons only)")
     p.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--isolated", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
