@@ -24,6 +24,7 @@ type Config struct {
 	Devices  map[string]string `json:"devices"`
 	Inbound  []Inbound         `json:"inbound"`
 	Outbound []Outbound        `json:"outbound"`
+	Health   *Health           `json:"health,omitempty"` // plain probes listener (health.go)
 }
 
 // Inbound is one mTLS listener that forwards to a plain loopback backend.
@@ -179,6 +180,9 @@ func (c *Config) validate() error {
 		if !strings.HasPrefix(d, "/job:") || strings.HasSuffix(d, "/") {
 			bad("devices[%q]: want a TF device prefix like /job:tfe/replica:0/task:0, got %q", p, d)
 		}
+	}
+	if err := c.Health.validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if len(c.Inbound) == 0 && len(c.Outbound) == 0 {
 		bad("no inbound and no outbound listeners")

@@ -93,6 +93,12 @@ func Start(cfg *Loaded, errc chan<- error) (*Guard, error) {
 			return nil, err
 		}
 	}
+	if h := cfg.Health; h != nil {
+		if err := add("health "+h.Listen+" -> "+h.Backend, h.Listen, newHealth(h)); err != nil {
+			g.close()
+			return nil, err
+		}
+	}
 	for i := range g.servers {
 		s, l, name := g.servers[i], g.listeners[i], g.names[i]
 		go func() {
