@@ -166,6 +166,16 @@ class Kube:
         )
         return status != 404
 
+    def get_metadata(self, api_version: str, kind: str, namespace: str, name: str) -> Any:
+        """The object's metadata only (a PartialObjectMetadata), or None: never a Secret's data."""
+        status, doc = self._call(
+            "GET",
+            object_path(api_version, kind, namespace, name),
+            accept=METADATA_ONLY,
+            ok=(404,),
+        )
+        return None if status == 404 else doc
+
     def list(
         self, api_version: str, kind: str, namespace: str, labels: Mapping[str, str]
     ) -> list[dict[str, Any]]:
