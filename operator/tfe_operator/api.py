@@ -22,12 +22,28 @@ LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
 LABEL_PART_OF: Final = "app.kubernetes.io/part-of"
 ANNOTATION_MODEL_HASH: Final = f"{GROUP}/model-hash"
 ANNOTATION_CONFIG_HASH: Final = f"{GROUP}/config-hash"
+# The party mesh (docs/mesh.md): a new value on the EncryptedModel asks for a new CA and
+# certificates; the pods' template carries the hash of the certificates they mount.
+ANNOTATION_ROTATE_MESH: Final = f"{GROUP}/rotate-mesh"
+ANNOTATION_MESH_HASH: Final = f"{GROUP}/mesh-hash"
+# On the mesh Secrets (so that the operator can judge a leaf from its metadata alone).
+ANNOTATION_MESH_CA: Final = f"{GROUP}/mesh-ca"
+ANNOTATION_MESH_ROTATION: Final = f"{GROUP}/mesh-rotation"
+ANNOTATION_MESH_OWNER: Final = f"{GROUP}/mesh-owner-uid"
+ANNOTATION_CERT_SHA: Final = f"{GROUP}/cert-sha256"
+ANNOTATION_NOT_AFTER: Final = f"{GROUP}/not-after"
 
 # Worker contract (docs/worker-contract.md).
 PORT_TF: Final = 4440
 PORT_HTTP: Final = 8081
 PORT_COORDINATOR: Final = 4450
 PORT_SERVE: Final = 8000
+# tfe-guard on the pod IP: mTLS gRPC, mTLS HTTP, plain health (GET of a few paths only).
+PORT_GUARD_GRPC: Final = 5440
+PORT_GUARD_HTTP: Final = 5443
+PORT_GUARD_HEALTH: Final = 5444
+# Raw ports that only loopback may reach inside a party's pod (iptables, set by mesh-init).
+RAW_PORT_RANGES: Final = ("4440:4460", "8081:8090")
 CONFIG_KEY: Final = "tfe.json"
 CONFIG_DIR: Final = "/etc/tfe"
 STATE_DIR: Final = "/var/lib/tfe"

@@ -4,6 +4,13 @@ Objects per EncryptedModel ``m`` (all owned by the CR):
 ConfigMap ``m-tfe-config``, headless Service ``m-workers``, StatefulSet ``m-worker``
 (pod ``m-worker-i`` is player ``server<i>``), share Job ``m-share-g<G>``, Deployment
 ``m-serve``, Service ``m`` (the endpoint), NetworkPolicies ``m-workers`` and ``m-coordinator``.
+
+The party mesh (docs/mesh.md; not for external workers): ConfigMap ``m-mesh`` (each party's
+tfe-guard config), Secrets ``m-mesh-ca`` and ``m-mesh-<identity>`` (made by the handler through
+``pki``). Every party pod runs ``mesh-init`` (iptables: the raw TF/HTTP ports only from
+loopback) and ``guard`` (tfe-guard, a native sidecar); its processes address every party at
+loopback ports (tfe.json) and the guards carry the bytes over mutual TLS between pod IPs.
+``m-workers`` is the headless Service that gives every party pod a stable DNS name.
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from tfe_client import mesh as mesh_mod
 
 from . import api
 from .settings import Settings
@@ -26,6 +35,12 @@ SERVE = "serve"
 CONFIG = "config"
 NETWORK = "network"
 ENDPOINT = "endpoint"
+MESH = "mesh"
+
+# Addressable parties other than the workers (mesh.party): two coordinator slots, so that
+# the serve pods of two generations can overlap during a rollout; one share slot.
+COORDINATOR_PARTIES: tuple[str, ...] = tuple(mesh_mod.party("coordinator", k) for k in (0, 1))
+SHARE_PARTY = mesh_mod.party("share", 0)
 
 
 @dataclass(frozen=True)
@@ -41,10 +56,19 @@ class Context:
     operator_pod_labels: Mapping[str, str] = field(default_factory=dict)
     share_backoff_limit: int = 3
     share_deadline_seconds: int = 3600
+    # Digest of the mesh CA and long-lived certificates (pki.plan_mesh): in the pod templates,
+    # so that a rotation restarts the pods.
+    mesh_hash: str = ""
 
     @classmethod
     def make(
-        cls, name: str, namespace: str, uid: str, spec: EncryptedModelSpec, settings: Settings
+        cls,
+        name: str,
+        namespace: str,
+        uid: str,
+        spec: EncryptedModelSpec,
+        settings: Settings,
+        mesh_hash: str = "",
     ) -> Context:
         return cls(
             name=name,
@@ -56,6 +80,7 @@ class Context:
             operator_pod_labels=dict(settings.operator_pod_labels),
             share_backoff_limit=settings.share_backoff_limit,
             share_deadline_seconds=settings.share_deadline_seconds,
+            mesh_hash=mesh_hash,
         )
 
 
@@ -84,6 +109,22 @@ def share_job_name(m: str, generation: int) -> str:
 
 def serve_deployment_name(m: str) -> str:
     return f"{m}-serve"
+
+
+def mesh_config_name(m: str) -> str:
+    return f"{m}-mesh"
+
+
+def mesh_ca_secret_name(m: str) -> str:
+    return f"{m}-mesh-ca"
+
+
+def mesh_secret_name(m: str, identity: str) -> str:
+    return f"{m}-mesh-{identity}"
+
+
+def share_secret_name(m: str, generation: int) -> str:
+    return mesh_secret_name(m, mesh_mod.share_identity(generation))
 
 
 def client_service_name(m: str) -> str:
@@ -185,7 +226,7 @@ _TMP_MOUNT = {"name": "tmp", "mountPath": "/tmp"}
 _CONFIG_FILE = f"{api.CONFIG_DIR}/{api.CONFIG_KEY}"
 
 
-def _http_probe(path: str, port: str, period: int, failures: int) -> dict[str, Any]:
+def _http_probe(path: str, port: int | str, period: int, failures: int) -> dict[str, Any]:
     return {
         "httpGet": {"path": path, "port": port},
         "periodSeconds": period,
@@ -202,22 +243,29 @@ def _field_env(name: str, path: str) -> dict[str, Any]:
 
 
 def players(ctx: Context) -> list[dict[str, str]]:
-    """The hostmap: server0..server2 in order (docs/worker-contract.md)."""
-    m, ns = ctx.name, ctx.namespace
+    """The hostmap: server0..server2 in order (docs/worker-contract.md). Operator-managed
+    workers are addressed at loopback ports: in every party's pod, its guard forwards them."""
     if ctx.spec.external:
         return [
             {"name": f"server{i}", "tf": f"{w.host}:{w.port}", "http": f"{w.host}:{w.http_port}"}
             for i, w in enumerate(ctx.spec.workers.external)
         ]
-    host = [f"{worker_pod_name(m, i)}.{workers_service_name(m)}.{ns}.svc" for i in range(3)]
     return [
         {
             "name": f"server{i}",
-            "tf": f"{host[i]}:{api.PORT_TF}",
-            "http": f"{host[i]}:{api.PORT_HTTP}",
+            "tf": f"127.0.0.1:{api.PORT_TF + i}",
+            "http": f"127.0.0.1:{api.PORT_HTTP + i}",
         }
         for i in range(3)
     ]
+
+
+def worker_address(ctx: Context, i: int) -> str:
+    """Where worker i is reached from other pods (for status): external host:port, or its
+    guard's mTLS gRPC listener."""
+    if ctx.spec.external:
+        return players(ctx)[i]["tf"]
+    return f"{mesh_host(ctx, mesh_mod.SERVERS[i])}:{api.PORT_GUARD_GRPC}"
 
 
 def tfe_config(ctx: Context) -> str:
@@ -237,22 +285,204 @@ def config_map(ctx: Context) -> Manifest:
     }
 
 
+# ---------------------------------------------------------------- the mesh
+
+MESH_CONFIG_DIR = f"{api.CONFIG_DIR}/mesh"
+MESH_PKI_DIR = f"{api.CONFIG_DIR}/pki"
+MESH_PKI = {
+    "ca": f"{MESH_PKI_DIR}/ca.crt",
+    "cert": f"{MESH_PKI_DIR}/tls.crt",
+    "key": f"{MESH_PKI_DIR}/tls.key",
+}
+# What the guard's plain health listener passes on (GET only): probes and the public key
+# (the operator's proxy-mode read goes through the API server, which holds no certificate).
+HEALTH_PATHS = ("/healthz", "/readyz", "/v1/public-key")
+
+
+def mesh_host(ctx: Context, party: str) -> str:
+    """The stable DNS name of a party's pod (server<i>, coordinator, coordinator-1, share)."""
+    m, ns, svc = ctx.name, ctx.namespace, workers_service_name(ctx.name)
+    if party in mesh_mod.SERVERS:
+        return f"{worker_pod_name(m, mesh_mod.SERVERS.index(party))}.{svc}.{ns}.svc"
+    return f"{party}.{svc}.{ns}.svc"
+
+
+def mesh(ctx: Context) -> mesh_mod.Mesh:
+    ports = mesh_mod.Ports(
+        tf=(api.PORT_TF, api.PORT_TF + 1, api.PORT_TF + 2),
+        http=(api.PORT_HTTP, api.PORT_HTTP + 1, api.PORT_HTTP + 2),
+        coordinators=tuple(
+            mesh_mod.COORDINATOR_TF_PORT + k for k in range(len(COORDINATOR_PARTIES))
+        ),
+        shares=(mesh_mod.SHARE_TF_PORT,),
+    )
+    listen, dial = mesh_mod.tcp_addressing(lambda party: mesh_host(ctx, party))
+    return mesh_mod.Mesh(ports, listen, dial)
+
+
+def coordinator_slot(generation: int) -> int:
+    """Consecutive generations alternate between the two coordinator slots."""
+    return (generation - 1) % len(COORDINATOR_PARTIES)
+
+
+def guard_config(ctx: Context, identity: str, slot: int = 0) -> dict[str, Any]:
+    """One party's tfe-guard config; a worker's also has the plain health listener."""
+    cfg = mesh(ctx).guard_config(identity, dict(MESH_PKI), slot)
+    if identity in mesh_mod.SERVERS:
+        i = mesh_mod.SERVERS.index(identity)
+        cfg["health"] = {
+            "listen": f"tcp:0.0.0.0:{api.PORT_GUARD_HEALTH}",
+            "backend": f"127.0.0.1:{api.PORT_HTTP + i}",
+            "paths": list(HEALTH_PATHS),
+        }
+    return cfg
+
+
+def _guard_json(cfg: Mapping[str, Any]) -> str:
+    return json.dumps(cfg, indent=1, sort_keys=True) + "\n"
+
+
+def mesh_config_map(ctx: Context) -> Manifest:
+    """Guard configs of the long-lived parties; the share Job carries its own (per generation)."""
+    data = {f"{s}.json": _guard_json(guard_config(ctx, s)) for s in mesh_mod.SERVERS}
+    for k, party in enumerate(COORDINATOR_PARTIES):
+        data[f"{party}.json"] = _guard_json(guard_config(ctx, mesh_mod.COORDINATOR, k))
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(ctx, mesh_config_name(ctx.name), MESH),
+        "data": data,
+    }
+
+
+def _mesh_tcp_ports(health: bool) -> list[dict[str, Any]]:
+    ports = [
+        {"name": "mesh-grpc", "containerPort": api.PORT_GUARD_GRPC, "protocol": "TCP"},
+        {"name": "mesh-http", "containerPort": api.PORT_GUARD_HTTP, "protocol": "TCP"},
+    ]
+    if health:
+        ports.append({"name": "health", "containerPort": api.PORT_GUARD_HEALTH, "protocol": "TCP"})
+    return ports
+
+
+# Drop TCP to the raw TF/HTTP ports unless it comes in on loopback: TF binds 0.0.0.0 and
+# cannot be told otherwise. Fails closed: without the rule the pod does not start.
+MESH_INIT_SCRIPT = "\n".join(
+    [
+        "set -eu",
+        f"rule='-p tcp -m multiport --dports {','.join(api.RAW_PORT_RANGES)} ! -i lo -j DROP'",
+        "iptables-nft -C INPUT $rule 2>/dev/null || iptables-nft -A INPUT $rule",
+        "if [ -s /proc/net/if_inet6 ]; then",
+        "  ip6tables-nft -C INPUT $rule 2>/dev/null || ip6tables-nft -A INPUT $rule",
+        "fi",
+        "iptables-nft -S INPUT",
+    ]
+)
+
+
+def mesh_init_container(ctx: Context) -> dict[str, Any]:
+    """Root with NET_ADMIN only, in the pod's own network namespace; runs before anything."""
+    return {
+        "name": "mesh-init",
+        "image": ctx.image,
+        "imagePullPolicy": ctx.image_pull_policy,
+        "command": ["/bin/sh", "-c", MESH_INIT_SCRIPT],
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
+        "securityContext": {
+            "runAsUser": 0,
+            "runAsGroup": 0,
+            "runAsNonRoot": False,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN"]},
+        },
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+
+def guard_container(
+    ctx: Context,
+    command: list[str],
+    mounts: list[dict[str, Any]],
+    env: list[dict[str, Any]] | None = None,
+    health: bool = False,
+) -> dict[str, Any]:
+    """tfe-guard as a native sidecar (an init container that keeps running, Kubernetes >= 1.29):
+    up before the party's process starts, stopped after it ends (a Job still completes)."""
+    c: dict[str, Any] = {
+        "name": "guard",
+        "image": ctx.image,
+        "imagePullPolicy": ctx.image_pull_policy,
+        "restartPolicy": "Always",
+        "command": command,
+    }
+    if env:
+        c["env"] = env
+    c.update(
+        {
+            "ports": _mesh_tcp_ports(health),
+            "startupProbe": {
+                "tcpSocket": {"port": api.PORT_GUARD_GRPC},
+                "periodSeconds": 1,
+                "failureThreshold": 30,
+            },
+            "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}},
+            "securityContext": container_security_context(),
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+            "volumeMounts": mounts,
+        }
+    )
+    return c
+
+
+def _mesh_config_volume(ctx: Context) -> dict[str, Any]:
+    return {"name": "mesh-config", "configMap": {"name": mesh_config_name(ctx.name)}}
+
+
+_MESH_CONFIG_MOUNT = {"name": "mesh-config", "mountPath": MESH_CONFIG_DIR, "readOnly": True}
+_MESH_PKI_MOUNT = {"name": "mesh-pki", "mountPath": MESH_PKI_DIR, "readOnly": True}
+_SECRET_MODE = 0o440  # owner root, group fsGroup (the guard's group)
+
+
+def _mesh_secret_volume(ctx: Context, identity: str) -> dict[str, Any]:
+    return {
+        "name": "mesh-pki",
+        "secret": {"secretName": mesh_secret_name(ctx.name, identity), "defaultMode": _SECRET_MODE},
+    }
+
+
+def mesh_annotations(ctx: Context) -> dict[str, str]:
+    return {api.ANNOTATION_CONFIG_HASH: config_hash(ctx), api.ANNOTATION_MESH_HASH: ctx.mesh_hash}
+
+
 # ---------------------------------------------------------------- workers
 
 
 def workers_service(ctx: Context) -> Manifest:
+    """Headless: the stable DNS names of every party pod of this model (the StatefulSet's
+    pods, and the share and serve pods through hostname/subdomain); only guard ports."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": metadata(ctx, workers_service_name(ctx.name), WORKER),
         "spec": {
             "clusterIP": "None",
-            # Players must resolve each other before they are ready.
+            # Parties must resolve each other before they are ready.
             "publishNotReadyAddresses": True,
-            "selector": selector(ctx, WORKER),
+            "selector": {api.LABEL_MODEL: ctx.name},
             "ports": [
-                {"name": "tf", "port": api.PORT_TF, "targetPort": "tf", "protocol": "TCP"},
-                {"name": "http", "port": api.PORT_HTTP, "targetPort": "http", "protocol": "TCP"},
+                {
+                    "name": "mesh-grpc",
+                    "port": api.PORT_GUARD_GRPC,
+                    "targetPort": api.PORT_GUARD_GRPC,
+                    "protocol": "TCP",
+                },
+                {
+                    "name": "mesh-http",
+                    "port": api.PORT_GUARD_HTTP,
+                    "targetPort": api.PORT_GUARD_HTTP,
+                    "protocol": "TCP",
+                },
             ],
         },
     }
@@ -278,7 +508,29 @@ def worker_affinity(ctx: Context) -> dict[str, Any]:
 PLAYER_SCRIPT = (
     'exec tfe-worker player "server${POD_NAME##*-}"'
     f" --config {_CONFIG_FILE} --state {api.STATE_DIR} --spool {api.SPOOL_DIR}"
+    " --http-bind 127.0.0.1"
 )
+WORKER_GUARD_SCRIPT = f'exec tfe-guard --config "{MESH_CONFIG_DIR}/server${{POD_NAME##*-}}.json"'
+
+
+def worker_pki_volume(ctx: Context) -> dict[str, Any]:
+    """The three workers' Secrets in one projected volume, one folder per pod name: a
+    StatefulSet cannot give each pod its own volume, so each guard mounts only its own
+    folder (subPathExpr); the player container mounts none of it."""
+    sources = []
+    for i, s in enumerate(mesh_mod.SERVERS):
+        pod = worker_pod_name(ctx.name, i)
+        sources.append(
+            {
+                "secret": {
+                    "name": mesh_secret_name(ctx.name, s),
+                    "items": [
+                        {"key": k, "path": f"{pod}/{k}"} for k in ("ca.crt", "tls.crt", "tls.key")
+                    ],
+                }
+            }
+        )
+    return {"name": "mesh-pki", "projected": {"defaultMode": _SECRET_MODE, "sources": sources}}
 
 
 def worker_statefulset(ctx: Context) -> Manifest:
@@ -289,24 +541,25 @@ def worker_statefulset(ctx: Context) -> Manifest:
         _config_volume(ctx),
         {"name": "spool", "emptyDir": {"medium": "Memory"}},
         dict(_TMP_VOLUME),
+        _mesh_config_volume(ctx),
+        worker_pki_volume(ctx),
     ]
     if memory:
         volumes.append(
             {"name": STATE_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": storage.size}}
         )
+    # The player's TF and HTTP ports are reached through the guard only; the kubelet probes
+    # them through the guard's plain health listener.
+    health: int | str = api.PORT_GUARD_HEALTH
     container: dict[str, Any] = {
         "name": "player",
         "image": ctx.image,
         "imagePullPolicy": ctx.image_pull_policy,
         "command": ["/bin/sh", "-c", PLAYER_SCRIPT],
         "env": [_field_env("POD_NAME", "metadata.name"), {"name": "HOME", "value": "/tmp"}],
-        "ports": [
-            {"name": "tf", "containerPort": api.PORT_TF, "protocol": "TCP"},
-            {"name": "http", "containerPort": api.PORT_HTTP, "protocol": "TCP"},
-        ],
-        "startupProbe": _http_probe("/healthz", "http", 2, 90),
-        "readinessProbe": _http_probe("/readyz", "http", 2, 3),
-        "livenessProbe": _http_probe("/healthz", "http", 10, 3),
+        "startupProbe": _http_probe("/healthz", health, 2, 90),
+        "readinessProbe": _http_probe("/readyz", health, 2, 3),
+        "livenessProbe": _http_probe("/healthz", health, 10, 3),
         "resources": dict(w.resources),
         "securityContext": container_security_context(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -317,12 +570,23 @@ def worker_statefulset(ctx: Context) -> Manifest:
             dict(_TMP_MOUNT),
         ],
     }
+    guard = guard_container(
+        ctx,
+        ["/bin/sh", "-c", WORKER_GUARD_SCRIPT],
+        [
+            dict(_MESH_CONFIG_MOUNT),
+            {**_MESH_PKI_MOUNT, "subPathExpr": "$(POD_NAME)"},
+        ],
+        env=[_field_env("POD_NAME", "metadata.name")],
+        health=True,
+    )
     pod_spec: dict[str, Any] = {
         "enableServiceLinks": False,
         "automountServiceAccountToken": False,
         "securityContext": pod_security_context(),
         "terminationGracePeriodSeconds": 10,
         "affinity": worker_affinity(ctx),
+        "initContainers": [mesh_init_container(ctx), guard],
         "containers": [container],
         "volumes": volumes,
     }
@@ -339,10 +603,7 @@ def worker_statefulset(ctx: Context) -> Manifest:
         "selector": {"matchLabels": selector(ctx, WORKER)},
         "updateStrategy": {"type": "RollingUpdate"},
         "template": {
-            "metadata": {
-                "labels": labels(ctx, WORKER),
-                "annotations": {api.ANNOTATION_CONFIG_HASH: config_hash(ctx)},
-            },
+            "metadata": {"labels": labels(ctx, WORKER), "annotations": mesh_annotations(ctx)},
             "spec": pod_spec,
         },
     }
@@ -405,16 +666,32 @@ def model_volume(ctx: Context) -> tuple[list[dict[str, Any]], list[dict[str, Any
     return [], [], ["--model", src.url.url, "--sha256", src.url.sha256]
 
 
+# The share Job's guard config is per generation (its identity is share-g<N>): it travels in
+# the Job's own spec and is written to the guard's private emptyDir.
+SHARE_GUARD_SCRIPT = (
+    'printf "%s" "$GUARD_CONFIG" > /run/guard/guard.json'
+    " && exec tfe-guard --config /run/guard/guard.json"
+)
+
+
+def share_guard_config(ctx: Context, generation: int) -> dict[str, Any]:
+    return guard_config(ctx, mesh_mod.share_identity(generation))
+
+
 def share_job(ctx: Context, generation: int) -> Manifest:
     volumes, mounts, model_args = model_volume(ctx)
     job_labels = {api.LABEL_GENERATION: str(generation)}
+    external = ctx.spec.external
+    coordinator = (
+        f"$(POD_IP):{api.PORT_COORDINATOR}" if external else f"127.0.0.1:{mesh_mod.SHARE_TF_PORT}"
+    )
     command = [
         "tfe-worker", "share",
         "--config", _CONFIG_FILE,
         *model_args,
         "--name", ctx.name,
         "--generation", str(generation),
-        "--coordinator-address", f"$(POD_IP):{api.PORT_COORDINATOR}",
+        "--coordinator-address", coordinator,
         "--protocol", ctx.spec.protocol,
     ]  # fmt: skip
     container: dict[str, Any] = {
@@ -422,16 +699,52 @@ def share_job(ctx: Context, generation: int) -> Manifest:
         "image": ctx.image,
         "imagePullPolicy": ctx.image_pull_policy,
         "command": command,
-        "env": [_field_env("POD_IP", "status.podIP"), {"name": "HOME", "value": "/tmp"}],
-        "ports": [
-            {"name": "coordinator", "containerPort": api.PORT_COORDINATOR, "protocol": "TCP"}
-        ],
-        "resources": dict(ctx.spec.serving.resources),
-        "securityContext": container_security_context(),
-        "terminationMessagePath": "/dev/termination-log",
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "volumeMounts": [dict(_CONFIG_MOUNT), dict(_TMP_MOUNT), *mounts],
     }
+    if external:
+        container["env"] = [_field_env("POD_IP", "status.podIP"), {"name": "HOME", "value": "/tmp"}]
+        container["ports"] = [
+            {"name": "coordinator", "containerPort": api.PORT_COORDINATOR, "protocol": "TCP"}
+        ]
+    else:
+        container["env"] = [{"name": "HOME", "value": "/tmp"}]
+    container.update(
+        {
+            "resources": dict(ctx.spec.serving.resources),
+            "securityContext": container_security_context(),
+            "terminationMessagePath": "/dev/termination-log",
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+            "volumeMounts": [dict(_CONFIG_MOUNT), dict(_TMP_MOUNT), *mounts],
+        }
+    )
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "enableServiceLinks": False,
+        "automountServiceAccountToken": False,
+        "securityContext": pod_security_context(),
+        "containers": [container],
+        "volumes": [_config_volume(ctx), dict(_TMP_VOLUME), *volumes],
+    }
+    if not external:
+        identity = mesh_mod.share_identity(generation)
+        share_guard_json = _guard_json(share_guard_config(ctx, generation))
+        guard = guard_container(
+            ctx,
+            ["/bin/sh", "-c", SHARE_GUARD_SCRIPT],
+            [{"name": "guard-run", "mountPath": "/run/guard"}, dict(_MESH_PKI_MOUNT)],
+            env=[{"name": "GUARD_CONFIG", "value": share_guard_json}],
+        )
+        pod_spec = {
+            **pod_spec,
+            # share.<m>-workers.<ns>.svc: where the workers' guards reach this pod
+            "hostname": SHARE_PARTY,
+            "subdomain": workers_service_name(ctx.name),
+            "initContainers": [mesh_init_container(ctx), guard],
+            "volumes": [
+                *pod_spec["volumes"],
+                {"name": "guard-run", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+                _mesh_secret_volume(ctx, identity),
+            ],
+        }
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -461,14 +774,7 @@ def share_job(ctx: Context, generation: int) -> Manifest:
             },
             "template": {
                 "metadata": {"labels": {**labels(ctx, SHARE), **job_labels}},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "enableServiceLinks": False,
-                    "automountServiceAccountToken": False,
-                    "securityContext": pod_security_context(),
-                    "containers": [container],
-                    "volumes": [_config_volume(ctx), dict(_TMP_VOLUME), *volumes],
-                },
+                "spec": pod_spec,
             },
         },
     }
@@ -476,13 +782,18 @@ def share_job(ctx: Context, generation: int) -> Manifest:
 
 def serve_command(ctx: Context, generation: int) -> list[str]:
     s = ctx.spec.serving
+    if ctx.spec.external:
+        coordinator = f"$(POD_IP):{api.PORT_COORDINATOR}"
+    else:
+        port = mesh_mod.COORDINATOR_TF_PORT + coordinator_slot(generation)
+        coordinator = f"127.0.0.1:{port}"
     cmd = [
         "tfe-worker", "serve",
         "--config", _CONFIG_FILE,
         "--name", ctx.name,
         "--generation", str(generation),
         "--port", str(api.PORT_SERVE),
-        "--coordinator-address", f"$(POD_IP):{api.PORT_COORDINATOR}",
+        "--coordinator-address", coordinator,
         "--protocol", ctx.spec.protocol,
         "--max-batch-size", str(s.max_batch_size),
         "--max-wait-ms", str(s.max_wait_ms),
@@ -510,16 +821,21 @@ def serve_deployment(ctx: Context, generation: int) -> Manifest:
             }
         )
         mounts.append({"name": "token", "mountPath": api.TOKEN_DIR, "readOnly": True})
+    external = ctx.spec.external
+    ports = [{"name": "http", "containerPort": api.PORT_SERVE, "protocol": "TCP"}]
+    env = [{"name": "HOME", "value": "/tmp"}]
+    if external:
+        ports.append(
+            {"name": "coordinator", "containerPort": api.PORT_COORDINATOR, "protocol": "TCP"}
+        )
+        env.insert(0, _field_env("POD_IP", "status.podIP"))
     container: dict[str, Any] = {
         "name": "serve",
         "image": ctx.image,
         "imagePullPolicy": ctx.image_pull_policy,
         "command": serve_command(ctx, generation),
-        "env": [_field_env("POD_IP", "status.podIP"), {"name": "HOME", "value": "/tmp"}],
-        "ports": [
-            {"name": "http", "containerPort": api.PORT_SERVE, "protocol": "TCP"},
-            {"name": "coordinator", "containerPort": api.PORT_COORDINATOR, "protocol": "TCP"},
-        ],
+        "env": env,
+        "ports": ports,
         "startupProbe": _http_probe("/healthz", "http", 2, 150),
         "readinessProbe": _http_probe("/readyz", "http", 2, 3),
         "livenessProbe": _http_probe("/healthz", "http", 10, 3),
@@ -528,6 +844,35 @@ def serve_deployment(ctx: Context, generation: int) -> Manifest:
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": mounts,
     }
+    pod_spec: dict[str, Any] = {
+        "enableServiceLinks": False,
+        "automountServiceAccountToken": False,
+        "securityContext": pod_security_context(),
+        "terminationGracePeriodSeconds": 10,
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if not external:
+        # Consecutive generations take turns between two coordinator slots (hostnames
+        # coordinator and coordinator-1, TF ports 4450 and 4451): during a rollout the old
+        # and the new serve pod are distinct parties of the mesh.
+        party = COORDINATOR_PARTIES[coordinator_slot(generation)]
+        guard = guard_container(
+            ctx,
+            ["tfe-guard", "--config", f"{MESH_CONFIG_DIR}/{party}.json"],
+            [dict(_MESH_CONFIG_MOUNT), dict(_MESH_PKI_MOUNT)],
+        )
+        pod_spec = {
+            **pod_spec,
+            "hostname": party,
+            "subdomain": workers_service_name(ctx.name),
+            "initContainers": [mesh_init_container(ctx), guard],
+            "volumes": [
+                *volumes,
+                _mesh_config_volume(ctx),
+                _mesh_secret_volume(ctx, mesh_mod.COORDINATOR),
+            ],
+        }
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -543,16 +888,13 @@ def serve_deployment(ctx: Context, generation: int) -> Manifest:
             "template": {
                 "metadata": {
                     "labels": {**labels(ctx, SERVE), api.LABEL_GENERATION: str(generation)},
-                    "annotations": {api.ANNOTATION_CONFIG_HASH: config_hash(ctx)},
+                    "annotations": (
+                        {api.ANNOTATION_CONFIG_HASH: config_hash(ctx)}
+                        if external
+                        else mesh_annotations(ctx)
+                    ),
                 },
-                "spec": {
-                    "enableServiceLinks": False,
-                    "automountServiceAccountToken": False,
-                    "securityContext": pod_security_context(),
-                    "terminationGracePeriodSeconds": 10,
-                    "containers": [container],
-                    "volumes": volumes,
-                },
+                "spec": pod_spec,
             },
         },
     }
@@ -591,10 +933,13 @@ def _components(ctx: Context, *components: str) -> dict[str, Any]:
 
 
 def worker_network_policy(ctx: Context) -> Manifest:
-    """Worker tf gRPC (unauthenticated) and HTTP: only this model's workers, share Job and
-    serve pod; HTTP also from the operator (public keys)."""
+    """Workers: the guard's mTLS ports only, from this model's workers, share Job and serve pod;
+    the mTLS HTTP and the plain health port also from the operator (public keys). Raw TF/HTTP
+    ports are closed by the pod's own iptables whatever the CNI enforces (docs/mesh.md)."""
     peers = {"podSelector": _components(ctx, WORKER, SHARE, SERVE)}
-    ingress: list[dict[str, Any]] = [{"from": [peers], "ports": _tcp(api.PORT_TF, api.PORT_HTTP)}]
+    ingress: list[dict[str, Any]] = [
+        {"from": [peers], "ports": _tcp(api.PORT_GUARD_GRPC, api.PORT_GUARD_HTTP)}
+    ]
     if ctx.operator_pod_labels:
         ingress.append(
             {
@@ -604,7 +949,7 @@ def worker_network_policy(ctx: Context) -> Manifest:
                         "podSelector": {"matchLabels": dict(ctx.operator_pod_labels)},
                     }
                 ],
-                "ports": _tcp(api.PORT_HTTP),
+                "ports": _tcp(api.PORT_GUARD_HTTP, api.PORT_GUARD_HEALTH),
             }
         )
     return {
@@ -620,7 +965,8 @@ def worker_network_policy(ctx: Context) -> Manifest:
 
 
 def coordinator_network_policy(ctx: Context) -> Manifest:
-    """Share Job and serve pod: coordinator port only from the workers; client port open."""
+    """Share Job and serve pod: the guard's mTLS gRPC port only from the workers (they fetch
+    tensors from the coordinator); the client port open."""
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -631,7 +977,7 @@ def coordinator_network_policy(ctx: Context) -> Manifest:
             "ingress": [
                 {
                     "from": [{"podSelector": {"matchLabels": selector(ctx, WORKER)}}],
-                    "ports": _tcp(api.PORT_COORDINATOR),
+                    "ports": _tcp(api.PORT_GUARD_GRPC),
                 },
                 {"ports": _tcp(api.PORT_SERVE)},
             ],
@@ -640,12 +986,14 @@ def coordinator_network_policy(ctx: Context) -> Manifest:
 
 
 def base_objects(ctx: Context) -> list[Manifest]:
-    """What exists whenever the model is not stopped: config, workers, network policy.
-    External workers: only the config (the operator runs no workers; their network is theirs)."""
+    """What exists whenever the model is not stopped: config, mesh configs, workers, network
+    policy. External workers: only the config (the operator runs no workers; their network is
+    theirs, and they stay outside the mesh). The mesh Secrets come from the handler (pki)."""
     if ctx.spec.external:
         return [config_map(ctx)]
     return [
         config_map(ctx),
+        mesh_config_map(ctx),
         workers_service(ctx),
         worker_network_policy(ctx),
         coordinator_network_policy(ctx),

@@ -30,6 +30,8 @@ class Resource:
     ctx: Context
     generation: int
     created: datetime | None
+    # status.mesh from pki.plan_mesh (None: no mesh, e.g. external workers)
+    mesh: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -163,7 +165,7 @@ def workers_status(res: Resource, status: Mapping[str, Any], obs: Observed) -> l
     out = []
     for i, player in enumerate(builders.players(ctx)):
         o = old.get(i) or {}
-        entry: dict[str, Any] = {"name": player["name"], "address": player["tf"]}
+        entry: dict[str, Any] = {"name": player["name"], "address": builders.worker_address(ctx, i)}
         if ctx.spec.external:
             entry["ready"] = True
             key = obs.public_keys.get(i) or o.get("publicKey")
@@ -254,6 +256,19 @@ def reconcile(res: Resource, status: Mapping[str, Any], obs: Observed, now: date
         _run(res, new, obs, plan, now, failure)
 
     # Bookkeeping common to every path.
+    if res.mesh is not None:
+        new["mesh"] = dict(res.mesh)
+    else:
+        new.pop("mesh", None)
+    # A share Job's identity goes with its Job.
+    job_gens = {j.name: j.generation for j in obs.jobs}
+    deletes: list[Ref] = []
+    for ref in plan.delete:
+        deletes.append(ref)
+        if ref.kind == "Job" and ref.name in job_gens and not spec.external:
+            secret = builders.share_secret_name(ctx.name, job_gens[ref.name])
+            deletes.append(Ref("v1", "Secret", secret))
+    plan.delete = deletes
     new["observedGeneration"] = res.generation
     new["workers"] = workers_status(res, new, obs)
     if new.get("phase") == "Serving" and not old.get("firstServingTime"):

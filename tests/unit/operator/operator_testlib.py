@@ -18,7 +18,12 @@ CRD_PATH = REPO / "charts" / "tfe-operator" / "crds" / "encryptedmodels.tfe.dev.
 BASE_SPEC: dict[str, Any] = {"model": {"configMap": {"name": "digits-model", "key": "model.h5"}}}
 
 
-def make_ctx(spec: dict[str, Any] | None = None, settings: Settings | None = None) -> Context:
+MESH_HASH = "0123456789abcdef"
+
+
+def make_ctx(
+    spec: dict[str, Any] | None = None, settings: Settings | None = None, mesh_hash: str = MESH_HASH
+) -> Context:
     raw = copy.deepcopy(BASE_SPEC if spec is None else spec)
     return Context.make(
         name="digits",
@@ -26,6 +31,7 @@ def make_ctx(spec: dict[str, Any] | None = None, settings: Settings | None = Non
         uid="uid-1",
         spec=parse_spec(raw),
         settings=settings or Settings(worker_image="tfe-operator/worker:0.1.0"),
+        mesh_hash=mesh_hash,
     )
 
 

@@ -7,8 +7,9 @@ import json
 from typing import Any
 
 import pytest
-from operator_testlib import make_ctx
+from operator_testlib import MESH_HASH, make_ctx
 
+from tfe_client import mesh
 from tfe_operator import builders
 from tfe_operator.settings import Settings
 
@@ -50,7 +51,8 @@ def meta(name: str, component: str, **extra: Any) -> dict[str, Any]:
 
 
 HOSTS = [f"digits-worker-{i}.digits-workers.ml.svc" for i in range(3)]
-PLAYERS = [{"name": f"server{i}", "tf": f"{HOSTS[i]}:4440", "http": f"{HOSTS[i]}:8081"} for i in range(3)]
+# Operator-managed workers: loopback in every party's pod, the guards carry the rest.
+PLAYERS = [{"name": f"server{i}", "tf": f"127.0.0.1:{4440 + i}", "http": f"127.0.0.1:{8081 + i}"} for i in range(3)]
 EXTERNAL_SPEC = {
     "model": {"configMap": {"name": "digits-model", "key": "model.h5"}},
     "workers": {
@@ -81,13 +83,75 @@ CONTAINER_SC = {
 }
 
 
-def probe(path: str, port: str, period: int, failures: int) -> dict[str, Any]:
+def probe(path: str, port: str | int, period: int, failures: int) -> dict[str, Any]:
     return {
         "httpGet": {"path": path, "port": port},
         "periodSeconds": period,
         "failureThreshold": failures,
         "timeoutSeconds": 2,
     }
+
+
+def annotations(ctx: Any) -> dict[str, str]:
+    return {"tfe.dev/config-hash": builders.config_hash(ctx), "tfe.dev/mesh-hash": MESH_HASH}
+
+
+MESH_INIT = {
+    "name": "mesh-init",
+    "image": IMAGE,
+    "imagePullPolicy": "IfNotPresent",
+    "command": [
+        "/bin/sh",
+        "-c",
+        (
+            "set -eu\n"
+            "rule='-p tcp -m multiport --dports 4440:4460,8081:8090 ! -i lo -j DROP'\n"
+            "iptables-nft -C INPUT $rule 2>/dev/null || iptables-nft -A INPUT $rule\n"
+            "if [ -s /proc/net/if_inet6 ]; then\n"
+            "  ip6tables-nft -C INPUT $rule 2>/dev/null || ip6tables-nft -A INPUT $rule\n"
+            "fi\n"
+            "iptables-nft -S INPUT"
+        ),
+    ],
+    "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
+    "securityContext": {
+        "runAsUser": 0,
+        "runAsGroup": 0,
+        "runAsNonRoot": False,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN"]},
+    },
+    "terminationMessagePolicy": "FallbackToLogsOnError",
+}
+MESH_PORTS = [
+    {"name": "mesh-grpc", "containerPort": 5440, "protocol": "TCP"},
+    {"name": "mesh-http", "containerPort": 5443, "protocol": "TCP"},
+]
+
+
+def guard(command: list[str], mounts: list[dict[str, Any]], env: Any = None, health: bool = False) -> dict[str, Any]:
+    c: dict[str, Any] = {
+        "name": "guard",
+        "image": IMAGE,
+        "imagePullPolicy": "IfNotPresent",
+        "restartPolicy": "Always",
+        "command": command,
+    }
+    if env is not None:
+        c["env"] = env
+    c["ports"] = MESH_PORTS + ([{"name": "health", "containerPort": 5444, "protocol": "TCP"}] if health else [])
+    c["startupProbe"] = {"tcpSocket": {"port": 5440}, "periodSeconds": 1, "failureThreshold": 30}
+    c["resources"] = {"requests": {"cpu": "50m", "memory": "32Mi"}}
+    c["securityContext"] = CONTAINER_SC
+    c["terminationMessagePolicy"] = "FallbackToLogsOnError"
+    c["volumeMounts"] = mounts
+    return c
+
+
+MESH_CONFIG_MOUNT = {"name": "mesh-config", "mountPath": "/etc/tfe/mesh", "readOnly": True}
+MESH_PKI_MOUNT = {"name": "mesh-pki", "mountPath": "/etc/tfe/pki", "readOnly": True}
+MESH_CONFIG_VOLUME = {"name": "mesh-config", "configMap": {"name": "digits-mesh"}}
 
 
 # ------------------------------------------------------------------ config
@@ -113,6 +177,7 @@ def test_config_map(spec: dict[str, Any] | None, players: list[dict[str, str]]) 
 
 
 def test_workers_service() -> None:
+    """Headless, every party pod of the model (stable DNS names), guard ports only."""
     assert builders.workers_service(make_ctx()) == {
         "apiVersion": "v1",
         "kind": "Service",
@@ -120,10 +185,10 @@ def test_workers_service() -> None:
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
-            "selector": sel("worker"),
+            "selector": {"tfe.dev/model": "digits"},
             "ports": [
-                {"name": "tf", "port": 4440, "targetPort": "tf", "protocol": "TCP"},
-                {"name": "http", "port": 8081, "targetPort": "http", "protocol": "TCP"},
+                {"name": "mesh-grpc", "port": 5440, "targetPort": 5440, "protocol": "TCP"},
+                {"name": "mesh-http", "port": 5443, "targetPort": 5443, "protocol": "TCP"},
             ],
         },
     }
@@ -158,89 +223,118 @@ REQUIRED = {
 
 def expected_statefulset() -> dict[str, Any]:
     ctx = make_ctx()
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "StatefulSet",
-        "metadata": meta("digits-worker", "worker"),
-        "spec": {
-            "serviceName": "digits-workers",
-            "replicas": 3,
-            "podManagementPolicy": "Parallel",
-            "selector": {"matchLabels": sel("worker")},
-            "updateStrategy": {"type": "RollingUpdate"},
-            "template": {
-                "metadata": {
-                    "labels": labels("worker"),
-                    "annotations": {"tfe.dev/config-hash": builders.config_hash(ctx)},
-                },
-                "spec": {
-                    "enableServiceLinks": False,
-                    "automountServiceAccountToken": False,
-                    "securityContext": POD_SC,
-                    "terminationGracePeriodSeconds": 10,
-                    "affinity": PREFERRED,
-                    "containers": [
-                        {
-                            "name": "player",
-                            "image": IMAGE,
-                            "imagePullPolicy": "IfNotPresent",
-                            "command": [
-                                "/bin/sh",
-                                "-c",
-                                (
-                                    'exec tfe-worker player "server${POD_NAME##*-}"'
-                                    " --config /etc/tfe/tfe.json --state /var/lib/tfe --spool /spool"
-                                ),
-                            ],
-                            "env": [
-                                {
-                                    "name": "POD_NAME",
-                                    "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
-                                },
-                                {"name": "HOME", "value": "/tmp"},
-                            ],
-                            "ports": [
-                                {"name": "tf", "containerPort": 4440, "protocol": "TCP"},
-                                {"name": "http", "containerPort": 8081, "protocol": "TCP"},
-                            ],
-                            "startupProbe": probe("/healthz", "http", 2, 90),
-                            "readinessProbe": probe("/readyz", "http", 2, 3),
-                            "livenessProbe": probe("/healthz", "http", 10, 3),
-                            "resources": {},
-                            "securityContext": CONTAINER_SC,
-                            "terminationMessagePolicy": "FallbackToLogsOnError",
-                            "volumeMounts": [
-                                {"name": "config", "mountPath": "/etc/tfe", "readOnly": True},
-                                {"name": "state", "mountPath": "/var/lib/tfe"},
-                                {"name": "spool", "mountPath": "/spool"},
-                                {"name": "tmp", "mountPath": "/tmp"},
-                            ],
-                        }
-                    ],
-                    "volumes": [
-                        {"name": "config", "configMap": {"name": "digits-tfe-config"}},
-                        {"name": "spool", "emptyDir": {"medium": "Memory"}},
-                        {"name": "tmp", "emptyDir": {}},
-                    ],
-                },
-            },
-            "volumeClaimTemplates": [
-                {
-                    "apiVersion": "v1",
-                    "kind": "PersistentVolumeClaim",
-                    "metadata": {"name": "state", "labels": labels("worker")},
+    return copy.deepcopy(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "StatefulSet",
+            "metadata": meta("digits-worker", "worker"),
+            "spec": {
+                "serviceName": "digits-workers",
+                "replicas": 3,
+                "podManagementPolicy": "Parallel",
+                "selector": {"matchLabels": sel("worker")},
+                "updateStrategy": {"type": "RollingUpdate"},
+                "template": {
+                    "metadata": {"labels": labels("worker"), "annotations": annotations(ctx)},
                     "spec": {
-                        "accessModes": ["ReadWriteOnce"],
-                        "resources": {"requests": {"storage": "1Gi"}},
+                        "enableServiceLinks": False,
+                        "automountServiceAccountToken": False,
+                        "securityContext": POD_SC,
+                        "terminationGracePeriodSeconds": 10,
+                        "affinity": PREFERRED,
+                        "initContainers": [
+                            MESH_INIT,
+                            guard(
+                                [
+                                    "/bin/sh",
+                                    "-c",
+                                    'exec tfe-guard --config "/etc/tfe/mesh/server${POD_NAME##*-}.json"',
+                                ],
+                                [MESH_CONFIG_MOUNT, {**MESH_PKI_MOUNT, "subPathExpr": "$(POD_NAME)"}],
+                                env=[{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                                health=True,
+                            ),
+                        ],
+                        "containers": [
+                            {
+                                "name": "player",
+                                "image": IMAGE,
+                                "imagePullPolicy": "IfNotPresent",
+                                "command": [
+                                    "/bin/sh",
+                                    "-c",
+                                    (
+                                        'exec tfe-worker player "server${POD_NAME##*-}"'
+                                        " --config /etc/tfe/tfe.json --state /var/lib/tfe --spool /spool"
+                                        " --http-bind 127.0.0.1"
+                                    ),
+                                ],
+                                "env": [
+                                    {
+                                        "name": "POD_NAME",
+                                        "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+                                    },
+                                    {"name": "HOME", "value": "/tmp"},
+                                ],
+                                # probed through the guard's plain health listener
+                                "startupProbe": probe("/healthz", 5444, 2, 90),
+                                "readinessProbe": probe("/readyz", 5444, 2, 3),
+                                "livenessProbe": probe("/healthz", 5444, 10, 3),
+                                "resources": {},
+                                "securityContext": CONTAINER_SC,
+                                "terminationMessagePolicy": "FallbackToLogsOnError",
+                                "volumeMounts": [
+                                    {"name": "config", "mountPath": "/etc/tfe", "readOnly": True},
+                                    {"name": "state", "mountPath": "/var/lib/tfe"},
+                                    {"name": "spool", "mountPath": "/spool"},
+                                    {"name": "tmp", "mountPath": "/tmp"},
+                                ],
+                            }
+                        ],
+                        "volumes": [
+                            {"name": "config", "configMap": {"name": "digits-tfe-config"}},
+                            {"name": "spool", "emptyDir": {"medium": "Memory"}},
+                            {"name": "tmp", "emptyDir": {}},
+                            MESH_CONFIG_VOLUME,
+                            {
+                                "name": "mesh-pki",
+                                "projected": {
+                                    "defaultMode": 0o440,
+                                    "sources": [
+                                        {
+                                            "secret": {
+                                                "name": f"digits-mesh-server{i}",
+                                                "items": [
+                                                    {"key": k, "path": f"digits-worker-{i}/{k}"}
+                                                    for k in ("ca.crt", "tls.crt", "tls.key")
+                                                ],
+                                            }
+                                        }
+                                        for i in range(3)
+                                    ],
+                                },
+                            },
+                        ],
                     },
-                }
-            ],
-            "persistentVolumeClaimRetentionPolicy": {
-                "whenDeleted": "Retain",
-                "whenScaled": "Retain",
+                },
+                "volumeClaimTemplates": [
+                    {
+                        "apiVersion": "v1",
+                        "kind": "PersistentVolumeClaim",
+                        "metadata": {"name": "state", "labels": labels("worker")},
+                        "spec": {
+                            "accessModes": ["ReadWriteOnce"],
+                            "resources": {"requests": {"storage": "1Gi"}},
+                        },
+                    }
+                ],
+                "persistentVolumeClaimRetentionPolicy": {
+                    "whenDeleted": "Retain",
+                    "whenScaled": "Retain",
+                },
             },
-        },
-    }
+        }
+    )
 
 
 GPU_RESOURCES = {
@@ -282,9 +376,10 @@ def _variant_pvc_class_delete(e: dict[str, Any]) -> None:
 
 
 def _variant_image(e: dict[str, Any]) -> None:
-    c = e["spec"]["template"]["spec"]["containers"][0]
-    c["image"] = "registry.local/tfe-worker:dev"
-    c["imagePullPolicy"] = "Always"
+    pod = e["spec"]["template"]["spec"]
+    for c in [*pod["containers"], *pod["initContainers"]]:
+        c["image"] = "registry.local/tfe-worker:dev"
+        c["imagePullPolicy"] = "Always"
 
 
 WORKER_VARIANTS: list[tuple[str, dict[str, Any], Any]] = [
@@ -334,6 +429,15 @@ def test_player_name_from_ordinal() -> None:
             check=True,
         ).stdout.split()
         assert out[1] == f"server{i}"
+        guard = builders.WORKER_GUARD_SCRIPT.replace("exec tfe-guard", "echo")
+        out = subprocess.run(
+            ["/bin/sh", "-c", guard],
+            env={"POD_NAME": f"my-model-worker-{i}"},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        assert out == ["--config", f"/etc/tfe/mesh/server{i}.json"]
 
 
 # ------------------------------------------------------------------ share job
@@ -341,93 +445,166 @@ def test_player_name_from_ordinal() -> None:
 
 def expected_job(generation: int = 1) -> dict[str, Any]:
     ctx = make_ctx()
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {
-            "name": f"digits-share-g{generation}",
-            "namespace": "ml",
-            "labels": {**labels("share"), "tfe.dev/share-generation": str(generation)},
-            "ownerReferences": [OWNER],
-            "annotations": {"tfe.dev/model-hash": ctx.spec.model_hash},
-        },
-        "spec": {
-            "backoffLimit": 3,
-            "activeDeadlineSeconds": 3600,
-            "podFailurePolicy": {
-                "rules": [
-                    {
-                        "action": "FailJob",
-                        "onExitCodes": {"containerName": "share", "operator": "In", "values": [2]},
-                    },
-                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
-                ]
+    return copy.deepcopy(
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {
+                "name": f"digits-share-g{generation}",
+                "namespace": "ml",
+                "labels": {**labels("share"), "tfe.dev/share-generation": str(generation)},
+                "ownerReferences": [OWNER],
+                "annotations": {"tfe.dev/model-hash": ctx.spec.model_hash},
             },
-            "template": {
-                "metadata": {"labels": {**labels("share"), "tfe.dev/share-generation": str(generation)}},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "enableServiceLinks": False,
-                    "automountServiceAccountToken": False,
-                    "securityContext": POD_SC,
-                    "containers": [
+            "spec": {
+                "backoffLimit": 3,
+                "activeDeadlineSeconds": 3600,
+                "podFailurePolicy": {
+                    "rules": [
                         {
-                            "name": "share",
-                            "image": IMAGE,
-                            "imagePullPolicy": "IfNotPresent",
-                            "command": [
-                                "tfe-worker",
-                                "share",
-                                "--config",
-                                "/etc/tfe/tfe.json",
-                                "--model",
-                                "/model/model.h5",
-                                "--name",
-                                "digits",
-                                "--generation",
-                                str(generation),
-                                "--coordinator-address",
-                                "$(POD_IP):4450",
-                                "--protocol",
-                                "ABY3",
-                            ],
-                            "env": [
-                                {
-                                    "name": "POD_IP",
-                                    "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}},
-                                },
-                                {"name": "HOME", "value": "/tmp"},
-                            ],
-                            "ports": [{"name": "coordinator", "containerPort": 4450, "protocol": "TCP"}],
-                            "resources": {},
-                            "securityContext": CONTAINER_SC,
-                            "terminationMessagePath": "/dev/termination-log",
-                            "terminationMessagePolicy": "FallbackToLogsOnError",
-                            "volumeMounts": [
-                                {"name": "config", "mountPath": "/etc/tfe", "readOnly": True},
-                                {"name": "tmp", "mountPath": "/tmp"},
-                                {"name": "model", "mountPath": "/model", "readOnly": True},
-                            ],
-                        }
-                    ],
-                    "volumes": [
-                        {"name": "config", "configMap": {"name": "digits-tfe-config"}},
-                        {"name": "tmp", "emptyDir": {}},
-                        {
-                            "name": "model",
-                            "configMap": {
-                                "name": "digits-model",
-                                "items": [{"key": "model.h5", "path": "model.h5"}],
-                            },
+                            "action": "FailJob",
+                            "onExitCodes": {"containerName": "share", "operator": "In", "values": [2]},
                         },
-                    ],
+                        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                    ]
+                },
+                "template": {
+                    "metadata": {"labels": {**labels("share"), "tfe.dev/share-generation": str(generation)}},
+                    "spec": {
+                        "restartPolicy": "Never",
+                        "enableServiceLinks": False,
+                        "automountServiceAccountToken": False,
+                        "securityContext": POD_SC,
+                        "hostname": "share",
+                        "subdomain": "digits-workers",
+                        "initContainers": [
+                            MESH_INIT,
+                            guard(
+                                [
+                                    "/bin/sh",
+                                    "-c",
+                                    (
+                                        'printf "%s" "$GUARD_CONFIG" > /run/guard/guard.json'
+                                        " && exec tfe-guard --config /run/guard/guard.json"
+                                    ),
+                                ],
+                                [{"name": "guard-run", "mountPath": "/run/guard"}, MESH_PKI_MOUNT],
+                                env=[
+                                    {
+                                        "name": "GUARD_CONFIG",
+                                        "value": json.dumps(share_guard_config(generation), indent=1, sort_keys=True)
+                                        + "\n",
+                                    }
+                                ],
+                            ),
+                        ],
+                        "containers": [
+                            {
+                                "name": "share",
+                                "image": IMAGE,
+                                "imagePullPolicy": "IfNotPresent",
+                                "command": [
+                                    "tfe-worker",
+                                    "share",
+                                    "--config",
+                                    "/etc/tfe/tfe.json",
+                                    "--model",
+                                    "/model/model.h5",
+                                    "--name",
+                                    "digits",
+                                    "--generation",
+                                    str(generation),
+                                    "--coordinator-address",
+                                    "127.0.0.1:4460",
+                                    "--protocol",
+                                    "ABY3",
+                                ],
+                                "env": [{"name": "HOME", "value": "/tmp"}],
+                                "resources": {},
+                                "securityContext": CONTAINER_SC,
+                                "terminationMessagePath": "/dev/termination-log",
+                                "terminationMessagePolicy": "FallbackToLogsOnError",
+                                "volumeMounts": [
+                                    {"name": "config", "mountPath": "/etc/tfe", "readOnly": True},
+                                    {"name": "tmp", "mountPath": "/tmp"},
+                                    {"name": "model", "mountPath": "/model", "readOnly": True},
+                                ],
+                            }
+                        ],
+                        "volumes": [
+                            {"name": "config", "configMap": {"name": "digits-tfe-config"}},
+                            {"name": "tmp", "emptyDir": {}},
+                            {
+                                "name": "model",
+                                "configMap": {
+                                    "name": "digits-model",
+                                    "items": [{"key": "model.h5", "path": "model.h5"}],
+                                },
+                            },
+                            {"name": "guard-run", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+                            {
+                                "name": "mesh-pki",
+                                "secret": {"secretName": f"digits-mesh-share-g{generation}", "defaultMode": 0o440},
+                            },
+                        ],
+                    },
                 },
             },
-        },
+        }
+    )
+
+
+def share_guard_config(generation: int) -> dict[str, Any]:
+    """What the share Job's guard is told: identity share-g<N>, its TF port 4460 behind the
+    mTLS listener (workers may only fetch tensors), and the workers' TF/HTTP at loopback."""
+    hosts = [f"tcp:{h}" for h in HOSTS]
+    return {
+        "identity": f"share-g{generation}",
+        "ca": "/etc/tfe/pki/ca.crt",
+        "cert": "/etc/tfe/pki/tls.crt",
+        "key": "/etc/tfe/pki/tls.key",
+        "devices": mesh.DEVICES,
+        "inbound": [
+            {
+                "kind": "grpc",
+                "listen": "tcp:0.0.0.0:5440",
+                "backend": "127.0.0.1:4460",
+                "rules": [
+                    {
+                        "identities": ["server0", "server1", "server2"],
+                        "methods": ["/tensorflow.WorkerService/RecvTensor"],
+                    }
+                ],
+            }
+        ],
+        "outbound": [
+            x
+            for i in range(3)
+            for x in (
+                {"listen": f"127.0.0.1:{4440 + i}", "dial": f"{hosts[i]}:5440", "expect": f"server{i}"},
+                {"listen": f"127.0.0.1:{8081 + i}", "dial": f"{hosts[i]}:5443", "expect": f"server{i}"},
+            )
+        ],
     }
 
 
 SHA = "ab" * 32
+
+
+def _plain_job(e: dict[str, Any]) -> None:
+    """External workers: no mesh (as before issue 9): the share pod's own IP and port."""
+    pod = e["spec"]["template"]["spec"]
+    for k in ("hostname", "subdomain", "initContainers"):
+        del pod[k]
+    pod["volumes"] = [v for v in pod["volumes"] if v["name"] not in ("guard-run", "mesh-pki")]
+    c = pod["containers"][0]
+    c["command"][c["command"].index("--coordinator-address") + 1] = "$(POD_IP):4450"
+    c["env"] = [
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "HOME", "value": "/tmp"},
+    ]
+    # re-insert "ports" where the builder puts it (dict order does not matter for ==)
+    c["ports"] = [{"name": "coordinator", "containerPort": 4450, "protocol": "TCP"}]
 
 
 def _job_secret(e: dict[str, Any]) -> None:
@@ -460,7 +637,7 @@ def _job_url(e: dict[str, Any]) -> None:
 
 
 def _job_external(e: dict[str, Any]) -> None:
-    pass
+    _plain_job(e)
 
 
 JOB_VARIANTS: list[tuple[str, dict[str, Any], Any]] = [
@@ -497,88 +674,109 @@ def test_share_job_settings() -> None:
     assert job["spec"]["template"]["spec"]["containers"][0]["image"] == "w:1"
 
 
+def test_share_job_guard_config_is_a_valid_mesh_config() -> None:
+    """The config in the Job equals tfe_client.mesh's, with the pod's PKI paths."""
+    ctx = make_ctx()
+    pod = builders.share_job(ctx, 4)["spec"]["template"]["spec"]
+    env = pod["initContainers"][1]["env"]
+    cfg = json.loads(env[0]["value"])
+    listen, dial = mesh.tcp_addressing(lambda p: builders.mesh_host(ctx, p))
+    m = mesh.Mesh(mesh.Ports((4440, 4441, 4442), (8081, 8082, 8083), (4450, 4451), (4460,)), listen, dial)
+    assert cfg == m.guard_config("share-g4", builders.MESH_PKI)
+
+
 # ------------------------------------------------------------------ serve
 
 
 def expected_deployment(generation: int = 1) -> dict[str, Any]:
     ctx = make_ctx()
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": meta("digits-serve", "serve"),
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": sel("serve")},
-            "strategy": {
-                "type": "RollingUpdate",
-                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
-            },
-            "template": {
-                "metadata": {
-                    "labels": {**labels("serve"), "tfe.dev/share-generation": str(generation)},
-                    "annotations": {"tfe.dev/config-hash": builders.config_hash(ctx)},
+    party = "coordinator" if generation % 2 else "coordinator-1"
+    port = 4450 if generation % 2 else 4451
+    return copy.deepcopy(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": meta("digits-serve", "serve"),
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": sel("serve")},
+                "strategy": {
+                    "type": "RollingUpdate",
+                    "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
                 },
-                "spec": {
-                    "enableServiceLinks": False,
-                    "automountServiceAccountToken": False,
-                    "securityContext": POD_SC,
-                    "terminationGracePeriodSeconds": 10,
-                    "containers": [
-                        {
-                            "name": "serve",
-                            "image": IMAGE,
-                            "imagePullPolicy": "IfNotPresent",
-                            "command": [
-                                "tfe-worker",
-                                "serve",
-                                "--config",
-                                "/etc/tfe/tfe.json",
-                                "--name",
-                                "digits",
-                                "--generation",
-                                str(generation),
-                                "--port",
-                                "8000",
-                                "--coordinator-address",
-                                "$(POD_IP):4450",
-                                "--protocol",
-                                "ABY3",
-                                "--max-batch-size",
-                                "32",
-                                "--max-wait-ms",
-                                "5",
-                            ],
-                            "env": [
-                                {
-                                    "name": "POD_IP",
-                                    "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}},
-                                },
-                                {"name": "HOME", "value": "/tmp"},
-                            ],
-                            "ports": [
-                                {"name": "http", "containerPort": 8000, "protocol": "TCP"},
-                                {"name": "coordinator", "containerPort": 4450, "protocol": "TCP"},
-                            ],
-                            "startupProbe": probe("/healthz", "http", 2, 150),
-                            "readinessProbe": probe("/readyz", "http", 2, 3),
-                            "livenessProbe": probe("/healthz", "http", 10, 3),
-                            "resources": {},
-                            "securityContext": CONTAINER_SC,
-                            "terminationMessagePolicy": "FallbackToLogsOnError",
-                            "volumeMounts": [
-                                {"name": "config", "mountPath": "/etc/tfe", "readOnly": True},
-                                {"name": "tmp", "mountPath": "/tmp"},
-                            ],
-                        }
-                    ],
-                    "volumes": [
-                        {"name": "config", "configMap": {"name": "digits-tfe-config"}},
-                        {"name": "tmp", "emptyDir": {}},
-                    ],
+                "template": {
+                    "metadata": {
+                        "labels": {**labels("serve"), "tfe.dev/share-generation": str(generation)},
+                        "annotations": annotations(ctx),
+                    },
+                    "spec": {
+                        "enableServiceLinks": False,
+                        "automountServiceAccountToken": False,
+                        "securityContext": POD_SC,
+                        "terminationGracePeriodSeconds": 10,
+                        # odd generations: slot 0, even: slot 1 (overlapping rollouts)
+                        "hostname": party,
+                        "subdomain": "digits-workers",
+                        "initContainers": [
+                            MESH_INIT,
+                            guard(
+                                ["tfe-guard", "--config", f"/etc/tfe/mesh/{party}.json"],
+                                [MESH_CONFIG_MOUNT, MESH_PKI_MOUNT],
+                            ),
+                        ],
+                        "containers": [
+                            {
+                                "name": "serve",
+                                "image": IMAGE,
+                                "imagePullPolicy": "IfNotPresent",
+                                "command": [
+                                    "tfe-worker",
+                                    "serve",
+                                    "--config",
+                                    "/etc/tfe/tfe.json",
+                                    "--name",
+                                    "digits",
+                                    "--generation",
+                                    str(generation),
+                                    "--port",
+                                    "8000",
+                                    "--coordinator-address",
+                                    f"127.0.0.1:{port}",
+                                    "--protocol",
+                                    "ABY3",
+                                    "--max-batch-size",
+                                    "32",
+                                    "--max-wait-ms",
+                                    "5",
+                                ],
+                                "env": [{"name": "HOME", "value": "/tmp"}],
+                                "ports": [{"name": "http", "containerPort": 8000, "protocol": "TCP"}],
+                                "startupProbe": probe("/healthz", "http", 2, 150),
+                                "readinessProbe": probe("/readyz", "http", 2, 3),
+                                "livenessProbe": probe("/healthz", "http", 10, 3),
+                                "resources": {},
+                                "securityContext": CONTAINER_SC,
+                                "terminationMessagePolicy": "FallbackToLogsOnError",
+                                "volumeMounts": [
+                                    {"name": "config", "mountPath": "/etc/tfe", "readOnly": True},
+                                    {"name": "tmp", "mountPath": "/tmp"},
+                                ],
+                            }
+                        ],
+                        "volumes": [
+                            {"name": "config", "configMap": {"name": "digits-tfe-config"}},
+                            {"name": "tmp", "emptyDir": {}},
+                            MESH_CONFIG_VOLUME,
+                            {
+                                "name": "mesh-pki",
+                                "secret": {"secretName": "digits-mesh-coordinator", "defaultMode": 0o440},
+                            },
+                        ],
+                    },
                 },
             },
-        },
-    }
+        }
+    )
 
 
 def _serve_limits(e: dict[str, Any]) -> None:
@@ -591,8 +789,8 @@ def _serve_limits(e: dict[str, Any]) -> None:
     c["command"] += ["--token-file", "/var/run/tfe-token/token"]
     c["resources"] = {"limits": {"memory": "2Gi"}}
     c["volumeMounts"].append({"name": "token", "mountPath": "/var/run/tfe-token", "readOnly": True})
-    pod["volumes"].append(
-        {"name": "token", "secret": {"secretName": "api", "items": [{"key": "token", "path": "token"}]}}
+    pod["volumes"].insert(
+        2, {"name": "token", "secret": {"secretName": "api", "items": [{"key": "token", "path": "token"}]}}
     )
 
 
@@ -620,19 +818,32 @@ SERVE_VARIANTS: list[tuple[str, dict[str, Any], Any]] = [
     [(o, m) for _, o, m in SERVE_VARIANTS],
     ids=[i for i, _, _ in SERVE_VARIANTS],
 )
-def test_serve_deployment(override: dict[str, Any], mutate: Any) -> None:
+@pytest.mark.parametrize("generation", [3, 4])
+def test_serve_deployment(override: dict[str, Any], mutate: Any, generation: int) -> None:
     spec: dict[str, Any] = {"model": {"configMap": {"name": "digits-model", "key": "model.h5"}}}
     spec.update(override)
-    expected = expected_deployment(3)
+    expected = expected_deployment(generation)
     mutate(expected)
-    assert builders.serve_deployment(make_ctx(spec), 3) == expected
+    assert builders.serve_deployment(make_ctx(spec), generation) == expected
 
 
 def test_serve_deployment_external_workers_uses_external_config() -> None:
+    """External workers stay outside the mesh: the serve pod as before issue 9."""
     ctx = make_ctx(EXTERNAL_SPEC)
     dep = builders.serve_deployment(ctx, 1)
     expected = expected_deployment(1)
-    expected["spec"]["template"]["metadata"]["annotations"]["tfe.dev/config-hash"] = builders.config_hash(ctx)
+    expected["spec"]["template"]["metadata"]["annotations"] = {"tfe.dev/config-hash": builders.config_hash(ctx)}
+    pod = expected["spec"]["template"]["spec"]
+    for k in ("hostname", "subdomain", "initContainers"):
+        del pod[k]
+    pod["volumes"] = pod["volumes"][:2]
+    c = pod["containers"][0]
+    c["command"][c["command"].index("--coordinator-address") + 1] = "$(POD_IP):4450"
+    c["env"] = [
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "HOME", "value": "/tmp"},
+    ]
+    c["ports"].append({"name": "coordinator", "containerPort": 4450, "protocol": "TCP"})
     assert dep == expected
     assert builders.config_hash(ctx) != builders.config_hash(make_ctx())
 
@@ -677,7 +888,7 @@ def test_worker_network_policy(operator_labels: bool) -> None:
     ingress: list[dict[str, Any]] = [
         {
             "from": [PEERS],
-            "ports": [{"protocol": "TCP", "port": 4440}, {"protocol": "TCP", "port": 8081}],
+            "ports": [{"protocol": "TCP", "port": 5440}, {"protocol": "TCP", "port": 5443}],
         }
     ]
     if operator_labels:
@@ -689,7 +900,7 @@ def test_worker_network_policy(operator_labels: bool) -> None:
                         "podSelector": {"matchLabels": {"app.kubernetes.io/name": "tfe-operator"}},
                     }
                 ],
-                "ports": [{"protocol": "TCP", "port": 8081}],
+                "ports": [{"protocol": "TCP", "port": 5443}, {"protocol": "TCP", "port": 5444}],
             }
         )
     assert builders.worker_network_policy(make_ctx(settings=settings)) == {
@@ -724,7 +935,7 @@ def test_coordinator_network_policy() -> None:
             "ingress": [
                 {
                     "from": [{"podSelector": {"matchLabels": sel("worker")}}],
-                    "ports": [{"protocol": "TCP", "port": 4450}],
+                    "ports": [{"protocol": "TCP", "port": 5440}],
                 },
                 {"ports": [{"protocol": "TCP", "port": 8000}]},
             ],
@@ -742,6 +953,7 @@ def test_coordinator_network_policy() -> None:
             None,
             [
                 ("ConfigMap", "digits-tfe-config"),
+                ("ConfigMap", "digits-mesh"),
                 ("Service", "digits-workers"),
                 ("NetworkPolicy", "digits-workers"),
                 ("NetworkPolicy", "digits-coordinator"),

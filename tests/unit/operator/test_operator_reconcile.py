@@ -49,6 +49,7 @@ def cond(plan: Plan, type_: str) -> tuple[str, str]:
 
 BASE_KINDS = [
     ("ConfigMap", "digits-tfe-config"),
+    ("ConfigMap", "digits-mesh"),
     ("Service", "digits-workers"),
     ("NetworkPolicy", "digits-workers"),
     ("NetworkPolicy", "digits-coordinator"),
@@ -104,7 +105,7 @@ def test_new_model_provisions_workers() -> None:
     assert st["workers"] == [
         {
             "name": f"server{i}",
-            "address": f"digits-worker-{i}.digits-workers.ml.svc:4440",
+            "address": f"digits-worker-{i}.digits-workers.ml.svc:5440",
             "pod": f"digits-worker-{i}",
             "ready": False,
         }
@@ -219,7 +220,8 @@ def test_reshare_success_rolls_serve_and_drops_old_jobs() -> None:
     plan = reconcile(res(new_spec, generation=2), st, obs, NOW)
     dep = next(m for m in plan.apply if m["kind"] == "Deployment")
     assert dep["spec"]["template"]["metadata"]["labels"]["tfe.dev/share-generation"] == "2"
-    assert plan.delete == [Ref("batch/v1", "Job", "digits-share-g1")]
+    # the old generation's Job goes, and its mesh identity with it
+    assert plan.delete == [Ref("batch/v1", "Job", "digits-share-g1"), Ref("v1", "Secret", "digits-mesh-share-g1")]
     assert plan.status["shareGeneration"] == 2
     # The serve pod still reports generation 1 until the new one rolled out.
     assert plan.status["phase"] == "Provisioning"
@@ -362,6 +364,7 @@ def test_shutdown_removes_workers_and_coordinator_keeping_shares() -> None:
         Ref("apps/v1", "Deployment", "digits-serve"),
         Ref("v1", "Service", "digits"),
         Ref("batch/v1", "Job", "digits-share-g1"),
+        Ref("v1", "Secret", "digits-mesh-share-g1"),
         Ref("apps/v1", "StatefulSet", "digits-worker"),
     ]
     s = plan.status
@@ -492,3 +495,31 @@ def test_observed_generation_always_written(phase: str) -> None:
     plan = reconcile(res(generation=7), serving_status(phase=phase), SERVING_OBS, NOW)
     assert plan.status["observedGeneration"] == 7
     assert all(c["observedGeneration"] == 7 for c in plan.status["conditions"])
+
+
+# ------------------------------------------------------------------ the mesh
+
+
+MESH_STATUS = {
+    "caNotAfter": "2026-01-01T00:00:00Z",
+    "notAfter": "2025-04-01T00:00:00Z",
+    "rotation": "",
+    "caSHA256": "ab" * 32,
+}
+
+
+def test_mesh_status_comes_from_the_pki_plan() -> None:
+    r = dataclasses.replace(res(), mesh=MESH_STATUS)
+    plan = reconcile(r, serving_status(mesh={"caNotAfter": "old"}), SERVING_OBS, NOW)
+    assert plan.status["mesh"] == MESH_STATUS
+    # no mesh (external workers): no stale mesh status either
+    plan = reconcile(res(), serving_status(mesh=MESH_STATUS), SERVING_OBS, NOW)
+    assert "mesh" not in plan.status
+
+
+def test_external_workers_keep_share_secrets_out_of_deletes() -> None:
+    """External workers have no mesh: deleting their Job deletes no identity Secret."""
+    spec = {**EXTERNAL, "shutdown": True}
+    obs = Observed(jobs=(job(1, "succeeded", spec=spec),))
+    plan = reconcile(res(spec), serving_status(modelHash=make_ctx(spec).spec.model_hash), obs, NOW)
+    assert plan.delete == [Ref("batch/v1", "Job", "digits-share-g1")]
