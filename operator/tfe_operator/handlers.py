@@ -5,7 +5,10 @@ re-reads the observed state every ``resync_seconds``; status never comes from on
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
+import ssl
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -14,7 +17,7 @@ from typing import Any
 
 import kopf
 
-from . import api, builders, metrics, observe
+from . import api, builders, metrics, observe, pki
 from .builders import Context
 from .kube import ApiError, Kube, http_get_json, kubernetes_transport
 from .reconcile import Plan, Resource, keys_to_fetch, reconcile
@@ -150,24 +153,102 @@ def _reconcile(
             metrics.PHASES.set(key, "Failed")
             return
         ctx = Context.make(name, namespace, uid, parsed, RUNTIME.settings)
+        mesh: pki.MeshPlan | None = None
+        if not parsed.external:
+            rotation = str((meta.get("annotations") or {}).get(api.ANNOTATION_ROTATE_MESH, ""))
+            try:
+                mesh = ensure_mesh(kube, ctx, rotation, now)
+            except ApiError as e:
+                log.warning("%s: mesh certificates: %s", key, e)
+                metrics.RECONCILES.labels(result="error").inc()
+                return
+            if mesh.reason:
+                kopf.event(
+                    body, type="Normal", reason="MeshCertificatesIssued", message=mesh.reason[:1000]
+                )
+            ctx = dataclasses.replace(ctx, mesh_hash=mesh.hash)
         res = Resource(
             ctx=ctx,
             generation=int(meta.get("generation", 1) or 1),
             created=observe.parse_time(meta.get("creationTimestamp")),
+            mesh=mesh.status if mesh is not None else None,
         )
         try:
-            obs = observe_model(kube, res, current)
+            obs = observe_model(kube, res, current, mesh)
         except ApiError as e:
             log.warning("%s: reading observed state failed: %s", key, e)
             metrics.RECONCILES.labels(result="error").inc()
             return
         plan = reconcile(res, current, obs, now)
-        errors = execute(kube, namespace, plan)
+        errors = ensure_share_identities(kube, ctx, mesh, plan, now) if mesh is not None else []
+        errors += execute(kube, namespace, plan)
         _patch_status(patch, body_status, current, plan.status)
         memo["status"] = plan.status
         _post_events(body, plan, memo, errors)
         _record_metrics(key, plan)
         metrics.RECONCILES.labels(result="error" if errors else "success").inc()
+
+
+# ---------------------------------------------------------------- the mesh PKI (docs/mesh.md)
+
+
+def ensure_mesh(kube: Kube, ctx: Context, rotation: str, now: datetime) -> pki.MeshPlan:
+    """Read the mesh Secrets (the CA in full, the leaves' metadata only), write what
+    ``pki.plan_mesh`` says is missing or stale (the CA first). Keys are never logged."""
+    m, ns = ctx.name, ctx.namespace
+    ca, ca_rotation, ca_owner = pki.parse_ca_secret(
+        kube.get("v1", "Secret", ns, builders.mesh_ca_secret_name(m))
+    )
+    leaves: dict[str, pki.LeafInfo] = {}
+    for identity in pki.IDENTITIES:
+        info = pki.parse_leaf_metadata(
+            kube.get_metadata("v1", "Secret", ns, builders.mesh_secret_name(m, identity))
+        )
+        if info is not None:
+            leaves[identity] = info
+    plan = pki.plan_mesh(ctx, pki.Existing(ca, ca_rotation, ca_owner, leaves), rotation, now)
+    for manifest in plan.apply:
+        kube.apply(manifest)
+    if plan.reason:
+        names = ", ".join(str(x["metadata"]["name"]) for x in plan.apply)
+        log.info("%s/%s: mesh certificates issued (%s): %s", ns, m, plan.reason, names)
+    return plan
+
+
+def ensure_share_identities(
+    kube: Kube, ctx: Context, mesh: pki.MeshPlan, plan: Plan, now: datetime
+) -> list[str]:
+    """Issue share-g<N> for each share Job the plan applies, before the Job (if missing)."""
+    errors: list[str] = []
+    for manifest in plan.apply:
+        if manifest["kind"] != "Job":
+            continue
+        gen = int(manifest["metadata"]["labels"][api.LABEL_GENERATION])
+        name = builders.share_secret_name(ctx.name, gen)
+        try:
+            if kube.get_metadata("v1", "Secret", ctx.namespace, name) is None:
+                kube.apply(pki.share_secret(ctx, mesh.ca, gen, now))
+                log.info("%s/%s: mesh identity share-g%d issued", ctx.namespace, ctx.name, gen)
+        except ApiError as e:
+            errors.append(f"Secret {name}: {e}")
+    return errors
+
+
+_OPERATOR_TLS: dict[str, tuple[datetime, ssl.SSLContext]] = {}
+_OPERATOR_TLS_GUARD = threading.Lock()
+
+
+def operator_tls(ca: pki.KeyPair, now: datetime) -> ssl.SSLContext:
+    """The operator's client TLS context for one mesh CA (its certificate lives in memory)."""
+    key = pki.sha256(ca.cert)
+    with _OPERATOR_TLS_GUARD:
+        hit = _OPERATOR_TLS.get(key)
+        if hit is not None and hit[0] - now > pki.OPERATOR_RENEW:
+            return hit[1]
+        me = pki.operator_identity(ca, now)
+        sc = pki.client_context(ca, me)
+        _OPERATOR_TLS[key] = (me.not_after, sc)
+        return sc
 
 
 def execute(kube: Kube, namespace: str, plan: Plan) -> list[str]:
@@ -224,7 +305,9 @@ def _record_metrics(key: str, plan: Plan) -> None:
 # ---------------------------------------------------------------- observing (reads only)
 
 
-def observe_model(kube: Kube, res: Resource, status: Mapping[str, Any]) -> observe.Observed:
+def observe_model(
+    kube: Kube, res: Resource, status: Mapping[str, Any], mesh: pki.MeshPlan | None = None
+) -> observe.Observed:
     ctx = res.ctx
     m, ns = ctx.name, ctx.namespace
     external = ctx.spec.external
@@ -269,7 +352,7 @@ def observe_model(kube: Kube, res: Resource, status: Mapping[str, Any]) -> obser
     serve_status = _serve_status(kube, ctx, serve_pod) if serve_pod is not None else None
     keys: dict[int, str] = {}
     for i in keys_to_fetch(res, status, base):
-        k = _public_key(kube, ctx, i)
+        k = _public_key(kube, ctx, i, mesh)
         if k:
             keys[i] = k
     return observe.Observed(
@@ -318,18 +401,27 @@ def _serve_status(kube: Kube, ctx: Context, pod: Mapping[str, Any]) -> observe.S
     return observe.serve_status(doc)
 
 
-def _public_key(kube: Kube, ctx: Context, i: int) -> str | None:
+def _public_key(kube: Kube, ctx: Context, i: int, mesh: pki.MeshPlan | None) -> str | None:
+    """External workers: plain HTTP as before. Ours: through the API server's proxy to the
+    guard's health port (proxy mode), or over mTLS as identity `operator` (direct)."""
     timeout = RUNTIME.settings.http_timeout_seconds
+    server = f"server{i}"
     try:
         if ctx.spec.external:
             http = builders.players(ctx)[i]["http"]
             doc = http_get_json(f"http://{http}/v1/public-key", timeout)
         elif RUNTIME.use_proxy():
             pod = builders.worker_pod_name(ctx.name, i)
-            doc = kube.proxy_get(ctx.namespace, "pods", pod, api.PORT_HTTP, "/v1/public-key")
+            doc = kube.proxy_get(
+                ctx.namespace, "pods", pod, api.PORT_GUARD_HEALTH, "/v1/public-key"
+            )
         else:
-            http = builders.players(ctx)[i]["http"]
-            doc = http_get_json(f"http://{http}/v1/public-key", timeout)
+            if mesh is None:
+                return None
+            sc = operator_tls(mesh.ca, datetime.now(UTC))
+            host = builders.mesh_host(ctx, server)
+            raw = pki.mtls_get(host, api.PORT_GUARD_HTTP, "/v1/public-key", sc, server, timeout)
+            doc = json.loads(raw)
     except (ApiError, OSError, ValueError) as e:
         log.info("%s/%s: public key of server%d unavailable: %s", ctx.namespace, ctx.name, i, e)
         return None

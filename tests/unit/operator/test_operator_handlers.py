@@ -116,9 +116,16 @@ def test_first_reconcile_creates_base_objects_and_status(api: FakeApi) -> None:
     api.objects["/api/v1/namespaces/ml/configmaps/digits-model"] = {"metadata": {"name": "digits-model"}}
     memo = kopf.Memo()
     patch = run(body(), memo)
-    assert sorted(p for op, p in api.writes) == sorted(
+    secrets = "/api/v1/namespaces/ml/secrets/digits-mesh-"
+    # the mesh CA first, then one Secret per long-lived identity, then the objects
+    assert [p for op, p in api.writes[:6]] == [
+        f"{secrets}ca",
+        *(f"{secrets}{i}" for i in ("server0", "server1", "server2", "coordinator", "endpoint")),
+    ]
+    assert sorted(p for op, p in api.writes[6:]) == sorted(
         [
             "/api/v1/namespaces/ml/configmaps/digits-tfe-config",
+            "/api/v1/namespaces/ml/configmaps/digits-mesh",
             "/api/v1/namespaces/ml/services/digits-workers",
             "/apis/networking.k8s.io/v1/namespaces/ml/networkpolicies/digits-workers",
             "/apis/networking.k8s.io/v1/namespaces/ml/networkpolicies/digits-coordinator",
@@ -127,7 +134,8 @@ def test_first_reconcile_creates_base_objects_and_status(api: FakeApi) -> None:
     )
     assert patch["status"]["phase"] == "Provisioning"
     assert memo["status"]["phase"] == "Provisioning"
-    assert api.events == [("Normal", "Provisioning")]  # type: ignore[attr-defined]
+    assert api.events == [("Normal", "MeshCertificatesIssued"), ("Normal", "Provisioning")]  # type: ignore[attr-defined]
+    assert set(patch["status"]["mesh"]) == {"caNotAfter", "notAfter", "rotation", "caSHA256"}
     assert metrics.PHASES.counts()["Provisioning"] >= 1
 
 
@@ -138,20 +146,27 @@ def test_full_flow_to_serving_without_duplicates(api: FakeApi) -> None:
     run(b, memo)
     for i in range(3):
         api.objects[f"/api/v1/namespaces/ml/pods/digits-worker-{i}"] = ready_pod(i)
-        api.proxy[f"/api/v1/namespaces/ml/pods/digits-worker-{i}:8081/proxy/v1/public-key"] = {
+        # proxy mode: through the guard's plain health port
+        api.proxy[f"/api/v1/namespaces/ml/pods/digits-worker-{i}:5444/proxy/v1/public-key"] = {
             "name": f"server{i}",
             "publicKey": f"key{i}",
         }
     run(b, memo)
     job_path = "/apis/batch/v1/namespaces/ml/jobs/digits-share-g1"
     assert ("create", job_path) in api.writes
+    # the share Job's identity, issued just before its Job
+    share_secret = ("apply", "/api/v1/namespaces/ml/secrets/digits-mesh-share-g1")
+    assert api.writes.index(share_secret) < api.writes.index(("create", job_path))
     assert memo["status"]["phase"] == "Sharing"
     assert [w["publicKey"] for w in memo["status"]["workers"]] == ["key0", "key1", "key2"]
     # A second round (e.g. after an operator restart) creates nothing new.
     creates = [w for w in api.writes if w[0] == "create"]
+    secret_writes = [w for w in api.writes if "/secrets/" in w[1]]
     run(b, memo)
     run(body(status=memo["status"]), kopf.Memo())
     assert [w for w in api.writes if w[0] == "create"] == creates
+    # keys are made once, not every reconcile
+    assert [w for w in api.writes if "/secrets/" in w[1]] == secret_writes
     # The Job succeeds.
     api.objects[job_path]["status"] = {
         "conditions": [{"type": "Complete", "status": "True"}],
@@ -226,3 +241,86 @@ def test_memo_status_only_while_the_body_is_stale(api: FakeApi) -> None:
     fresh["metadata"]["resourceVersion"] = "6"
     assert "marker" not in run(fresh, memo)["status"]
     assert memo["status_rv"] == "6"
+
+
+# ------------------------------------------------------------------ the mesh PKI
+
+SECRETS = "/api/v1/namespaces/ml/secrets"
+STS = "/apis/apps/v1/namespaces/ml/statefulsets/digits-worker"
+
+
+def _mesh_hash(api: FakeApi) -> str:
+    return str(api.objects[STS]["spec"]["template"]["metadata"]["annotations"]["tfe.dev/mesh-hash"])
+
+
+def test_rotation_on_request_and_on_recreate(api: FakeApi) -> None:
+    api.objects["/api/v1/namespaces/ml/configmaps/digits-model"] = {"metadata": {"name": "digits-model"}}
+    b = body()
+    run(b, kopf.Memo())
+    ca1 = api.objects[f"{SECRETS}/digits-mesh-ca"]["data"]["ca.crt"]
+    leaf1 = api.objects[f"{SECRETS}/digits-mesh-server0"]["data"]["tls.crt"]
+    hash1 = _mesh_hash(api)
+    run(b, kopf.Memo())
+    assert api.objects[f"{SECRETS}/digits-mesh-ca"]["data"]["ca.crt"] == ca1
+    assert _mesh_hash(api) == hash1
+
+    # Asked for: a new CA, new leaves, a new pod-template hash (the pods restart).
+    b["metadata"]["annotations"] = {"tfe.dev/rotate-mesh": "2025-06-01"}
+    patch = run(b, kopf.Memo())
+    ca2 = api.objects[f"{SECRETS}/digits-mesh-ca"]["data"]["ca.crt"]
+    assert ca2 != ca1
+    assert api.objects[f"{SECRETS}/digits-mesh-server0"]["data"]["tls.crt"] != leaf1
+    assert api.objects[f"{SECRETS}/digits-mesh-server0"]["data"]["ca.crt"] == ca2
+    assert _mesh_hash(api) != hash1
+    assert patch["status"]["mesh"]["rotation"] == "2025-06-01"
+    hash2 = _mesh_hash(api)
+    run(b, kopf.Memo())  # the same request again: nothing new
+    assert api.objects[f"{SECRETS}/digits-mesh-ca"]["data"]["ca.crt"] == ca2
+
+    # The EncryptedModel deleted and created again under the same name: a new uid, a new CA.
+    b["metadata"]["uid"] = "uid-2"
+    run(b, kopf.Memo())
+    assert api.objects[f"{SECRETS}/digits-mesh-ca"]["data"]["ca.crt"] != ca2
+    assert _mesh_hash(api) != hash2
+    owners = api.objects[f"{SECRETS}/digits-mesh-ca"]["metadata"]["ownerReferences"]
+    assert [o["uid"] for o in owners] == ["uid-2"]
+
+
+def test_a_deleted_leaf_is_reissued_alone(api: FakeApi) -> None:
+    api.objects["/api/v1/namespaces/ml/configmaps/digits-model"] = {"metadata": {"name": "digits-model"}}
+    b = body()
+    run(b, kopf.Memo())
+    ca = api.objects[f"{SECRETS}/digits-mesh-ca"]["data"]["ca.crt"]
+    del api.objects[f"{SECRETS}/digits-mesh-server1"]
+    api.writes.clear()
+    run(b, kopf.Memo())
+    assert [p for _, p in api.writes if "/secrets/" in p] == [f"{SECRETS}/digits-mesh-server1"]
+    assert api.objects[f"{SECRETS}/digits-mesh-ca"]["data"]["ca.crt"] == ca
+
+
+def test_key_material_is_never_logged(api: FakeApi, caplog: pytest.LogCaptureFixture) -> None:
+    import base64
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    api.objects["/api/v1/namespaces/ml/configmaps/digits-model"] = {"metadata": {"name": "digits-model"}}
+    b = body()
+    run(b, kopf.Memo())
+    b["metadata"]["annotations"] = {"tfe.dev/rotate-mesh": "x"}
+    run(b, kopf.Memo())
+    key = base64.b64decode(api.objects[f"{SECRETS}/digits-mesh-ca"]["data"]["ca.key"]).decode()
+    body_lines = [ln for ln in key.splitlines() if "PRIVATE KEY" not in ln]
+    assert "mesh certificates issued" in caplog.text
+    assert "PRIVATE KEY" not in caplog.text
+    assert not any(ln in caplog.text for ln in body_lines)
+
+
+def test_external_workers_have_no_mesh(api: FakeApi) -> None:
+    spec = {
+        "model": {"configMap": {"name": "digits-model", "key": "model.h5"}},
+        "workers": {"external": [{"host": f"w{i}.example", "port": 4440} for i in range(3)]},
+    }
+    api.objects["/api/v1/namespaces/ml/configmaps/digits-model"] = {"metadata": {"name": "digits-model"}}
+    patch = run(body(spec), kopf.Memo())
+    assert not [p for _, p in api.writes if "/secrets/" in p]
+    assert "mesh" not in patch["status"]
