@@ -65,10 +65,12 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
   verbs: [get, list, watch, delete]
-# Existence checks of model/token Secrets (metadata only; the operator never reads their data).
+# Secrets: existence checks of model/token Secrets (metadata only; their data is never read),
+# and the mesh PKI it owns (<model>-mesh-ca, read in full; <model>-mesh-<identity>, written by
+# server-side apply and deleted with their share Job). No list/watch: it reads by name only.
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get]
+  verbs: [get, create, patch, delete]
 - apiGroups: ["", events.k8s.io]
   resources: [events]
   verbs: [create, patch]

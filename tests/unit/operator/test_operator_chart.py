@@ -118,6 +118,8 @@ def required_rules() -> set[tuple[str, str, str]]:
     need |= {(api.GROUP, api.PLURAL, v) for v in ("get", "list", "watch", "patch")}
     need |= {(api.GROUP, f"{api.PLURAL}/status", "patch")}
     need |= {("", "pods", "list"), ("", "pods/proxy", "get"), ("", "secrets", "get")}
+    # the mesh PKI: applied (create/patch), deleted with share Jobs; read by name only
+    need |= {("", "secrets", v) for v in ("get", "create", "patch", "delete")}
     need |= {("", "persistentvolumeclaims", v) for v in ("get", "list", "delete")}
     need |= {("", "events", "create")}
     return need
@@ -133,6 +135,7 @@ def test_cluster_wide_rbac_covers_the_operator() -> None:
     granted = _rules(roles["rel-tfe-operator"])
     assert not any("*" in t for r in granted for t in r)
     assert ("", "secrets", "list") not in granted
+    assert ("", "secrets", "watch") not in granted
 
 
 def test_namespaced_rbac() -> None:

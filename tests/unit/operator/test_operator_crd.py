@@ -302,3 +302,41 @@ def test_parser_refuses(case: str) -> None:
     spec = next(s for i, s, _ in INVALID if i == case)
     with pytest.raises(SpecError):
         parse_spec(spec)
+
+
+def _unknown_fields(schema: dict[str, Any], value: Any, path: str = "") -> list[str]:
+    """Fields the API server would prune (structural schema: no preserve-unknown-fields)."""
+    out: list[str] = []
+    if isinstance(value, dict) and "properties" in schema:
+        for k, v in value.items():
+            if k not in schema["properties"]:
+                out.append(f"{path}.{k}")
+            else:
+                out += _unknown_fields(schema["properties"][k], v, f"{path}.{k}")
+    elif isinstance(value, list) and "items" in schema:
+        for v in value:
+            out += _unknown_fields(schema["items"], v, f"{path}[]")
+    return out
+
+
+def test_status_with_mesh_is_in_the_schema(schema: dict[str, Any]) -> None:
+    """Everything the operator writes to status survives pruning, status.mesh included."""
+    import datetime as dt
+
+    from operator_testlib import make_ctx
+
+    from tfe_operator import pki
+    from tfe_operator.observe import Observed, WorkerPod
+    from tfe_operator.reconcile import Resource, reconcile
+
+    now = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+    mesh = pki.plan_mesh(make_ctx(), pki.Existing(), "r1", now)
+    res = Resource(ctx=make_ctx(), generation=1, created=now, mesh=mesh.status)
+    pods = tuple(WorkerPod(index=i, name=f"digits-worker-{i}", uid=f"u{i}", ready=True) for i in range(3))
+    plan = reconcile(res, {}, Observed(worker_pods=pods, statefulset=True, public_keys={0: "k"}), now)
+    status = plan.status
+    assert status["mesh"] == mesh.status
+    status_schema = schema["properties"]["status"]
+    assert _unknown_fields(status_schema, status) == []
+    errors = [e.message for e in jsonschema.Draft7Validator(status_schema).iter_errors(status)]
+    assert errors == []
