@@ -5,7 +5,9 @@
 #     public python:3.X-slim images), `docker import`ed as tfe-operator/base-python:3.X-bookworm
 #  3. wheelhouse: the pinned requirements as wheels, built on the host from its pip cache, so the
 #     image build itself needs no network (pip reads PIP_NO_INDEX/PIP_FIND_LINKS build args)
-#  4. docker build worker-image/Dockerfile and operator/Dockerfile with --build-arg BASE_IMAGE=...
+#  4. docker build worker-image/Dockerfile and operator/Dockerfile with --build-arg BASE_IMAGE=...;
+#     the worker's tfe-guard is build/tfe-guard (`make guard` on the host, Go module cache),
+#     handed to the Dockerfile's guard stage as a tiny image (GO_IMAGE) that already holds it
 #  5. docker save | ctr -n k8s.io images import into the cluster's containerd (if it is running)
 # dockerd runs with its own sockets, no bridge and no iptables rules; cluster.sh down stops it.
 set -euo pipefail
@@ -35,8 +37,9 @@ pyenv_python() { # 3.10 -> /root/.pyenv/versions/3.10.x
 }
 
 # --- 1. base rootfs ------------------------------------------------------------------------
-ROOTFS_TAR=$W/rootfs-bookworm.tar
-LIBS=ca-certificates,libssl3,libffi8,libsqlite3-0,libbz2-1.0,liblzma5,libreadline8,zlib1g,libncursesw6,libuuid1,libexpat1,libgdbm6,libnsl2,libtirpc3,libgomp1,libstdc++6,tzdata,netbase
+# iptables: the mesh-init container (docs/mesh.md). The tarball's name follows the package list.
+LIBS=ca-certificates,libssl3,libffi8,libsqlite3-0,libbz2-1.0,liblzma5,libreadline8,zlib1g,libncursesw6,libuuid1,libexpat1,libgdbm6,libnsl2,libtirpc3,libgomp1,libstdc++6,tzdata,netbase,iptables
+ROOTFS_TAR=$W/rootfs-bookworm-$(echo "$LIBS" | sha256sum | cut -c1-8).tar
 if [ ! -f "$ROOTFS_TAR" ]; then
   log "debootstrap bookworm rootfs (cached at $ROOTFS_TAR)"
   r=$W/rootfs.tmp; rm -rf "$r"
@@ -125,18 +128,28 @@ context() { # name pyver requirements-file paths...
   echo "$ctx"
 }
 
-build() { # tag dockerfile base context
+build() { # tag dockerfile base context [more docker build args]
   log "docker build $1 (base $3)"
   docker build -q --network none -f "$2" -t "$1" \
     --build-arg BASE_IMAGE="$3" --build-arg PIP_NO_INDEX=1 \
-    --build-arg PIP_FIND_LINKS=/tmp/requirements/wheels "$4" > /dev/null
+    --build-arg PIP_FIND_LINKS=/tmp/requirements/wheels "${@:5}" "$4" > /dev/null
 }
+
+# tfe-guard: built on the host (cached Go modules), wrapped in an image for the guard stage
+make -C "$REPO" --no-print-directory guard >&2
+GUARD_IMAGE=tfe-operator/guard-bin:$VERSION
+GCTX=$W/ctx-guard; rm -rf "$GCTX"; mkdir -p "$GCTX"
+cp "$REPO/build/tfe-guard" "$GCTX/tfe-guard"
+printf 'ARG BASE\nFROM ${BASE}\nCOPY tfe-guard /out/tfe-guard\n' > "$GCTX/Dockerfile"
+log "docker build $GUARD_IMAGE (build/tfe-guard)"
+docker build -q --network none -t "$GUARD_IMAGE" --build-arg BASE="$BASE310" "$GCTX" > /dev/null
 
 [ -f "$REPO/requirements/worker.txt" ] && WREQ=requirements/worker.txt || WREQ=requirements/worker.in
 [ -f "$REPO/requirements/operator.txt" ] && OREQ=requirements/operator.txt || OREQ=requirements/operator.in
 WCTX=$(context worker 3.10 "$WREQ" client worker-image)
 [ "$WREQ" = requirements/worker.txt ] || cp "$WCTX/requirements/worker.in" "$WCTX/requirements/worker.txt"
-build "$WORKER_IMAGE" "$WCTX/worker-image/Dockerfile" "$BASE310" "$WCTX"
+build "$WORKER_IMAGE" "$WCTX/worker-image/Dockerfile" "$BASE310" "$WCTX" \
+  --build-arg GO_IMAGE="$GUARD_IMAGE" --build-arg VERSION="$VERSION"
 OCTX=$(context operator 3.11 "$OREQ" client operator)
 [ "$OREQ" = requirements/operator.txt ] || cp "$OCTX/requirements/operator.in" "$OCTX/requirements/operator.txt"
 build "$OPERATOR_IMAGE" "$OCTX/operator/Dockerfile" "$BASE311" "$OCTX"
@@ -146,6 +159,9 @@ docker run --rm --network none --entrypoint python3 "$WORKER_IMAGE" -c \
   "import sys, os, tensorflow as tf, tf_encrypted, numpy, tfe_worker, tfe_client; \
 assert sys.version_info[:2]==(3,10) and tf.__version__=='2.9.1' and numpy.__version__=='1.23.5', \
 (sys.version, tf.__version__, numpy.__version__); assert os.getuid()==10001, os.getuid(); print('worker image ok')"
+docker run --rm --network none --entrypoint /bin/sh "$WORKER_IMAGE" -c \
+  "tfe-guard --version && iptables-nft --version" \
+  || die "the worker image lacks tfe-guard or iptables-nft"
 docker run --rm --network none --entrypoint python3 "$OPERATOR_IMAGE" -c \
   "import sys, os, kopf, tfe_operator, tfe_client; assert sys.version_info[:2]>=(3,11); \
 assert os.getuid()!=0; print('operator image ok')"
