@@ -267,3 +267,51 @@ def test_mtls_get_refuses_another_ca() -> None:
     sc = pki.client_context(plan.ca, pki.operator_identity(plan.ca, dt.datetime.now(dt.UTC)))
     with pytest.raises(ssl.SSLCertVerificationError):
         pki.mtls_get("127.0.0.1", port, "/v1/public-key", sc, "server0", 5.0)
+
+
+# ------------------------------------------------------------------ against the real guard
+
+GUARD = Path(__file__).resolve().parents[3] / "build" / "tfe-guard"
+
+
+@pytest.mark.skipif(not GUARD.exists(), reason="build/tfe-guard not built (make guard)")
+def test_every_party_config_and_certificate_passes_tfe_guard_check_config(tmp_path: Path) -> None:
+    """What the operator mounts (the m-mesh ConfigMap, the share Job's env, the Secrets)
+    is accepted by tfe-guard itself: schema, identity == certificate CN, chain, key usages."""
+    import subprocess
+
+    from tfe_operator import builders
+
+    ctx = make_ctx()
+    plan = live()
+    share = pki.share_secret(ctx, plan.ca, 2, dt.datetime.now(dt.UTC))
+
+    def pki_dir(secret: dict[str, Any]) -> dict[str, str]:
+        d = tmp_path / secret["metadata"]["name"]
+        d.mkdir()
+        for k in ("ca.crt", "tls.crt", "tls.key"):
+            (d / k).write_bytes(data(secret, k))
+        return {"ca": str(d / "ca.crt"), "cert": str(d / "tls.crt"), "key": str(d / "tls.key")}
+
+    secrets = {s["metadata"]["name"]: s for s in [*plan.apply, share]}
+    configs = {k: json.loads(v) for k, v in builders.mesh_config_map(ctx)["data"].items()}
+    configs["share-g2.json"] = json.loads(
+        builders.share_job(ctx, 2)["spec"]["template"]["spec"]["initContainers"][1]["env"][0]["value"]
+    )
+    assert sorted(configs) == [
+        "coordinator-1.json",
+        "coordinator.json",
+        "server0.json",
+        "server1.json",
+        "server2.json",
+        "share-g2.json",
+    ]
+    dirs = {name: pki_dir(s) for name, s in secrets.items() if s["type"] == "kubernetes.io/tls"}
+    for key, cfg in configs.items():
+        cfg.update(dirs[f"digits-mesh-{cfg['identity']}"])
+        path = tmp_path / key
+        path.write_text(json.dumps(cfg))
+        cmd = [str(GUARD), "--config", str(path), "--check-config"]
+        r = subprocess.run(cmd, check=False, capture_output=True, text=True)
+        assert r.returncode == 0, (key, r.stdout, r.stderr)
+        assert f"identity {cfg['identity']}" in r.stdout
