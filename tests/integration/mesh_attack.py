@@ -35,19 +35,30 @@ def read_key(tf_addrs: list[str], own: str, target: int, keyfile: str) -> None:
 
 def recv_tensor(addr: str, dst_task: int) -> None:
     import grpc
-    from tensorflow.core.protobuf import worker_pb2
 
     src = "/job:tfe/replica:0/task:2/device:CPU:0"
     dst = f"/job:tfe/replica:0/task:{dst_task}/device:CPU:0"
-    req = worker_pb2.RecvTensorRequest(step_id=1, rendezvous_key=f"{src};0000000000000001;{dst};edge_1_x;0:0")
+    key = f"{src};0000000000000001;{dst};edge_1_x;0:0".encode()
+    # tensorflow.RecvTensorRequest {step_id = 1 (field 1, varint); rendezvous_key (field 2, bytes)}
+    # written out by hand: TF 2.9.1's Python package does not ship worker_pb2
+    req = b"\x08\x01" + b"\x12" + _varint(len(key)) + key
     ch = grpc.insecure_channel(addr)
-    call = ch.unary_unary("/tensorflow.WorkerService/RecvTensor", request_serializer=lambda m: m.SerializeToString(),
+    call = ch.unary_unary("/tensorflow.WorkerService/RecvTensor", request_serializer=lambda b: b,
                           response_deserializer=lambda b: b)
     try:
         call(req, timeout=3.0)
         print("CODE OK", flush=True)
     except grpc.RpcError as e:
         print(f"CODE {e.code().name} {e.details()}", flush=True)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
 
 
 def main() -> int:
