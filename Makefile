@@ -45,20 +45,21 @@ lint: $(VENV)/.stamp ## ruff + mypy --strict on operator/ and client/
 helm-bin: ## build helm from its Go module into ~/.cache/tfe-operator (cached; the chart tests need it)
 	hack/cluster/build.sh helm
 
-unit: setup helm-bin ## pure unit tests (no processes, no cluster), helm lint/template of the chart
+unit: setup helm-bin guard ## pure unit tests (no processes, no cluster), helm lint/template of the chart, go test of tfe-guard
 	TFE_HELM=$$(hack/cluster/build.sh path)/helm $(VENV)/bin/pytest -q -rs tests/unit
 	$(WVENV)/bin/pytest -q tests/worker_unit
+	$(MAKE) --no-print-directory guard-test
 
-integration: setup ## three real TFE players, share, serve, client over HTTP (private network namespace)
-	$(WPY) -m tfe_worker.netns $(WVENV)/bin/pytest -q tests/integration
+integration: setup guard ## three real TFE players behind tfe-guard (mTLS), share, serve, client over HTTP (private network namespaces)
+	TFE_GUARD=$(CURDIR)/build/tfe-guard $(WPY) -m tfe_worker.netns $(WVENV)/bin/pytest -q tests/integration
 
 test: lint unit integration ## lint, then every test that needs no cluster
 
-demo: $(WVENV)/.stamp ## train digits MLP, run three local players + share + serve, 200 private predictions
-	$(WPY) -m tfe_worker.demo --workdir .demo
+demo: $(WVENV)/.stamp guard ## train digits MLP, run three local players + share + serve (mutual TLS), 200 private predictions
+	TFE_GUARD=$(CURDIR)/build/tfe-guard $(WPY) -m tfe_worker.demo --workdir .demo
 
-bench: $(WVENV)/.stamp ## benchmarks -> bench/results.json and a table (private network namespace)
-	$(WPY) -m tfe_worker.netns $(WPY) -m tfe_worker.bench --out bench/results.json
+bench: $(WVENV)/.stamp guard ## benchmarks -> bench/results.json and a table (private network namespace)
+	TFE_GUARD=$(CURDIR)/build/tfe-guard $(WPY) -m tfe_worker.netns $(WPY) -m tfe_worker.bench --out bench/results.json
 
 clean: ## remove venvs and local state (not the cluster: see cluster-down)
 	rm -rf $(VENV) $(WVENV) .demo .state .pytest_cache .mypy_cache .ruff_cache
