@@ -8,7 +8,6 @@ import os
 import ssl
 import threading
 import urllib.parse
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,44 +16,11 @@ import numpy.typing as npt
 from tfe_client import sharing, wire
 from tfe_client.crypto import ClientSession, b64d
 from tfe_client.errors import ProtocolError, RemoteError
-from tfe_client.fixedpoint import FixedPoint
+from tfe_client.wire import ModelInfo
+
+__all__ = ["Client", "ModelInfo", "seal_request"]
 
 FloatArray = npt.NDArray[np.float64]
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """Public metadata of a served model (GET /v1/models/NAME)."""
-
-    name: str
-    protocol: str
-    share_generation: int
-    input_shape: tuple[int, ...]  # without the batch dimension
-    output_shape: tuple[int, ...]
-    postprocess: str
-    fixed_point: FixedPoint
-    max_batch_size: int
-    worker_keys: tuple[bytes, ...]
-
-    @classmethod
-    def parse(cls, obj: dict[str, Any]) -> ModelInfo:
-        try:
-            workers = obj["workers"]
-            if [w["name"] for w in workers] != list(wire.WORKERS):
-                raise ProtocolError("metadata must list workers server0, server1, server2 in order")
-            return cls(
-                name=str(obj["name"]),
-                protocol=str(obj["protocol"]),
-                share_generation=int(obj["shareGeneration"]),
-                input_shape=tuple(int(d) for d in obj["input"]["shape"][1:]),
-                output_shape=tuple(int(d) for d in obj["output"]["shape"][1:]),
-                postprocess=str(obj["output"]["postprocess"]),
-                fixed_point=FixedPoint.from_dict(obj["fixedPoint"]),
-                max_batch_size=int(obj["maxBatchSize"]),
-                worker_keys=tuple(b64d(w["publicKey"], f"{w['name']} publicKey") for w in workers),
-            )
-        except (KeyError, TypeError, IndexError) as e:
-            raise ProtocolError(f"malformed model metadata: {e!r}") from e
 
 
 def seal_request(model: str, worker_keys: list[bytes], encoded: npt.NDArray[np.int64]
@@ -138,8 +104,11 @@ class Client:
         except json.JSONDecodeError as e:
             raise ProtocolError(f"HTTP {resp.status}: response is not JSON") from e
         if resp.status >= 400:
-            err = obj.get("error", {}) if isinstance(obj, dict) else {}
-            raise RemoteError(resp.status, str(err.get("code", "error")), str(err.get("message", raw[:200])))
+            try:
+                err = wire.ErrorBody.parse(obj)
+            except ProtocolError:
+                raise RemoteError(resp.status, "error", repr(raw[:200])) from None
+            raise RemoteError(resp.status, err.code, err.message)
         if not isinstance(obj, dict):
             raise ProtocolError("response is not a JSON object")
         return obj

@@ -119,7 +119,10 @@ class WorkerKey:
                                         serialization.NoEncryption())
 
     def _keys(self, eph_pub: bytes) -> tuple[bytes, bytes]:
-        shared = self._priv.exchange(load_public(eph_pub, "ephemeralKey"))
+        try:
+            shared = self._priv.exchange(load_public(eph_pub, "ephemeralKey"))
+        except ValueError as e:  # a low-order point: the shared secret would be all zero
+            raise ProtocolError("ephemeralKey is a low-order X25519 point") from e
         return _derive(shared, eph_pub, self.public)
 
     def open_request(self, eph_pub: bytes, sealed: Sealed, aad: bytes, who: str) -> bytes:

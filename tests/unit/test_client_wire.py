@@ -76,7 +76,13 @@ def _mut(body: dict[str, Any], path: list[Any], value: Any) -> dict[str, Any]:
     (["shape"], [0, 4], "positive integers"),
     (["shape"], "1,4", "positive integers"),
     (["ephemeralKey"], "!!!", "not valid base64"),
-    (["ephemeralKey"], b64e(b"short"), "32-byte"),
+    (["ephemeralKey"], b64e(b"short"), "32 bytes"),
+    (["ephemeralKey"], b64e(bytes(32)), "low-order"),
+    (["shape"], [True, 4], "positive integers"),
+    (["shape"], [1, 4.0], "positive integers"),
+    (["shape"], [1] * 9, "at most 8"),
+    (["bundles", 1, "ciphertext"], b64e(b"x" * 79), "must be 80 bytes"),
+    (["bundles", 1], "server1", "must be a JSON object"),
     (["bundles"], [], "exactly 3 bundles"),
     (["bundles", 1, "worker"], "server9", "expected worker 'server1'"),
     (["bundles", 2, "nonce"], b64e(b"123"), "12 bytes"),
@@ -100,12 +106,13 @@ def test_pair_from_bytes_checks_length() -> None:
 
 
 def test_response_parse_and_errors() -> None:
-    out = {"worker": "server0", "nonce": base64.b64encode(b"\0" * 12).decode(), "ciphertext": "AA=="}
+    out = {"worker": "server0", "nonce": base64.b64encode(b"\0" * 12).decode(),
+           "ciphertext": base64.b64encode(b"\0" * 176).decode()}
     good = {"requestId": "ab" * 16, "shape": [1, 10], "shareGeneration": 2, "postprocess": "softmax",
             "outputs": [dict(out, worker=w) for w in wire.WORKERS]}
     r = wire.PredictResponse.parse(good)
     assert (r.shape, r.share_generation, r.postprocess) == ((1, 10), 2, "softmax")
-    assert r.outputs[2].worker == "server2" and r.outputs[0].sealed == Sealed(b"\0" * 12, b"\0")
+    assert r.outputs[2].worker == "server2" and r.outputs[0].sealed == Sealed(b"\0" * 12, b"\0" * 176)
     with pytest.raises(ProtocolError, match="unknown postprocess"):
         wire.PredictResponse.parse(dict(good, postprocess="argmax"))
     assert r.to_json() == good
@@ -116,3 +123,119 @@ def test_model_names() -> None:
     for bad in ("Digits", "../x", "", "a" * 300, None):
         with pytest.raises(ProtocolError):
             wire.check_model_name(bad)
+
+
+# -- the contract: every message, the low-order keys, PROTOCOL.md ------------------------------------
+def _sealed(n: int) -> Sealed:
+    return Sealed(b"\1" * 12, b"\2" * n)
+
+
+def _examples() -> list[Any]:
+    from tfe_client.fixedpoint import FixedPoint
+
+    keys = tuple(WorkerKey.generate().public for _ in range(3))
+    rid = "ab" * 16
+    ct = wire.ciphertext_bytes((2, 4))
+    item = wire.IngressItem(rid, (2, 4), keys[0], _sealed(ct))
+    man = wire.Manifest("digits", 3, (4,), (10,), "softmax", "0" * 64, FixedPoint(),
+                        ({"kind": "Dense", "config": {"units": 10}, "weightShapes": [[4, 10], [10]]},), "ABY3", 7,
+                        {"futureField": [1]})
+    return [
+        wire.PredictRequest(rid, (2, 4), keys[1], tuple(wire.Bundle(w, _sealed(ct)) for w in wire.WORKERS)),
+        wire.PredictResponse(rid, (2, 10), 3, "softmax",
+                             tuple(wire.Bundle(w, _sealed(wire.ciphertext_bytes((2, 10)))) for w in wire.WORKERS)),
+        wire.ModelInfo("digits", "ABY3", 3, (4,), (10,), "softmax", FixedPoint(), 8, keys, "0" * 64),
+        wire.ModelList(("digits",)),
+        wire.Status(True, "digits", 5, None, False, 3, False),
+        wire.Status(False, "digits", 0, 10, True, None, True),
+        wire.Health(True), wire.Ready(True, "server1"), wire.Ready(False, None),
+        wire.ErrorBody("bad_request", "why"),
+        wire.PublicKeyResponse("server2", keys[2]),
+        wire.GenerationsResponse("digits", (3, 2)),
+        man,
+        wire.IngressRequest("cd" * 6, "digits", 3, 4, (4,), (item, item)),
+        wire.IngressAck("cd" * 6, (0,), (wire.ItemFailure(1, rid, "bad_bundle", "no"),)),
+        wire.EgressRequest("cd" * 6, (10,)),
+        wire.EgressResponse("cd" * 6, (wire.EgressOutput(0, rid, _sealed(176)),
+                                       wire.EgressOutput(1, rid, _sealed(176)))),
+        wire.DropResponse("cd" * 6, True),
+    ]
+
+
+def _parse(msg: Any, obj: Any) -> Any:
+    if isinstance(msg, wire.PredictRequest):
+        return wire.PredictRequest.parse(obj, (4,), 8)
+    return type(msg).parse(obj)
+
+
+@pytest.mark.parametrize("msg", _examples(), ids=lambda m: type(m).__name__)
+def test_every_message_round_trips_through_json(msg: Any) -> None:
+    obj = json.loads(json.dumps(msg.to_json()))
+    assert _parse(msg, obj) == msg
+
+
+def test_every_message_type_has_an_example_and_documented_json_keys() -> None:
+    from dataclasses import fields
+
+    assert {type(m) for m in _examples()} >= set(wire.MESSAGES) - {wire.Bundle, wire.IngressItem, wire.ItemFailure,
+                                                                   wire.EgressOutput}
+    for cls in wire.MESSAGES:
+        for f in fields(cls):
+            assert f.metadata.get("json") and f.metadata.get("doc"), f"{cls.__name__}.{f.name} is undocumented"
+
+
+def test_protocol_md_holds_the_generated_reference() -> None:
+    import pathlib
+
+    text = (pathlib.Path(__file__).parents[2] / "client" / "PROTOCOL.md").read_text()
+    assert wire.reference_markdown() in text, (
+        "client/PROTOCOL.md is stale: replace its generated section with `python -m tfe_client.wire`")
+    for cls in wire.MESSAGES:
+        assert f"`{cls.__name__}`" in text
+    for code in wire.ERRORS:
+        assert f"`{code}`" in text
+
+
+@pytest.mark.parametrize("raw", wire.LOW_ORDER_POINTS, ids=lambda b: b.hex()[:8] + b.hex()[-2:])
+def test_low_order_ephemeral_keys_are_protocol_errors_everywhere(raw: bytes) -> None:
+    assert wire.is_low_order(raw)
+    with pytest.raises(ProtocolError, match="low-order"):
+        wire.check_ephemeral_key(b64e(raw))
+    # the worker's own check: a ProtocolError (was: ValueError from X25519 -> HTTP 500 -> reconnect loop)
+    with pytest.raises(ProtocolError, match="low-order"):
+        WorkerKey.generate().open_request(raw, _sealed(64), b"aad", "server0")
+
+
+def test_honest_keys_are_not_low_order() -> None:
+    for _ in range(20):
+        assert not wire.is_low_order(WorkerKey.generate().public)
+
+
+@pytest.mark.parametrize("mutate,msg", [
+    (lambda o: o.update(bucket=True), "bucket must be an integer"),
+    (lambda o: o.update(bucket=wire.MAX_BUCKET + 1), "bucket must lie in"),
+    (lambda o: o.update(featureShape=[True]), "featureShape"),
+    (lambda o: o.update(generation=1.0), "generation must be an integer"),
+    (lambda o: o.update(items=[]), "must not be empty"),
+    (lambda o: o["items"][0].update(shape=[3, 4]), "must be 208 bytes"),
+    (lambda o: o.update(bucket=3), "more than bucket 3|more than 3 entries|rows"),
+    (lambda o: o["items"][1].update(ciphertext="AAAA"), "must be 144 bytes"),
+    (lambda o: o.update(batchId="XYZ"), "batchId"),
+    (lambda o: o.update(model="../etc"), "model name"),
+])
+def test_ingress_refuses_what_the_worker_must_not_trust(mutate: Any, msg: str) -> None:
+    ok = next(m for m in _examples() if isinstance(m, wire.IngressRequest))
+    obj = json.loads(json.dumps(ok.to_json()))
+    wire.IngressRequest.parse(obj)
+    mutate(obj)
+    with pytest.raises(ProtocolError, match=msg):
+        wire.IngressRequest.parse(obj)
+
+
+def test_error_codes_have_statuses_and_error_bodies_are_bounded() -> None:
+    assert wire.ERRORS["bad_bundle"][0] == 400 and wire.ERRORS["draining"][0] == 503
+    assert all(400 <= s < 600 for s, _ in wire.ERRORS.values())
+    with pytest.raises(ProtocolError):
+        wire.ErrorBody.parse({"error": {"code": "x", "message": "m" * 5000}})
+    with pytest.raises(ProtocolError):
+        wire.ErrorBody.parse({"error": {"code": True, "message": "m"}})

@@ -11,7 +11,8 @@ USAGE = """usage: tfe-worker COMMAND [ARGS]
 commands:
   player NAME --config F --state DIR    a TF Encrypted player (tf gRPC + HTTP side)
   share --config F --model M --name N   secret-share a Keras model across the players
-  serve --config F --name N --port P    the coordinator and client endpoint
+  serve --config F --name N --port P    the coordinator and client endpoint (--relay-port: relay API)
+  endpoint --relay H:P --name N --port P  the client endpoint alone (no TF), relaying to serve
   local --model M --name N --port P     all of the above on this machine
 """
 
@@ -32,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         from tfe_worker.share import main as run
     elif cmd == "serve":
         from tfe_worker.serve import main as run
+    elif cmd == "endpoint":
+        from tfe_worker.endpoint import main as run
     elif cmd == "local":
         from tfe_worker.local import main as run
     else:

@@ -8,6 +8,13 @@ HTTP side (reachable by the coordinator only, see the NetworkPolicy):
   POST /v1/ingress   decrypt this worker's pair of each request of a batch -> spool/in/ID.bin
   POST /v1/egress    encrypt this worker's output pair of each request -> the request's client
   DELETE /v1/batches/ID
+Every body is a tfe_client.wire message. The worker trusts nothing the coordinator says beyond
+its own manifest: featureShape must be the manifest's input shape, the bucket is bounded, and
+each item's ciphertext must have the exact length of its shape. An item it cannot open fails
+alone (IngressAck.failed); a malformed batch is a 400, never a 500.
+
+Split: KeyStore (the X25519 key), ShareStore (generations, manifests), Spool (batch files),
+Player (the HTTP app and the TF server).
 
 The private key never leaves this process and its state dir. Decrypted share pairs exist
 only in the memory-backed spool dir, for the private graph running on this player's device.
@@ -18,26 +25,27 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
-import re
 import shutil
+import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from tfe_client import wire
-from tfe_client.crypto import Sealed, WorkerKey, b64d, b64e
+from tfe_client.crypto import Sealed, WorkerKey
 from tfe_client.errors import ProtocolError
+from tfe_client.wire import Int64Array
 from tfe_worker.config import Config
-from tfe_worker.httpd import HTTPError, JSONServer, Request, metrics_response, split_hostport
+from tfe_worker.httpapp import App, HTTPError, HTTPOptions, Reply, Req, Server, metrics_response, split_hostport
 
 log = logging.getLogger("tfe_worker.player")
-_BATCH_ID = re.compile(r"^[0-9a-f]{8,64}$")
-MAX_BATCH_BODY = 64 << 20
+MAX_SPOOL_BYTES = 256 << 20  # one decrypted batch in the memory-backed spool
 BATCH_TTL_S = 120.0
 KEEP_GENERATIONS = 2
 
@@ -71,7 +79,7 @@ def generations(state: str, model: str) -> list[int]:
 
 def prune(state: str) -> list[str]:
     """Keep the newest KEEP_GENERATIONS complete generations of each model; drop older ones."""
-    removed = []
+    removed: list[str] = []
     root = os.path.join(state, "models")
     if not os.path.isdir(root):
         return removed
@@ -87,8 +95,54 @@ def prune(state: str) -> list[str]:
     return removed
 
 
+class KeyStore:
+    """This worker's long-term X25519 key; opens request bundles and seals output pairs."""
+
+    def __init__(self, name: str, key: WorkerKey) -> None:
+        self.name, self.key = name, key
+
+    @property
+    def public(self) -> bytes:
+        return self.key.public
+
+    def open_item(self, it: wire.IngressItem, model: str) -> Int64Array:
+        """This worker's decrypted pair of one item; ProtocolError (attributed to the item) otherwise."""
+        if wire.is_low_order(it.ephemeral_key):
+            raise ProtocolError("ephemeralKey is a low-order X25519 point")
+        try:
+            plain = self.key.open_request(it.ephemeral_key, it.sealed,
+                                          wire.aad("req", model, it.request_id, self.name, it.shape),
+                                          f"{self.name} bundle")
+        except ValueError as e:  # any remaining key-agreement refusal is about this item alone
+            raise ProtocolError(f"{self.name}: {e}") from None
+        return wire.pair_from_bytes(plain, it.shape, self.name)
+
+    def seal(self, eph: bytes, pair: Int64Array, model: str, rid: str, shape: tuple[int, ...]) -> Sealed:
+        return self.key.seal_response(eph, wire.pair_to_bytes(pair), wire.aad("resp", model, rid, self.name, shape))
+
+
+class ShareStore:
+    """Share generations and their public manifests on this worker's disk."""
+
+    def __init__(self, state: str) -> None:
+        self.state = state
+
+    def generations(self, model: str) -> list[int]:
+        return generations(self.state, model)
+
+    def manifest(self, model: str, generation: int) -> wire.Manifest:
+        path = os.path.join(self.state, "models", model, str(generation), "manifest.json")
+        try:
+            with open(path) as f:
+                return wire.Manifest.parse(json.load(f))
+        except FileNotFoundError:
+            raise HTTPError("no_such_generation",
+                            f"model {model} has no complete generation {generation} here") from None
+
+
 @dataclass
 class Item:
+    index: int
     request_id: str
     shape: tuple[int, ...]
     ephemeral_key: bytes
@@ -98,21 +152,97 @@ class Item:
 @dataclass
 class Batch:
     model: str
+    output_shape: tuple[int, ...]
+    bucket: int
     items: list[Item]
     created: float
 
 
-class Player:
-    def __init__(self, name: str, config: Config, state: str, spool: str) -> None:
-        self.name = name
-        self.config = config
-        self.me = config.player(name)
-        self.state = os.path.abspath(state)
-        self.spool = os.path.abspath(spool)
-        self.key: WorkerKey | None = None
-        self.server: Any = None
+class Spool:
+    """Memory-backed batch files the private graph reads (in/ID.bin) and writes (out/ID.tp)."""
+
+    def __init__(self, root: str, ttl: float = BATCH_TTL_S) -> None:
+        self.root, self.ttl = root, ttl
         self.batches: dict[str, Batch] = {}
         self.lock = threading.Lock()
+
+    def prepare(self) -> None:
+        for sub in ("in", "out"):
+            os.makedirs(os.path.join(self.root, sub), exist_ok=True)
+            for f in os.listdir(os.path.join(self.root, sub)):  # stale batches of a previous run
+                os.unlink(os.path.join(self.root, sub, f))
+
+    def put(self, bid: str, data: Int64Array, batch: Batch) -> int:
+        path = os.path.join(self.root, "in", f"{bid}.bin")
+        with open(path + ".tmp", "wb") as f:
+            f.write(data.tobytes())
+        os.replace(path + ".tmp", path)
+        with self.lock:
+            self.batches[bid] = batch
+            return len(self.batches)
+
+    def peek(self, bid: str) -> Batch | None:
+        with self.lock:
+            return self.batches.get(bid)
+
+    def take_output(self, bid: str) -> tuple[Batch | None, Int64Array | None]:
+        """Forget the batch; return it with its output (None when the graph wrote none)."""
+        with self.lock:
+            batch = self.batches.pop(bid, None)
+        path = os.path.join(self.root, "out", f"{bid}.tp")
+        try:
+            out = read_tensorproto_int64(path) if batch is not None else None
+        except FileNotFoundError:
+            out = None
+        finally:
+            self.drop_files(bid)
+        return batch, out
+
+    def drop(self, bid: str) -> None:
+        with self.lock:
+            self.batches.pop(bid, None)
+        self.drop_files(bid)
+
+    def drop_files(self, bid: str) -> None:
+        for sub, ext in (("in", "bin"), ("out", "tp")):
+            _unlink(os.path.join(self.root, sub, f"{bid}.{ext}"))
+
+    def expire(self, now: float) -> list[str]:
+        with self.lock:
+            stale = [b for b, v in self.batches.items() if now - v.created > self.ttl]
+            for b in stale:
+                del self.batches[b]
+        for b in stale:
+            self.drop_files(b)
+        return stale
+
+    def __len__(self) -> int:
+        with self.lock:
+            return len(self.batches)
+
+
+@dataclass(frozen=True)
+class PlayerOptions:
+    name: str
+    config: Config
+    state: str
+    spool: str
+    http_bind: str = "0.0.0.0"
+    http: HTTPOptions = field(default_factory=lambda: HTTPOptions(
+        threads=4, connection_limit=100, channel_timeout=60.0, max_body_bytes=wire.MAX_INGRESS_BODY))
+
+
+class Player:
+    def __init__(self, opts: PlayerOptions) -> None:
+        self.opts = opts
+        self.name = opts.name
+        self.config = opts.config
+        self.me = opts.config.player(opts.name)
+        self.state = os.path.abspath(opts.state)
+        self.spool = Spool(os.path.abspath(opts.spool))
+        self.shares = ShareStore(self.state)
+        self.keys: KeyStore | None = None
+        self.server: Any = None
         self.stop_event = threading.Event()
         self.registry = CollectorRegistry()
         self.m_ingress = Counter("tfe_worker_ingress_items_total", "Request bundles received, by result",
@@ -122,20 +252,17 @@ class Player:
                                 registry=self.registry)
         self.m_io = Histogram("tfe_worker_share_io_seconds", "Time to decrypt/spool or encrypt one batch",
                               ["direction"], registry=self.registry)
-        Gauge("tfe_worker_info", "Worker identity", ["name"], registry=self.registry).labels(name).set(1)
+        Gauge("tfe_worker_info", "Worker identity", ["name"], registry=self.registry).labels(opts.name).set(1)
 
     # -- setup -------------------------------------------------------------------------------
     def prepare_dirs(self) -> None:
         os.makedirs(self.state, exist_ok=True)
-        for sub in ("in", "out"):
-            os.makedirs(os.path.join(self.spool, sub), exist_ok=True)
-            for f in os.listdir(os.path.join(self.spool, sub)):  # stale batches of a previous run
-                os.unlink(os.path.join(self.spool, sub, f))
+        self.spool.prepare()
         link = os.path.join(self.state, "spool")
-        if os.path.realpath(link) != self.spool:
+        if os.path.realpath(link) != self.spool.root:
             if os.path.islink(link) or os.path.exists(link):
                 os.unlink(link)
-            os.symlink(self.spool, link)
+            os.symlink(self.spool.root, link)
         # The private graph addresses files relative to each player's working directory.
         os.chdir(self.state)
 
@@ -147,199 +274,151 @@ class Player:
         self.server = tf.distribute.Server(cluster, job_name="tfe", task_index=self.me.index, start=True)
 
     # -- HTTP handlers -----------------------------------------------------------------------
-    def healthz(self, req: Request) -> tuple[int, Any]:
-        return 200, {"ok": True}
+    def _key(self) -> KeyStore:
+        if self.keys is None:
+            raise HTTPError("not_ready", "key not loaded yet")
+        return self.keys
 
-    def readyz(self, req: Request) -> tuple[int, Any]:
-        if self.server is None or self.key is None:
-            return 503, {"ready": False}
-        return 200, {"ready": True, "name": self.name}
+    def healthz(self, req: Req) -> Reply:
+        return 200, wire.Health(True)
 
-    def public_key(self, req: Request) -> tuple[int, Any]:
-        if self.key is None:
-            raise HTTPError(503, "not_ready", "key not loaded yet")
-        return 200, {"name": self.name, "publicKey": b64e(self.key.public)}
+    def readyz(self, req: Req) -> Reply:
+        if self.server is None or self.keys is None:
+            return 503, wire.Ready(False, self.name)
+        return 200, wire.Ready(True, self.name)
 
-    def list_generations(self, req: Request) -> tuple[int, Any]:
-        model = wire.check_model_name(req.match.group(1)) if _safe(req.match.group(1)) else None
-        if model is None:
-            raise HTTPError(400, "bad_model", "invalid model name")
-        return 200, {"model": model, "generations": generations(self.state, model)}
+    def public_key(self, req: Req) -> Reply:
+        return 200, wire.PublicKeyResponse(self.name, self._key().public)
 
-    def manifest(self, req: Request) -> tuple[int, Any]:
-        model, gen = req.match.group(1), req.match.group(2)
-        if not _safe(model):
-            raise HTTPError(400, "bad_model", "invalid model name")
-        path = os.path.join(self.state, "models", model, gen, "manifest.json")
-        if not os.path.exists(path):
-            raise HTTPError(404, "no_such_generation", f"model {model} has no complete generation {gen} here")
-        with open(path) as f:
-            return 200, json.load(f)
+    def list_generations(self, req: Req) -> Reply:
+        model = _model(req.match.group(1))
+        return 200, wire.GenerationsResponse(model, tuple(self.shares.generations(model)))
 
-    def ingress(self, req: Request) -> tuple[int, Any]:
+    def manifest(self, req: Req) -> Reply:
+        model, gen = _model(req.match.group(1)), req.match.group(2)
+        if len(gen) > 10:
+            raise HTTPError("no_such_generation", "no such generation")
+        return 200, self.shares.manifest(model, int(gen))
+
+    def ingress(self, req: Req) -> Reply:
         t0 = time.perf_counter()
-        body = req.json()
-        if not isinstance(body, dict):
-            raise HTTPError(400, "bad_request", "body must be an object")
-        bid = body.get("batchId")
-        model = body.get("model")
-        bucket = body.get("bucket")
-        feat = body.get("featureShape")
-        items = body.get("items")
-        if not isinstance(bid, str) or not _BATCH_ID.match(bid):
-            raise HTTPError(400, "bad_batch", "batchId must be hex")
-        if not isinstance(model, str) or not _safe(model):
-            raise HTTPError(400, "bad_model", "invalid model name")
-        if not isinstance(bucket, int) or bucket < 1 or not isinstance(items, list) or not items:
-            raise HTTPError(400, "bad_batch", "bucket must be >= 1 and items non-empty")
-        if not isinstance(feat, list) or not all(isinstance(d, int) and d > 0 for d in feat):
-            raise HTTPError(400, "bad_batch", "featureShape must be positive integers")
-        feat_t = tuple(feat)
-        data = np.zeros((2, bucket) + feat_t, dtype="<i8")  # zero rows: a valid sharing of 0 (padding)
+        keys = self._key()
+        try:
+            msg = wire.IngressRequest.parse(req.json())
+        except ProtocolError as e:
+            raise HTTPError("bad_batch", str(e)) from None
+        man = self.shares.manifest(msg.model, msg.generation)
+        if msg.feature_shape != man.input_shape:
+            raise HTTPError("bad_batch", f"featureShape {list(msg.feature_shape)} is not the input shape "
+                                         f"{list(man.input_shape)} of {msg.model} generation {msg.generation}")
+        if 2 * msg.bucket * math.prod(man.input_shape) * 8 > MAX_SPOOL_BYTES:
+            raise HTTPError("bad_batch", f"bucket {msg.bucket} of {list(man.input_shape)} exceeds this worker's "
+                                         f"spool limit of {MAX_SPOOL_BYTES} bytes")
+        data = np.zeros((2, msg.bucket, *msg.feature_shape), dtype="<i8")  # zero rows: a sharing of 0 (padding)
         kept: list[Item] = []
-        failed: list[dict[str, str]] = []
+        failed: list[wire.ItemFailure] = []
         r = 0
-        for it in items:
-            rid, shape = _item_header(it, feat_t)
-            if r + shape[0] > bucket:
-                raise HTTPError(400, "bad_batch", f"requests do not fit bucket {bucket}")
+        for idx, it in enumerate(msg.items):
             try:
-                eph, pair = self._open_item(it, model, rid, shape)
-                data[:, r:r + shape[0]] = pair
-                kept.append(Item(rid, shape, eph, r))
+                data[:, r:r + it.shape[0]] = keys.open_item(it, msg.model)
+                kept.append(Item(idx, it.request_id, it.shape, it.ephemeral_key, r))
                 self.m_ingress.labels("ok").inc()
             except ProtocolError as e:  # this request fails alone; its rows stay zero
-                failed.append({"requestId": rid, "reason": str(e)})
+                code = "bad_request" if "low-order" in str(e) else "bad_bundle"
+                failed.append(wire.ItemFailure(idx, it.request_id, code, str(e)))
                 self.m_ingress.labels("rejected").inc()
-            r += shape[0]
-        path = os.path.join(self.spool, "in", f"{bid}.bin")
-        with open(path + ".tmp", "wb") as f:
-            f.write(data.tobytes())
-        os.replace(path + ".tmp", path)
-        with self.lock:
-            self.batches[bid] = Batch(model, kept, time.monotonic())
-            self.m_inflight.set(len(self.batches))
+            r += it.shape[0]
+        n = self.spool.put(msg.batch_id, data, Batch(msg.model, man.output_shape, msg.bucket, kept,
+                                                     time.monotonic()))
+        self.m_inflight.set(n)
         self.m_io.labels("ingress").observe(time.perf_counter() - t0)
-        log.debug("batch %s: spooled %d request(s), %d rejected", bid, len(kept), len(failed))
-        return 200, {"batchId": bid, "accepted": [i.request_id for i in kept], "failed": failed}
+        log.debug("batch %s: spooled %d request(s), %d rejected", msg.batch_id, len(kept), len(failed))
+        return 200, wire.IngressAck(msg.batch_id, tuple(i.index for i in kept), tuple(failed))
 
-    def _open_item(self, it: dict[str, Any], model: str, rid: str, shape: tuple[int, ...]) -> tuple[bytes, np.ndarray]:
-        eph = b64d(it.get("ephemeralKey"), "ephemeralKey")
-        nonce = b64d(it.get("nonce"), "nonce")
-        ct = b64d(it.get("ciphertext"), "ciphertext")
-        assert self.key is not None
-        plain = self.key.open_request(eph, Sealed(nonce, ct), wire.aad("req", model, rid, self.name, shape),
-                                      f"{self.name} bundle")
-        return eph, wire.pair_from_bytes(plain, shape, self.name)
-
-    def egress(self, req: Request) -> tuple[int, Any]:
+    def egress(self, req: Req) -> Reply:
         t0 = time.perf_counter()
-        body = req.json()
-        bid = body.get("batchId") if isinstance(body, dict) else None
-        feat = body.get("outputShape") if isinstance(body, dict) else None
-        if not isinstance(bid, str) or not _BATCH_ID.match(bid):
-            raise HTTPError(400, "bad_batch", "batchId must be hex")
-        if not isinstance(feat, list) or not all(isinstance(d, int) and d > 0 for d in feat):
-            raise HTTPError(400, "bad_batch", "outputShape must be positive integers")
-        with self.lock:
-            batch = self.batches.pop(bid, None)
-            self.m_inflight.set(len(self.batches))
-        if batch is None:
-            raise HTTPError(404, "no_such_batch", f"batch {bid} is unknown here (expired, or this worker restarted)")
-        path = os.path.join(self.spool, "out", f"{bid}.tp")
+        keys = self._key()
         try:
-            out = read_tensorproto_int64(path)
-        except FileNotFoundError:
-            raise HTTPError(409, "no_output", f"batch {bid} has no output on {self.name}") from None
-        finally:
-            _unlink(path)
-            _unlink(os.path.join(self.spool, "in", f"{bid}.bin"))
-        if out.shape[0] != 2 or tuple(out.shape[2:]) != tuple(feat):
-            raise HTTPError(409, "bad_output", f"output of batch {bid} has shape {list(out.shape)}")
+            msg = wire.EgressRequest.parse(req.json())
+        except ProtocolError as e:
+            raise HTTPError("bad_batch", str(e)) from None
+        bid = msg.batch_id
+        known = self.spool.peek(bid)
+        if known is not None and msg.output_shape != known.output_shape:
+            raise HTTPError("bad_batch", f"outputShape {list(msg.output_shape)} is not the model's "
+                                         f"{list(known.output_shape)}")
+        batch, out = self.spool.take_output(bid)
+        self.m_inflight.set(len(self.spool))
+        if batch is None:
+            raise HTTPError("no_such_batch", f"batch {bid} is unknown here (expired, or this worker restarted)")
+        if out is None:
+            raise HTTPError("no_output", f"batch {bid} has no output on {self.name}")
+        if out.shape != (2, batch.bucket, *batch.output_shape):
+            raise HTTPError("no_output", f"output of batch {bid} has shape {list(out.shape)}")
         outputs = []
         for it in batch.items:
             n, r = it.shape[0], it.offset
-            oshape = (n,) + tuple(feat)
-            sealed = self.key.seal_response(it.ephemeral_key, wire.pair_to_bytes(out[:, r:r + n]),  # type: ignore[union-attr]
-                                            wire.aad("resp", batch.model, it.request_id, self.name, oshape))
-            outputs.append({"requestId": it.request_id, "nonce": b64e(sealed.nonce),
-                            "ciphertext": b64e(sealed.ciphertext)})
+            sealed = keys.seal(it.ephemeral_key, out[:, r:r + n], batch.model, it.request_id,
+                               (n, *batch.output_shape))
+            outputs.append(wire.EgressOutput(it.index, it.request_id, sealed))
         self.m_egress.inc(len(outputs))
         self.m_io.labels("egress").observe(time.perf_counter() - t0)
-        return 200, {"batchId": bid, "outputs": outputs}
+        return 200, wire.EgressResponse(bid, tuple(outputs))
 
-    def drop_batch(self, req: Request) -> tuple[int, Any]:
+    def drop_batch(self, req: Req) -> Reply:
         bid = req.match.group(1)
-        with self.lock:
-            self.batches.pop(bid, None)
-            self.m_inflight.set(len(self.batches))
-        for sub, ext in (("in", "bin"), ("out", "tp")):
-            _unlink(os.path.join(self.spool, sub, f"{bid}.{ext}"))
-        return 200, {"batchId": bid, "dropped": True}
+        self.spool.drop(bid)
+        self.m_inflight.set(len(self.spool))
+        return 200, wire.DropResponse(bid, True)
 
-    def metrics(self, req: Request) -> tuple[int, Any]:
+    def metrics(self, req: Req) -> Reply:
         return 200, metrics_response(self.registry)
+
+    def app(self) -> App:
+        app = App(f"player-{self.name}", max_body=self.opts.http.max_body_bytes)
+        app.route("GET", "/healthz", self.healthz)
+        app.route("GET", "/readyz", self.readyz)
+        app.route("GET", "/metrics", self.metrics)
+        app.route("GET", "/v1/public-key", self.public_key)
+        app.route("GET", r"/v1/models/([^/]+)/generations", self.list_generations)
+        app.route("GET", r"/v1/models/([^/]+)/(\d+)/manifest", self.manifest)
+        app.route("POST", "/v1/ingress", self.ingress)
+        app.route("POST", "/v1/egress", self.egress, max_body=1 << 16)
+        app.route("DELETE", r"/v1/batches/([0-9a-f]{8,64})", self.drop_batch)
+        return app
 
     # -- housekeeping --------------------------------------------------------------------------
     def housekeeping(self) -> None:
         while not self.stop_event.wait(10.0):
-            now = time.monotonic()
-            with self.lock:
-                stale = [b for b, v in self.batches.items() if now - v.created > BATCH_TTL_S]
-                for b in stale:
-                    del self.batches[b]
-                self.m_inflight.set(len(self.batches))
-            for b in stale:
-                _unlink(os.path.join(self.spool, "in", f"{b}.bin"))
-                _unlink(os.path.join(self.spool, "out", f"{b}.tp"))
+            self.spool.expire(time.monotonic())
+            self.m_inflight.set(len(self.spool))
             for r in prune(self.state):
                 log.info("removed old share generation %s", r)
 
-    def run(self, http_bind: str) -> None:
+    def run(self) -> None:
         self.prepare_dirs()
-        self.key = load_or_create_key(self.state)
-        srv = JSONServer(f"player-{self.name}", max_body=MAX_BATCH_BODY)
-        srv.route("GET", "/healthz", self.healthz)
-        srv.route("GET", "/readyz", self.readyz)
-        srv.route("GET", "/metrics", self.metrics)
-        srv.route("GET", "/v1/public-key", self.public_key)
-        srv.route("GET", r"/v1/models/([^/]+)/generations", self.list_generations)
-        srv.route("GET", r"/v1/models/([^/]+)/(\d+)/manifest", self.manifest)
-        srv.route("POST", "/v1/ingress", self.ingress)
-        srv.route("POST", "/v1/egress", self.egress)
-        srv.route("DELETE", r"/v1/batches/([0-9a-f]{8,64})", self.drop_batch)
+        self.keys = KeyStore(self.name, load_or_create_key(self.state))
+        srv = Server(self.app(), self.opts.http)
         _, port = split_hostport(self.me.http)
-        srv.start(http_bind, port)
+        srv.start(self.opts.http_bind, port)
         self.start_tf()
-        log.info("player %s ready: tf %s, http %s:%d, state %s", self.name, self.me.tf, http_bind, port, self.state)
+        log.info("player %s ready: tf %s, http %s:%d, state %s", self.name, self.me.tf, self.opts.http_bind, port,
+                 self.state)
         threading.Thread(target=self.housekeeping, daemon=True).start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop_event.set())
         try:
             while not self.stop_event.wait(3600):
                 pass
         finally:
-            srv.stop()
+            srv.stop(flush_timeout=2.0)
 
 
-def _safe(name: str) -> bool:
+def _model(name: str) -> str:
     try:
-        wire.check_model_name(name)
-        return True
+        return wire.check_model_name(name)
     except ProtocolError:
-        return False
-
-
-def _item_header(it: Any, feat: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
-    """requestId and shape of a batch item; the coordinator validated them, so errors fail the batch."""
-    if not isinstance(it, dict):
-        raise HTTPError(400, "bad_batch", "items must be objects")
-    rid = it.get("requestId")
-    shape = it.get("shape")
-    if not isinstance(rid, str) or not re.match(r"^[0-9a-f]{16,64}$", rid):
-        raise HTTPError(400, "bad_batch", "requestId must be hex")
-    if (not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d > 0 for d in shape)
-            or tuple(shape[1:]) != feat):
-        raise HTTPError(400, "bad_batch", "item shape must be [rows, *featureShape]")
-    return rid, tuple(shape)
+        raise HTTPError("bad_model", "invalid model name") from None
 
 
 def _unlink(path: str) -> None:
@@ -349,7 +428,7 @@ def _unlink(path: str) -> None:
         pass
 
 
-def read_tensorproto_int64(path: str) -> np.ndarray:
+def read_tensorproto_int64(path: str) -> Int64Array:
     """Parse tf.io.serialize_tensor output (an int64 TensorProto) without running TF ops."""
     from tensorflow.core.framework import tensor_pb2, types_pb2
 
@@ -378,5 +457,5 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_NUM_INTEROP_THREADS", "2")
     cfg = Config.load(a.config)
     spool = a.spool or os.path.join("/dev/shm", f"tfe-spool-{a.name}-{os.getpid()}")
-    Player(a.name, cfg, a.state, spool).run(a.http_bind)
+    Player(PlayerOptions(a.name, cfg, a.state, spool, a.http_bind)).run()
     return 0

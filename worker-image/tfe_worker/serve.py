@@ -1,104 +1,123 @@
-"""The serving coordinator and the one client endpoint.
+"""The serving coordinator (and, in one process, the client endpoint).
 
 It rebuilds the private model from the share pairs stored on the three workers (no model
-file, no plaintext weight), warms up every batch bucket, then serves the client API of
-client/PROTOCOL.md with dynamic batching. It only ever handles ciphertext: each request
-carries three bundles, each encrypted to one worker; the workers decrypt their own pair into
-memory, the private graph runs on them, and each worker encrypts its output pair back to
-the client. After a worker restarts, the coordinator reconnects, reloads the shares and
-retries the queued work.
+file, no plaintext weight), warms up every batch bucket, then serves client/PROTOCOL.md with
+dynamic batching. It only ever handles ciphertext: each request carries three bundles, each
+encrypted to one worker; the workers decrypt their own pair into memory, the private graph
+runs on them, and each worker encrypts its output pair back to the client.
+
+Parts: Batcher (batcher.py: queue, deadlines, admission, pure), WorkerPool (one keep-alive
+urllib3 pool per worker), Engine (TF Encrypted), Coordinator (ties them together and is the
+endpoint's Backend), EndpointApp (endpoint.py: the HTTP API).
+
+Failure is attributed: a worker that refuses one item (bundle it cannot open) fails that
+request alone with a 400; a worker that refuses a whole batch fails that batch's requests
+with a 502 and nothing else; only transport errors, worker 5xx and TF errors count as worker
+failure, which drops the engine, reconnects, reloads the shares and retries the batch.
 """
 
 from __future__ import annotations
 
 import argparse
-import hmac
-import http.client
 import json
 import logging
 import os
-import queue
 import signal
 import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+import urllib3
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from tfe_client import wire
 from tfe_client.client import seal_request
-from tfe_client.crypto import b64d, b64e
 from tfe_client.errors import ProtocolError
-from tfe_client.fixedpoint import FixedPoint
 from tfe_worker import workers
+from tfe_worker.batcher import Batch, Batcher, BatcherOptions, Rejected, Ticket
 from tfe_worker.config import Config
-from tfe_worker.httpd import HTTPError, JSONServer, Request, metrics_response, split_hostport
+from tfe_worker.endpoint import EndpointApp, EndpointOptions, ServeMetrics, read_token
+from tfe_worker.httpapp import HTTPOptions, Server, split_hostport
 
 log = logging.getLogger("tfe_worker.serve")
-MAX_RETRIES = 3
+R = TypeVar("R")
 
 
 class WorkerFailure(Exception):
-    """A player did not do its part (unreachable, restarted, lost the batch)."""
+    """A player did not do its part (unreachable, restarted, lost the batch, 5xx, TF error)."""
 
 
-@dataclass
-class Pending:
-    req: wire.PredictRequest
-    enqueued: float
-    done: threading.Event = field(default_factory=threading.Event)
-    result: tuple[int, Any] | None = None
-    attempts: int = 0
+class WorkerRefused(Exception):
+    """A player answered 4xx about a whole batch message: a coordinator/worker mismatch, not a failure."""
 
-    def finish(self, status: int, payload: Any) -> None:
-        if not self.done.is_set():
-            self.result = (status, payload)
-            self.done.set()
+    def __init__(self, worker: str, status: int, err: wire.ErrorBody) -> None:
+        super().__init__(f"{worker} refused: HTTP {status} {err.code}: {err.message[:200]}")
+        self.worker, self.status, self.err = worker, status, err
 
 
-def default_buckets(max_batch: int) -> list[int]:
-    b = [x for x in (1, 4, 16, 64, 256) if x < max_batch]
-    return b + [max_batch]
+class WorkerPool:
+    """One keep-alive HTTP connection pool per player; calls to all three run in parallel."""
 
+    def __init__(self, addrs: list[str], timeout: float = 60.0) -> None:
+        self.names = list(wire.WORKERS)
+        self.pools = []
+        for a in addrs:
+            host, port = split_hostport(a)
+            self.pools.append(urllib3.HTTPConnectionPool(host, port, maxsize=2, block=False, retries=False,
+                                                         timeout=urllib3.Timeout(connect=5.0, read=timeout)))
+        self.executor = ThreadPoolExecutor(len(addrs), thread_name_prefix="worker-pool")
 
-class WorkerLink:
-    """Keep-alive HTTP connection to one player's HTTP side."""
-
-    def __init__(self, addr: str) -> None:
-        self.host, self.port = split_hostport(addr)
-        self.conn: http.client.HTTPConnection | None = None
-
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 30.0) -> Any:
-        data = json.dumps(body, separators=(",", ":")).encode() if body is not None else None
+    def call(self, i: int, method: str, path: str, body: Any = None, timeout: float | None = None) -> Any:
+        data = json.dumps(body.to_json(), separators=(",", ":")).encode() if body is not None else None
+        pool = self.pools[i]
         for attempt in (0, 1):
-            if self.conn is None:
-                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
             try:
-                self.conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
-                r = self.conn.getresponse()
-                raw = r.read()
+                r = pool.request(method, path, body=data, headers={"Content-Type": "application/json"},
+                                 timeout=timeout if timeout is not None else pool.timeout)
                 break
-            except (OSError, http.client.HTTPException) as e:
-                self.conn.close()
-                self.conn = None
+            except urllib3.exceptions.ProtocolError as e:  # a kept-alive connection the worker closed
                 if attempt:
-                    raise WorkerFailure(f"{self.host}:{self.port} unreachable: {type(e).__name__}") from None
-        obj = json.loads(raw) if raw else {}
-        if r.status != 200:
-            code = obj.get("error", {}).get("code", "error") if isinstance(obj, dict) else "error"
-            raise WorkerFailure(f"{self.host}:{self.port} {path} -> HTTP {r.status} {code}")
-        return obj
+                    raise WorkerFailure(f"{self.names[i]} unreachable: {type(e).__name__}") from None
+            except (urllib3.exceptions.HTTPError, OSError) as e:
+                raise WorkerFailure(f"{self.names[i]} unreachable: {type(e).__name__}") from None
+        try:
+            obj = json.loads(r.data) if r.data else None
+        except ValueError:
+            raise WorkerFailure(f"{self.names[i]} {path}: HTTP {r.status}, not JSON") from None
+        if r.status == 200:
+            return obj
+        if 400 <= r.status < 500:
+            try:
+                err = wire.ErrorBody.parse(obj)
+            except ProtocolError:
+                err = wire.ErrorBody("internal", "malformed error body")
+            raise WorkerRefused(self.names[i], r.status, err)
+        raise WorkerFailure(f"{self.names[i]} {path} -> HTTP {r.status}")
+
+    def all(self, fn: Callable[[int], R]) -> list[R]:
+        return list(self.executor.map(fn, range(len(self.pools))))
+
+    def drop(self, bid: str) -> None:
+        """Best effort: forget a batch's spool files everywhere."""
+        def one(i: int) -> None:
+            try:
+                self.call(i, "DELETE", f"/v1/batches/{bid}", timeout=2.0)
+            except (WorkerFailure, WorkerRefused):
+                pass
+
+        self.all(one)
 
 
 class Engine:
     """TF Encrypted state of one coordinator connection: protocol, private model, graphs."""
 
-    def __init__(self, config: Config, coordinator: str, manifest: dict[str, Any], protocol: str,
-                 buckets: list[int]) -> None:
+    def __init__(self, config: Config, coordinator: str, manifest: wire.Manifest, protocol: str,
+                 buckets: tuple[int, ...]) -> None:
         self.config, self.coordinator, self.manifest = config, coordinator, manifest
         self.protocol, self.buckets = protocol, buckets
         self.fns: dict[int, Any] = {}
@@ -110,15 +129,17 @@ class Engine:
 
         from tfe_worker import runtime
 
-        prefix = f"models/{self.manifest['name']}/{self.manifest['generation']}"
+        m = self.manifest
+        prefix = f"models/{m.name}/{m.generation}"
         self.prot = prot = runtime.connect(self.config, self.coordinator, self.protocol)
-        model = runtime.build_model(self.manifest, max(self.buckets))
-        runtime.load_weights(prot, model, self.manifest, prefix)
-        feat = list(self.manifest["inputShape"])
+        raw = m.to_json()
+        model = runtime.build_model(raw, max(self.buckets))
+        runtime.load_weights(prot, model, raw, prefix)
+        feat = list(m.input_shape)
         self.calls = 0
 
         def make(bucket: int) -> Any:
-            @tf.function(input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int64)])
+            @tf.function(input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int64)])  # type: ignore[untyped-decorator]
             def run(batch_id: Any, call: Any) -> Any:
                 prot._call = call  # fresh masks for this call (FreshABY3)
                 try:
@@ -140,296 +161,219 @@ class Engine:
         self.fns[bucket](tf.constant(batch_id), tf.constant(self.calls, tf.int64))
 
 
-class Server:
-    def __init__(self, config: Config, name: str, generation: int | None, coordinator: str, protocol: str,
-                 max_batch: int, max_wait_ms: float, max_requests: int | None, linger: bool,
-                 token: str | None, buckets: list[int] | None, ready_timeout: float) -> None:
-        self.config, self.name, self.coordinator, self.protocol = config, name, coordinator, protocol
-        self.generation = generation
-        self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000.0
-        self.max_requests, self.linger, self.token = max_requests, linger, token
-        self.buckets = sorted(set(buckets or default_buckets(max_batch)))
-        if self.buckets[-1] != max_batch:
-            self.buckets.append(max_batch)
-        self.ready_timeout = ready_timeout
-        self.queue: queue.Queue[Pending] = queue.Queue()
-        self.links = [WorkerLink(p.http) for p in config.players]
-        self.pool = ThreadPoolExecutor(3, thread_name_prefix="worker-link")
+def max_ingress_body(max_batch: int, feature_shape: tuple[int, ...]) -> int:
+    """Upper bound of one ingress body when every request has one row (the most per-item overhead)."""
+    per_row = wire.ciphertext_bytes((1, *feature_shape))
+    return max_batch * ((per_row + 2) // 3 * 4 + 400) + 1024
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    name: str
+    coordinator: str  # host:port the workers reach this process's TF server at
+    generation: int | None = None  # default: newest complete generation
+    protocol: str = "ABY3"
+    batch: BatcherOptions = field(default_factory=BatcherOptions)
+    ready_timeout: float = 600.0
+    worker_timeout: float = 60.0
+
+
+class Coordinator:
+    """Batches admitted requests through the workers; the Backend of the endpoint app."""
+
+    def __init__(self, config: Config, opts: ServeOptions, metrics: ServeMetrics) -> None:
+        self.config, self.opts, self.name = config, opts, opts.name
+        self.batcher: Batcher[wire.PredictRequest] = Batcher(opts.batch)
+        self.buckets = self.batcher.buckets
+        self.pool = WorkerPool([p.http for p in config.players], opts.worker_timeout)
         self.stop = threading.Event()
-        self.limit_event = threading.Event()
-        self.ready = False
-        self.served = 0
-        self.admitted = 0
-        self.admit_lock = threading.Lock()
-        self.manifest: dict[str, Any] = {}
-        self.keys: list[str] = []
+        self.is_ready = False
+        self.fatal: str | None = None
+        self.manifest: wire.Manifest | None = None
+        self._info: wire.ModelInfo | None = None
         self.engine: Engine | None = None
-        r = self.registry = CollectorRegistry()
-        self.m_requests = Counter("tfe_serve_requests_total", "Predict requests by result", ["result"], registry=r)
-        self.m_latency = Histogram("tfe_serve_request_seconds", "Predict latency at the endpoint", registry=r,
-                                   buckets=(.005, .01, .015, .02, .03, .05, .075, .1, .2, .5, 1, 2, 5, 10))
+        self.m = metrics
+        r = metrics.registry
         self.m_batch = Histogram("tfe_serve_batch_rows", "Rows per private graph call", registry=r,
                                  buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
         self.m_stage = Histogram("tfe_serve_stage_seconds", "Time per batch in each stage: ingress (workers "
                                  "decrypt and spool), graph (the private computation), egress (workers "
                                  "encrypt outputs)", ["stage"], registry=r,
                                  buckets=(.001, .0025, .005, .01, .015, .02, .03, .05, .075, .1, .2, .5, 1))
-        self.m_errors = Counter("tfe_serve_errors_total", "Errors by reason", ["reason"], registry=r)
         self.m_queue = Gauge("tfe_serve_queue_depth", "Requests waiting for a batch", registry=r)
         self.m_reconnects = Counter("tfe_serve_reconnects_total", "Reconnects to the workers", registry=r)
         self.m_ready = Gauge("tfe_serve_ready", "1 when serving", registry=r)
         self.m_gen = Gauge("tfe_serve_share_generation", "Share generation being served", registry=r)
         self.m_served = Gauge("tfe_serve_requests_served", "Successful predictions since start", registry=r)
 
-    # -- model loading ---------------------------------------------------------------------------
+    @property
+    def limit_event(self) -> threading.Event:
+        return self.batcher.limit_event
+
+    # -- Backend ----------------------------------------------------------------------------------
+    def info(self) -> wire.ModelInfo | None:
+        return self._info
+
+    def ready(self) -> bool:
+        return self.is_ready and not self.limit_event.is_set()
+
+    def status(self) -> wire.Status:
+        return wire.Status(self.is_ready, self.name, self.batcher.served, self.opts.batch.max_requests,
+                           self.limit_event.is_set(), self.manifest.generation if self.manifest else None,
+                           self.batcher.draining)
+
+    def predict(self, req: wire.PredictRequest, gone: Callable[[], bool]) -> tuple[int, Any]:
+        try:
+            t = self.batcher.submit(req.request_id, req.rows, req)
+        except Rejected as e:
+            return wire.ERRORS[e.code][0], wire.ErrorBody(e.code, e.message)
+        self.m_queue.set(self.batcher.queued())
+        status, payload = self.batcher.wait(t, gone)
+        if t.cancelled is not None:
+            return 504, wire.ErrorBody("timeout", "the request was not served in time; it will not run")
+        return status, payload
+
+    # -- model loading ----------------------------------------------------------------------------
     def connect(self) -> None:
         """(Re)build the private model from the workers' shares and warm up every bucket."""
-        self.ready = False
+        self.is_ready = False
         self.m_ready.set(0)
-        workers.wait_ready(self.config, self.ready_timeout, self.stop)
-        gen = self.generation if self.generation is not None else workers.latest_generation(self.config, self.name)
-        self.manifest = workers.manifest(self.config, self.name, gen)
-        self.keys = workers.public_keys(self.config)
+        workers.wait_ready(self.config, self.opts.ready_timeout, self.stop)
+        gen = self.opts.generation
+        if gen is None:
+            gen = workers.latest_generation(self.config, self.name)
+        man = workers.manifest_msg(self.config, self.name, gen)
+        need = max_ingress_body(self.opts.batch.max_batch, man.input_shape)
+        if need > wire.MAX_INGRESS_BODY:
+            self.fatal = (f"--max-batch-size {self.opts.batch.max_batch} is too large for input "
+                          f"{list(man.input_shape)}: a batch would need {need} bytes per worker, over the "
+                          f"workers' limit of {wire.MAX_INGRESS_BODY}")
+            self.stop.set()
+            raise ValueError(self.fatal)
+        keys = workers.public_keys(self.config)
+        self.manifest = man
+        self._info = wire.ModelInfo(self.name, self.opts.protocol, man.generation, man.input_shape,
+                                    man.output_shape, man.postprocess, man.fixed_point, self.opts.batch.max_batch,
+                                    tuple(keys), man.model_digest)
         t0 = time.monotonic()
-        eng = Engine(self.config, self.coordinator, self.manifest, self.protocol, self.buckets)
+        eng = Engine(self.config, self.opts.coordinator, man, self.opts.protocol, self.buckets)
         eng.build()
         self.engine = eng
         for b in self.buckets:
             self._warmup(b)
         self.m_gen.set(gen)
         log.info("model %s generation %d loaded from worker shares; %d bucket(s) %s warm in %.1fs", self.name, gen,
-                 len(self.buckets), self.buckets, time.monotonic() - t0)
-        self.ready = True
+                 len(self.buckets), list(self.buckets), time.monotonic() - t0)
+        self.is_ready = True
         self.m_ready.set(1)
 
     def _warmup(self, bucket: int) -> None:
         """Run the whole path once (encrypt zeros like a client would) so tracing happens now."""
         import numpy as np
 
-        fp = FixedPoint.from_dict(self.manifest["fixedPoint"])
-        zeros = fp.encode(np.zeros((bucket, *self.manifest["inputShape"])))
-        req, _ = seal_request(self.name, [b64d(k, "key") for k in self.keys], zeros)
-        p = Pending(req, time.monotonic())
-        self._process([p], count=False)
-        if p.result is None or p.result[0] != 200:
-            raise WorkerFailure(f"warm-up of bucket {bucket} failed: {p.result}")
+        assert self.manifest is not None and self._info is not None
+        zeros = self.manifest.fixed_point.encode(np.zeros((bucket, *self.manifest.input_shape)))
+        req, _ = seal_request(self.name, list(self._info.worker_keys), zeros)
+        now = time.monotonic()
+        t = Ticket(req.request_id, req.rows, req, now, now + 600)
+        ((_, status, payload),) = self._process(Batch([t], bucket), count=False)
+        if status != 200:
+            raise WorkerFailure(f"warm-up of bucket {bucket} failed: {status} {payload}")
 
-    # -- batching ------------------------------------------------------------------------------
-    def batcher(self) -> None:
-        carry: Pending | None = None
+    # -- the batch loop ---------------------------------------------------------------------------
+    def run(self) -> None:
         while not self.stop.is_set():
-            if self.engine is None or not self.ready:
+            if self.engine is None or not self.is_ready:
                 try:
                     self.m_reconnects.inc()
                     self.connect()
                 except Exception as e:  # noqa: BLE001 - keep trying; requests stay queued
+                    if self.fatal:
+                        log.error("%s", self.fatal)
+                        return
                     log.warning("reconnect failed: %s", _short(e))
                     self.stop.wait(2.0)
-                    continue
-            if carry is not None:
-                first, carry = carry, None
-            else:
-                try:
-                    first = self.queue.get(timeout=0.5)
-                except queue.Empty:
-                    continue
-            batch, rows = [first], first.req.rows
-            deadline = time.monotonic() + self.max_wait
-            while rows < self.max_batch:
-                if len(batch) >= self._inflight():
-                    break  # every admitted request is in this batch: nobody to wait for
-                left = deadline - time.monotonic()
-                try:
-                    nxt = self.queue.get(timeout=left) if left > 0 else self.queue.get_nowait()
-                except queue.Empty:
-                    break
-                if rows + nxt.req.rows > self.max_batch:
-                    carry = nxt
-                    break
-                batch.append(nxt)
-                rows += nxt.req.rows
-            self.m_queue.set(self.queue.qsize())
+                continue
+            batch = self.batcher.next_batch(self.stop)
+            if batch is None:
+                continue
+            self.m_queue.set(self.batcher.queued())
             try:
-                self._process(batch)
-            except WorkerFailure as e:
-                self._retry(batch, e)
-            except Exception as e:  # noqa: BLE001 - a TF error means a player went away
-                self._retry(batch, e)
+                answers = self._process(batch)
+            except Exception as e:  # noqa: BLE001 - transport, worker 5xx or TF error: a worker failed
+                log.warning("batch of %d request(s) failed (%s); reconnecting and retrying", len(batch.tickets),
+                            _short(e))
+                self.m.errors.labels("worker_failure").inc()
+                self.is_ready = False
+                self.m_ready.set(0)
+                self.engine = None
+                self.batcher.fail(batch, wire.ErrorBody("workers_unavailable",
+                                                        "the workers failed this request repeatedly"))
+                continue
+            for t, status, payload in answers:
+                self.batcher.complete(t, status, payload)
+            self.m_served.set(self.batcher.served)
 
-    def _inflight(self) -> int:
-        with self.admit_lock:
-            return self.admitted - self.served
-
-    def _retry(self, batch: list[Pending], err: BaseException) -> None:
-        log.warning("batch of %d request(s) failed (%s); reconnecting and retrying", len(batch), _short(err))
-        self.m_errors.labels("worker_failure").inc()
-        self.ready = False
-        self.m_ready.set(0)
-        self.engine = None
-        for p in batch:
-            p.attempts += 1
-            if p.attempts > MAX_RETRIES:
-                p.finish(503, wire.error_body("workers_unavailable", "the workers failed this request repeatedly"))
-            else:
-                self.queue.put(p)
-
-    def _process(self, batch: list[Pending], count: bool = True) -> None:
-        assert self.engine is not None
-        rows = sum(p.req.rows for p in batch)
-        bucket = next(b for b in self.buckets if b >= rows)
+    def _process(self, batch: Batch[wire.PredictRequest], count: bool = True
+                 ) -> list[tuple[Ticket[wire.PredictRequest], int, Any]]:
+        assert self.engine is not None and self.manifest is not None
+        man, tickets, bucket = self.manifest, batch.tickets, batch.bucket
         bid = os.urandom(12).hex()
-        feat = list(self.manifest["inputShape"])
-        out_feat = list(self.manifest["outputShape"])
-        bodies = []
-        for i in range(len(wire.WORKERS)):
-            items = [{"requestId": p.req.request_id, "shape": list(p.req.shape),
-                      "ephemeralKey": b64e(p.req.ephemeral_key), "nonce": b64e(p.req.bundles[i].sealed.nonce),
-                      "ciphertext": b64e(p.req.bundles[i].sealed.ciphertext)} for p in batch]
-            bodies.append({"batchId": bid, "model": self.name, "bucket": bucket, "featureShape": feat,
-                           "items": items})
+        bodies = [wire.IngressRequest(bid, self.name, man.generation, bucket, man.input_shape, tuple(
+            wire.IngressItem(t.payload.request_id, t.payload.shape, t.payload.ephemeral_key,
+                             t.payload.bundles[i].sealed) for t in tickets)) for i in range(len(wire.WORKERS))]
+        failed: dict[int, wire.ErrorBody] = {}
         try:
             t0 = time.perf_counter()
-            acks = list(self.pool.map(lambda ib: self.links[ib[0]].call("POST", "/v1/ingress", ib[1]),
-                                      enumerate(bodies)))
+            acks = self.pool.all(lambda i: wire.IngressAck.parse(self.pool.call(i, "POST", "/v1/ingress", bodies[i])))
             t1 = time.perf_counter()
-            rejected: dict[str, str] = {}
-            for i, ack in enumerate(acks):
-                for f in ack.get("failed", []):
-                    rejected.setdefault(f["requestId"], f"{wire.WORKERS[i]} rejected its bundle: {f['reason']}")
+            for w, ack in zip(wire.WORKERS, acks):
+                for f in ack.failed:
+                    if 0 <= f.index < len(tickets) and f.index not in failed:
+                        failed[f.index] = wire.ErrorBody(f.code, f"{w} rejected its bundle: {f.message}")
+            if len(failed) == len(tickets):  # nothing left to compute
+                self.pool.drop(bid)
+                return [(t, 400, failed[k]) for k, t in enumerate(tickets)]
             self.engine.run(bid, bucket)
             t2 = time.perf_counter()
-            outs = list(self.pool.map(
-                lambda i: self.links[i].call("POST", "/v1/egress", {"batchId": bid, "outputShape": out_feat}),
-                range(3)))
+            egress = wire.EgressRequest(bid, man.output_shape)
+            try:
+                outs = self.pool.all(lambda i: wire.EgressResponse.parse(
+                    self.pool.call(i, "POST", "/v1/egress", egress)))
+            except WorkerRefused as e:  # the worker lost the batch (restarted, expired): a worker failure
+                raise WorkerFailure(str(e)) from None
             if count:
-                self.m_batch.observe(rows)
+                self.m_batch.observe(batch.rows)
                 for stage, dt in (("ingress", t1 - t0), ("graph", t2 - t1), ("egress", time.perf_counter() - t2)):
                     self.m_stage.labels(stage).observe(dt)
+        except WorkerRefused as e:  # an ingress refused as a whole: this batch fails, nothing else
+            log.error("batch %s refused: %s", bid, e)
+            self.pool.drop(bid)
+            err = wire.ErrorBody("worker_refused", f"{e.worker} refused the batch: {e.err.code}")
+            return [(t, 502, err) for t in tickets]
+        except ProtocolError as e:  # a worker answered something outside the contract
+            self.pool.drop(bid)
+            raise WorkerFailure(f"malformed worker answer: {e}") from None
         except BaseException:
-            for link in self.links:  # best effort: drop this batch's spool files everywhere
-                try:
-                    link.call("DELETE", f"/v1/batches/{bid}", timeout=2.0)
-                except WorkerFailure:
-                    pass
+            self.pool.drop(bid)
             raise
-        by_worker = [{o["requestId"]: o for o in out["outputs"]} for out in outs]
-        gen = int(self.manifest["generation"])
-        for p in batch:
-            rid = p.req.request_id
-            if rid in rejected:
-                self.m_requests.labels("rejected").inc()
-                p.finish(400, wire.error_body("bad_bundle", rejected[rid]))
-                continue
-            try:
-                outputs = [b[rid] for b in by_worker]
-            except KeyError:
-                p.finish(502, wire.error_body("missing_output", "a worker returned no output for this request"))
-                continue
-            resp = {"requestId": rid, "shape": [p.req.rows] + out_feat, "shareGeneration": gen,
-                    "postprocess": self.manifest["postprocess"],
-                    "outputs": [{"worker": w, "nonce": o["nonce"], "ciphertext": o["ciphertext"]}
-                                for w, o in zip(wire.WORKERS, outputs)]}
-            if count:
-                self._served_one()
-            p.finish(200, resp)
-
-    def _served_one(self) -> None:
-        with self.admit_lock:
-            self.served += 1
-            self.m_served.set(self.served)
-            if self.max_requests is not None and self.served >= self.max_requests:
-                self.limit_event.set()
-
-    # -- HTTP ------------------------------------------------------------------------------------
-    def _auth(self, req: Request, path: str) -> None:
-        if self.token is None or not path.startswith("/v1/models"):
-            return
-        got = req.headers.get("Authorization", "")
-        if not hmac.compare_digest(got.encode(), f"Bearer {self.token}".encode()):
-            self.m_requests.labels("unauthorized").inc()
-            raise HTTPError(401, "unauthorized", "a valid bearer token is required")
-
-    def _check_model(self, name: str) -> None:
-        if name != self.name:
-            self.m_requests.labels("not_found").inc()
-            raise HTTPError(404, "no_such_model", f"this endpoint serves model '{self.name}', not '{name[:64]}'")
-        if not self.ready and not self.manifest:
-            raise HTTPError(503, "not_ready", "the model is still loading")
-
-    def info(self, req: Request) -> tuple[int, Any]:
-        self._check_model(req.match.group(1))
-        m = self.manifest
-        return 200, {"name": self.name, "protocol": self.protocol, "shareGeneration": int(m["generation"]),
-                     "modelDigest": m["modelDigest"],
-                     "input": {"shape": [None] + list(m["inputShape"]), "dtype": "float32"},
-                     "output": {"shape": [None] + list(m["outputShape"]), "postprocess": m["postprocess"]},
-                     "fixedPoint": m["fixedPoint"], "maxBatchSize": self.max_batch,
-                     "workers": [{"name": w, "publicKey": k} for w, k in zip(wire.WORKERS, self.keys)]}
-
-    def predict(self, req: Request) -> tuple[int, Any]:
-        t0 = time.perf_counter()
-        self._check_model(req.match.group(1))
-        body = req.json()
-        try:
-            pr = wire.PredictRequest.parse(body, tuple(self.manifest["inputShape"]), self.max_batch)
-        except ProtocolError as e:
-            self.m_requests.labels("bad_request").inc()
-            self.m_errors.labels("bad_request").inc()
-            raise HTTPError(400, "bad_request", str(e)) from None
-        with self.admit_lock:
-            if self.max_requests is not None and self.admitted >= self.max_requests:
-                self.m_requests.labels("limit_reached").inc()
-                raise HTTPError(503, "limit_reached", f"this endpoint has served its {self.max_requests} requests")
-            self.admitted += 1
-        p = Pending(pr, time.monotonic())
-        self.queue.put(p)
-        self.m_queue.set(self.queue.qsize())
-        if not p.done.wait(timeout=120.0):
-            p.finish(504, wire.error_body("timeout", "the request was not served in time"))
-        assert p.result is not None
-        status, payload = p.result
-        if status != 200:
-            with self.admit_lock:
-                self.admitted -= 1
-            self.m_errors.labels(payload["error"]["code"]).inc()
-        self.m_requests.labels("ok" if status == 200 else payload["error"]["code"]).inc()
-        self.m_latency.observe(time.perf_counter() - t0)
-        return status, payload
-
-    def status(self, req: Request) -> tuple[int, Any]:
-        return 200, {"ready": self.ready, "model": self.name, "requestsServed": self.served,
-                     "maxRequests": self.max_requests, "limitReached": self.limit_event.is_set(),
-                     "shareGeneration": int(self.manifest["generation"]) if self.manifest else None}
-
-    def readyz(self, req: Request) -> tuple[int, Any]:
-        ok = self.ready and not self.limit_event.is_set()
-        return (200 if ok else 503), {"ready": ok}
-
-    def serve(self, host: str, port: int, sock: socket.socket | None = None) -> int:
-        feat_bytes = 1 << 16
-        srv = JSONServer("serve", max_body=max(1 << 20, self.max_batch * feat_bytes * 2 * 8 * 3 * 2))
-        srv.before = self._auth
-        srv.route("GET", "/healthz", lambda r: (200, {"ok": True}))
-        srv.route("GET", "/readyz", self.readyz)
-        srv.route("GET", "/metrics", lambda r: (200, metrics_response(self.registry)))
-        srv.route("GET", "/v1/status", self.status)
-        srv.route("GET", "/v1/models", lambda r: (200, {"models": [self.name]}))
-        srv.route("GET", r"/v1/models/([^/:]+)", self.info)
-        srv.route("POST", r"/v1/models/([^/:]+):predict", self.predict)
-        bound = srv.start(host, port, sock)
-        log.info("serving model %s on port %d (max batch %d, max wait %.1f ms, buckets %s)", self.name, bound,
-                 self.max_batch, self.max_wait * 1000, self.buckets)
-        threading.Thread(target=self.batcher, name="batcher", daemon=True).start()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.stop.set())
-        while not self.stop.is_set():
-            if self.limit_event.wait(0.5) and not self.linger:
-                log.info("served %d request(s): max-requests reached, stopping", self.served)
-                time.sleep(0.2)  # let the last responses leave
-                break
-        self.stop.set()
-        srv.stop()
-        return 0
+        by_index = [{o.index: o for o in out.outputs} for out in outs]
+        answers: list[tuple[Ticket[wire.PredictRequest], int, Any]] = []
+        for k, t in enumerate(tickets):
+            req = t.payload
+            oshape = (req.rows, *man.output_shape)
+            outputs = [b.get(k) for b in by_index]
+            if k in failed:
+                answers.append((t, 400, failed[k]))
+            elif any(o is None or o.request_id != req.request_id
+                     or len(o.sealed.ciphertext) != wire.ciphertext_bytes(oshape) for o in outputs):
+                answers.append((t, 502, wire.ErrorBody("worker_refused", "a worker returned no valid output for "
+                                                                         "this request")))
+            else:
+                answers.append((t, 200, wire.PredictResponse(
+                    req.request_id, oshape, man.generation, man.postprocess,
+                    tuple(wire.Bundle(w, o.sealed) for w, o in zip(wire.WORKERS, outputs) if o is not None))))
+        return answers
 
 
 def _short(e: BaseException) -> str:
@@ -442,9 +386,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", required=True)
     p.add_argument("--name", required=True)
     p.add_argument("--generation", type=int, default=None, help="default: newest complete generation")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="client API port")
     p.add_argument("--host", default="0.0.0.0")
-    p.add_argument("--listen-fd", type=int, default=None, help="serve on an inherited listening socket")
+    p.add_argument("--listen-fd", type=int, default=None, help="serve the client API on an inherited socket")
+    p.add_argument("--relay-port", type=int, default=None,
+                   help="also serve the relay API for `tfe-worker endpoint --relay` on this port")
+    p.add_argument("--relay-host", default="127.0.0.1", help="address of the relay API (loopback by default)")
+    p.add_argument("--relay-only", action="store_true", help="serve no client API here, only the relay")
     p.add_argument("--coordinator-address", required=True, help="host:port the workers can reach this pod at")
     p.add_argument("--protocol", default="ABY3")
     p.add_argument("--max-batch-size", type=int, default=32)
@@ -454,20 +402,65 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--linger-after-limit", action="store_true")
     p.add_argument("--token-file", default=None)
     p.add_argument("--ready-timeout", type=float, default=600.0)
+    p.add_argument("--request-timeout", type=float, default=120.0, help="seconds before a request gets 504")
+    p.add_argument("--max-queue", type=int, default=1024, help="requests waiting; beyond that 503 overloaded")
+    p.add_argument("--http-threads", type=int, default=64, help="HTTP handler threads (bounded)")
+    p.add_argument("--max-connections", type=int, default=1000)
+    p.add_argument("--idle-timeout", type=float, default=30.0, help="close connections idle this long")
+    p.add_argument("--max-body-bytes", type=int, default=wire.MAX_INGRESS_BODY)
     a = p.parse_args(argv)
-    if a.max_batch_size < 1 or (a.max_requests is not None and a.max_requests < 1):
-        p.error("--max-batch-size and --max-requests must be >= 1")
-    token = None
-    if a.token_file:
-        with open(a.token_file) as f:
-            token = f.read().strip() or None
-    buckets = [int(b) for b in a.buckets.split(",")] if a.buckets else None
+    if not 1 <= a.max_batch_size <= wire.MAX_BUCKET or (a.max_requests is not None and a.max_requests < 1):
+        p.error(f"--max-batch-size must lie in 1..{wire.MAX_BUCKET} and --max-requests be >= 1")
+    if a.relay_only and a.relay_port is None:
+        p.error("--relay-only needs --relay-port")
+    buckets = tuple(int(b) for b in a.buckets.split(",")) if a.buckets else ()
     if buckets and (min(buckets) < 1 or max(buckets) > a.max_batch_size):
         p.error("--buckets must lie within 1..--max-batch-size")
-    sock = socket.socket(fileno=a.listen_fd) if a.listen_fd is not None else None
-    srv = Server(Config.load(a.config), a.name, a.generation, a.coordinator_address, a.protocol, a.max_batch_size,
-                 a.max_wait_ms, a.max_requests, a.linger_after_limit, token, buckets, a.ready_timeout)
-    return srv.serve(a.host, a.port, sock)
+    batch = BatcherOptions(a.max_batch_size, buckets, a.max_wait_ms / 1000.0, a.request_timeout, a.max_queue,
+                           a.max_requests)
+    opts = ServeOptions(a.name, a.coordinator_address, a.generation, a.protocol, batch, a.ready_timeout)
+    http = HTTPOptions(threads=a.http_threads, connection_limit=a.max_connections, channel_timeout=a.idle_timeout,
+                       max_body_bytes=a.max_body_bytes)
+    metrics = ServeMetrics(CollectorRegistry())
+    coord = Coordinator(Config.load(a.config), opts, metrics)
+    servers: list[Server] = []
+    apps: list[EndpointApp] = []
+    if not a.relay_only:
+        client = EndpointApp(EndpointOptions(a.name, read_token(a.token_file), http), coord, metrics)
+        srv = Server(client.app(), http)
+        sock = socket.socket(fileno=a.listen_fd) if a.listen_fd is not None else None
+        port = srv.start(a.host, a.port, sock)
+        servers.append(srv)
+        apps.append(client)
+        log.info("serving model %s on port %d (max batch %d, max wait %.1f ms, buckets %s)", a.name, port,
+                 a.max_batch_size, a.max_wait_ms, list(coord.buckets))
+    if a.relay_port is not None:
+        relay = EndpointApp(EndpointOptions(a.name, None, http), coord, metrics)
+        rsrv = Server(relay.app(), http)
+        rport = rsrv.start(a.relay_host, a.relay_port)
+        servers.append(rsrv)
+        apps.append(relay)
+        log.info("relay API for model %s on %s:%d", a.name, a.relay_host, rport)
+    loop = threading.Thread(target=coord.run, name="batcher", daemon=True)
+    loop.start()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        if coord.fatal:
+            break
+        if coord.limit_event.is_set() and not a.linger_after_limit:
+            log.info("served %d request(s): max-requests reached, stopping", coord.batcher.served)
+            break
+    for app in apps:
+        app.draining = True
+    coord.batcher.drain()
+    drained = all(app.drain(a.request_timeout + 10) for app in apps)
+    log.info("stopping: %s", "every admitted request answered" if drained else "drain timed out")
+    coord.stop.set()
+    for s in servers:
+        s.stop()
+    return 1 if coord.fatal else 0
 
 
 if __name__ == "__main__":

@@ -1,13 +1,39 @@
-"""Coordinator-side view of the three players' HTTP sides."""
+"""Coordinator-side view of the three players' HTTP sides (readiness, keys, generations, manifests).
+
+Every answer is parsed with the wire contract (tfe_client.wire), so a worker that answers
+something else is refused here with a reason.
+"""
 
 from __future__ import annotations
 
+import http.client
+import json
 import threading
 import time
 from typing import Any
 
+from tfe_client import wire
+from tfe_client.errors import ProtocolError
 from tfe_worker.config import Config
-from tfe_worker.httpd import get_json
+from tfe_worker.httpapp import split_hostport
+
+
+def get_json(addr: str, path: str, timeout: float = 5.0) -> Any:
+    """One GET against a host:port; OSError unless it answers 200 with JSON."""
+    host, port = split_hostport(addr)
+    c = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        c.request("GET", path)
+        r = c.getresponse()
+        data = r.read(wire.MAX_INGRESS_BODY)
+        if r.status != 200:
+            raise OSError(f"GET {addr}{path}: HTTP {r.status}")
+        try:
+            return json.loads(data)
+        except ValueError as e:
+            raise OSError(f"GET {addr}{path}: not JSON") from e
+    finally:
+        c.close()
 
 
 def not_ready(config: Config) -> list[str]:
@@ -15,8 +41,8 @@ def not_ready(config: Config) -> list[str]:
     bad = []
     for p in config.players:
         try:
-            get_json(p.http, "/readyz", timeout=2.0)
-        except (OSError, ValueError):
+            wire.Ready.parse(get_json(p.http, "/readyz", timeout=2.0))
+        except (OSError, ValueError, http.client.HTTPException, ProtocolError):
             bad.append(p.name)
     return bad
 
@@ -34,29 +60,35 @@ def wait_ready(config: Config, timeout: float, stop: threading.Event | None = No
         stop.wait(0.5)
 
 
-def public_keys(config: Config) -> list[str]:
+def public_keys(config: Config) -> list[bytes]:
     keys = []
     for p in config.players:
-        obj = get_json(p.http, "/v1/public-key")
-        if obj.get("name") != p.name:
-            raise ValueError(f"{p.http} answers as {obj.get('name')!r}, expected {p.name}")
-        keys.append(str(obj["publicKey"]))
+        msg = wire.PublicKeyResponse.parse(get_json(p.http, "/v1/public-key"))
+        if msg.name != p.name:
+            raise ValueError(f"{p.http} answers as {msg.name!r}, expected {p.name}")
+        keys.append(msg.public_key)
     return keys
 
 
 def latest_generation(config: Config, model: str) -> int:
     """Newest generation that all three players hold completely."""
-    sets = [set(get_json(p.http, f"/v1/models/{model}/generations")["generations"]) for p in config.players]
+    sets = [set(wire.GenerationsResponse.parse(get_json(p.http, f"/v1/models/{model}/generations")).generations)
+            for p in config.players]
     common = set.intersection(*sets)
     if not common:
         raise LookupError(f"no complete share generation of model {model} on all three workers")
-    return int(max(common))
+    return max(common)
+
+
+def manifest_msg(config: Config, model: str, generation: int) -> wire.Manifest:
+    """The public manifest; all three players must hold the same one."""
+    ms = [wire.Manifest.parse(get_json(p.http, f"/v1/models/{model}/{generation}/manifest"))
+          for p in config.players]
+    if len({m.model_digest for m in ms}) != 1:
+        raise ValueError(f"workers disagree on the model digest of {model} generation {generation}")
+    return ms[0]
 
 
 def manifest(config: Config, model: str, generation: int) -> dict[str, Any]:
-    """The public manifest; all three players must hold the same one."""
-    ms = [get_json(p.http, f"/v1/models/{model}/{generation}/manifest") for p in config.players]
-    digests = {m.get("modelDigest") for m in ms}
-    if len(digests) != 1:
-        raise ValueError(f"workers disagree on the model digest of {model} generation {generation}")
-    return ms[0]
+    """manifest_msg as the JSON dict runtime.build_model reads."""
+    return manifest_msg(config, model, generation).to_json()
