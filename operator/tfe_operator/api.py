@@ -26,6 +26,8 @@ ANNOTATION_CONFIG_HASH: Final = f"{GROUP}/config-hash"
 # certificates; the pods' template carries the hash of the certificates they mount.
 ANNOTATION_ROTATE_MESH: Final = f"{GROUP}/rotate-mesh"
 ANNOTATION_MESH_HASH: Final = f"{GROUP}/mesh-hash"
+# On the serve pod template: its digest apart from the coordinator slot (builders).
+ANNOTATION_SERVE_HASH: Final = f"{GROUP}/serve-hash"
 # On the mesh Secrets (so that the operator can judge a leaf from its metadata alone).
 ANNOTATION_MESH_CA: Final = f"{GROUP}/mesh-ca"
 ANNOTATION_MESH_ROTATION: Final = f"{GROUP}/mesh-rotation"

@@ -320,11 +320,6 @@ def mesh(ctx: Context) -> mesh_mod.Mesh:
     return mesh_mod.Mesh(ports, listen, dial)
 
 
-def coordinator_slot(generation: int) -> int:
-    """Consecutive generations alternate between the two coordinator slots."""
-    return (generation - 1) % len(COORDINATOR_PARTIES)
-
-
 def guard_config(ctx: Context, identity: str, slot: int = 0) -> dict[str, Any]:
     """One party's tfe-guard config; a worker's also has the plain health listener."""
     cfg = mesh(ctx).guard_config(identity, dict(MESH_PKI), slot)
@@ -780,13 +775,12 @@ def share_job(ctx: Context, generation: int) -> Manifest:
     }
 
 
-def serve_command(ctx: Context, generation: int) -> list[str]:
+def serve_command(ctx: Context, generation: int, slot: int = 0) -> list[str]:
     s = ctx.spec.serving
     if ctx.spec.external:
         coordinator = f"$(POD_IP):{api.PORT_COORDINATOR}"
     else:
-        port = mesh_mod.COORDINATOR_TF_PORT + coordinator_slot(generation)
-        coordinator = f"127.0.0.1:{port}"
+        coordinator = f"127.0.0.1:{mesh_mod.COORDINATOR_TF_PORT + slot}"
     cmd = [
         "tfe-worker", "serve",
         "--config", _CONFIG_FILE,
@@ -806,7 +800,17 @@ def serve_command(ctx: Context, generation: int) -> list[str]:
     return cmd
 
 
-def serve_deployment(ctx: Context, generation: int) -> Manifest:
+def serve_template_hash(ctx: Context, generation: int) -> str:
+    """Digest of the serve pod template apart from its coordinator slot: when it changes, the
+    Deployment rolls and the new pod must take the other slot (reconcile.serve_slot)."""
+    template = serve_deployment(ctx, generation, 0, _hash=False)["spec"]["template"]
+    return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def serve_deployment(ctx: Context, generation: int, slot: int = 0, _hash: bool = True) -> Manifest:
+    """The serve pod is mesh party COORDINATOR_PARTIES[slot] (hostname coordinator or
+    coordinator-1, TF port 4450 or 4451). Consecutive pod templates take turns, so that
+    during a rollout (maxSurge 1) the old and the new coordinator are distinct parties."""
     s = ctx.spec.serving
     volumes: list[dict[str, Any]] = [_config_volume(ctx), dict(_TMP_VOLUME)]
     mounts: list[dict[str, Any]] = [dict(_CONFIG_MOUNT), dict(_TMP_MOUNT)]
@@ -833,7 +837,7 @@ def serve_deployment(ctx: Context, generation: int) -> Manifest:
         "name": "serve",
         "image": ctx.image,
         "imagePullPolicy": ctx.image_pull_policy,
-        "command": serve_command(ctx, generation),
+        "command": serve_command(ctx, generation, slot),
         "env": env,
         "ports": ports,
         "startupProbe": _http_probe("/healthz", "http", 2, 150),
@@ -852,11 +856,12 @@ def serve_deployment(ctx: Context, generation: int) -> Manifest:
         "containers": [container],
         "volumes": volumes,
     }
+    annotations = {api.ANNOTATION_CONFIG_HASH: config_hash(ctx)}
     if not external:
-        # Consecutive generations take turns between two coordinator slots (hostnames
-        # coordinator and coordinator-1, TF ports 4450 and 4451): during a rollout the old
-        # and the new serve pod are distinct parties of the mesh.
-        party = COORDINATOR_PARTIES[coordinator_slot(generation)]
+        party = COORDINATOR_PARTIES[slot]
+        annotations = mesh_annotations(ctx)
+        if _hash:
+            annotations[api.ANNOTATION_SERVE_HASH] = serve_template_hash(ctx, generation)
         guard = guard_container(
             ctx,
             ["tfe-guard", "--config", f"{MESH_CONFIG_DIR}/{party}.json"],
@@ -888,11 +893,7 @@ def serve_deployment(ctx: Context, generation: int) -> Manifest:
             "template": {
                 "metadata": {
                     "labels": {**labels(ctx, SERVE), api.LABEL_GENERATION: str(generation)},
-                    "annotations": (
-                        {api.ANNOTATION_CONFIG_HASH: config_hash(ctx)}
-                        if external
-                        else mesh_annotations(ctx)
-                    ),
+                    "annotations": annotations,
                 },
                 "spec": pod_spec,
             },
@@ -1001,5 +1002,5 @@ def base_objects(ctx: Context) -> list[Manifest]:
     ]
 
 
-def serving_objects(ctx: Context, generation: int) -> list[Manifest]:
-    return [serve_deployment(ctx, generation), client_service(ctx)]
+def serving_objects(ctx: Context, generation: int, slot: int = 0) -> list[Manifest]:
+    return [serve_deployment(ctx, generation, slot), client_service(ctx)]

@@ -54,6 +54,17 @@ class JobState:
 class ServeDeployment:
     generation: int | None
     ready: bool  # rolled out: updated, available, observed
+    slot: int | None = None  # the mesh coordinator slot of its pod template
+    template_hash: str = ""  # tfe.dev/serve-hash of its pod template
+
+
+@dataclass(frozen=True)
+class ServePod:
+    """A serve pod as the coordinator-slot choice needs it."""
+
+    slot: int | None
+    template_hash: str
+    ready: bool
 
 
 @dataclass(frozen=True)
@@ -73,6 +84,7 @@ class Observed:
     jobs: tuple[JobState, ...] = ()
     serve: ServeDeployment | None = None
     serve_pods: int = 0
+    serve_pod_slots: tuple[ServePod, ...] = ()
     client_service: bool = False
     serve_status: ServeStatus | None = None
     pvcs: tuple[str, ...] = ()
@@ -108,13 +120,18 @@ def worker_pod(pod: Mapping[str, Any]) -> WorkerPod | None:
     problem: str | None = None
     detail = ""
     restarts = 0
-    for cs in status.get("containerStatuses", []) or []:
+    # Init containers first (mesh-init, the guard sidecar): while one of them fails, the
+    # player never starts, and its name says which layer is broken.
+    statuses = [(cs, True) for cs in status.get("initContainerStatuses", []) or []]
+    statuses += [(cs, False) for cs in status.get("containerStatuses", []) or []]
+    for cs, init in statuses:
         restarts += int(cs.get("restartCount", 0) or 0)
         waiting = (cs.get("state") or {}).get("waiting") or {}
         reason = waiting.get("reason")
         if reason in PROBLEM_REASONS and problem is None:
             problem = str(reason)
-            parts = [str(waiting.get("message", "")).strip()]
+            parts = [f"init container {cs.get('name')}"] if init else []
+            parts.append(str(waiting.get("message", "")).strip())
             last = (cs.get("lastState") or {}).get("terminated") or {}
             if last:
                 exit_part = f"last exit {last.get('exitCode')}"
@@ -188,11 +205,41 @@ def job_state(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]] = ()) ->
     )
 
 
+def _slot(pod_spec: Mapping[str, Any]) -> int | None:
+    """The coordinator slot from the pod's hostname: coordinator -> 0, coordinator-1 -> 1."""
+    host = str(pod_spec.get("hostname") or "")
+    if host == "coordinator":
+        return 0
+    m = re.fullmatch(r"coordinator-(\d+)", host)
+    return int(m.group(1)) if m else None
+
+
+def serve_pods(pods: Iterable[Mapping[str, Any]]) -> tuple[ServePod, ...]:
+    out = []
+    for p in pods:
+        meta = p.get("metadata", {}) or {}
+        if meta.get("deletionTimestamp"):
+            continue
+        conditions = (p.get("status", {}) or {}).get("conditions", []) or []
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+        ann = meta.get("annotations", {}) or {}
+        out.append(
+            ServePod(
+                slot=_slot(p.get("spec", {}) or {}),
+                template_hash=str(ann.get(api.ANNOTATION_SERVE_HASH, "")),
+                ready=ready,
+            )
+        )
+    return tuple(out)
+
+
 def serve_deployment(dep: Mapping[str, Any]) -> ServeDeployment:
     meta = dep.get("metadata", {})
     spec = dep.get("spec", {}) or {}
     status = dep.get("status", {}) or {}
-    tmpl_labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
+    template = spec.get("template") or {}
+    tmpl_labels = (template.get("metadata") or {}).get("labels") or {}
+    tmpl_ann = (template.get("metadata") or {}).get("annotations") or {}
     try:
         generation: int | None = int(tmpl_labels.get(api.LABEL_GENERATION, ""))
     except ValueError:
@@ -205,7 +252,12 @@ def serve_deployment(dep: Mapping[str, Any]) -> ServeDeployment:
         and int(status.get("replicas", 0) or 0) == replicas
         and replicas > 0
     )
-    return ServeDeployment(generation=generation, ready=ready)
+    return ServeDeployment(
+        generation=generation,
+        ready=ready,
+        slot=_slot(template.get("spec") or {}),
+        template_hash=str(tmpl_ann.get(api.ANNOTATION_SERVE_HASH, "")),
+    )
 
 
 def pick_serve_pod(pods: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:

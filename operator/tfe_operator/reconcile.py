@@ -184,6 +184,33 @@ def workers_status(res: Resource, status: Mapping[str, Any], obs: Observed) -> l
     return out
 
 
+def serve_slot(ctx: Context, generation: int, obs: Observed) -> int:
+    """The mesh coordinator slot of the serve pod template to apply (docs/operator.md).
+
+    Unchanged template: keep its slot. A new template (any change: generation, spec, mesh
+    certificates, operator version): the slot that no running pod of another template holds,
+    so that the rollout's old and new coordinators are distinct parties. With nothing running: 0.
+    """
+    if ctx.spec.external:
+        return 0
+    want = builders.serve_template_hash(ctx, generation)
+    live = obs.serve
+    if live is not None and live.slot is not None and live.template_hash == want:
+        return live.slot
+    n = len(builders.COORDINATOR_PARTIES)
+    others = [
+        (p.slot, p.ready)
+        for p in obs.serve_pod_slots
+        if p.template_hash != want and p.slot is not None
+    ]
+    for held in ({s for s, ready in others if ready}, {s for s, _ in others}):
+        if len(held) == 1:
+            return (held.pop() + 1) % n
+    if live is not None and live.slot is not None and not others:
+        return (live.slot + 1) % n
+    return 0
+
+
 # ---------------------------------------------------------------- the state machine
 
 
@@ -413,7 +440,9 @@ def _run(
     # keeps serving (the Deployment rolls only when the new generation is shared).
     serve_ready = False
     if serving_gen > 0:
-        plan.apply.extend(builders.serving_objects(ctx, serving_gen))
+        plan.apply.extend(
+            builders.serving_objects(ctx, serving_gen, serve_slot(ctx, serving_gen, obs))
+        )
         new["endpoint"] = builders.endpoint(ctx)
         ss = obs.serve_status
         serve_ready = (

@@ -152,6 +152,7 @@ def guard(command: list[str], mounts: list[dict[str, Any]], env: Any = None, hea
 MESH_CONFIG_MOUNT = {"name": "mesh-config", "mountPath": "/etc/tfe/mesh", "readOnly": True}
 MESH_PKI_MOUNT = {"name": "mesh-pki", "mountPath": "/etc/tfe/pki", "readOnly": True}
 MESH_CONFIG_VOLUME = {"name": "mesh-config", "configMap": {"name": "digits-mesh"}}
+SERVE_HASH = "<per test>"
 
 
 # ------------------------------------------------------------------ config
@@ -688,10 +689,10 @@ def test_share_job_guard_config_is_a_valid_mesh_config() -> None:
 # ------------------------------------------------------------------ serve
 
 
-def expected_deployment(generation: int = 1) -> dict[str, Any]:
+def expected_deployment(generation: int = 1, slot: int = 0) -> dict[str, Any]:
     ctx = make_ctx()
-    party = "coordinator" if generation % 2 else "coordinator-1"
-    port = 4450 if generation % 2 else 4451
+    party = ["coordinator", "coordinator-1"][slot]
+    port = 4450 + slot
     return copy.deepcopy(
         {
             "apiVersion": "apps/v1",
@@ -707,14 +708,15 @@ def expected_deployment(generation: int = 1) -> dict[str, Any]:
                 "template": {
                     "metadata": {
                         "labels": {**labels("serve"), "tfe.dev/share-generation": str(generation)},
-                        "annotations": annotations(ctx),
+                        # tfe.dev/serve-hash: checked in test_serve_template_hash
+                        "annotations": {**annotations(ctx), "tfe.dev/serve-hash": SERVE_HASH},
                     },
                     "spec": {
                         "enableServiceLinks": False,
                         "automountServiceAccountToken": False,
                         "securityContext": POD_SC,
                         "terminationGracePeriodSeconds": 10,
-                        # odd generations: slot 0, even: slot 1 (overlapping rollouts)
+                        # the mesh coordinator slot (reconcile.serve_slot picks it)
                         "hostname": party,
                         "subdomain": "digits-workers",
                         "initContainers": [
@@ -818,13 +820,30 @@ SERVE_VARIANTS: list[tuple[str, dict[str, Any], Any]] = [
     [(o, m) for _, o, m in SERVE_VARIANTS],
     ids=[i for i, _, _ in SERVE_VARIANTS],
 )
-@pytest.mark.parametrize("generation", [3, 4])
-def test_serve_deployment(override: dict[str, Any], mutate: Any, generation: int) -> None:
+@pytest.mark.parametrize("slot", [0, 1])
+def test_serve_deployment(override: dict[str, Any], mutate: Any, slot: int) -> None:
     spec: dict[str, Any] = {"model": {"configMap": {"name": "digits-model", "key": "model.h5"}}}
     spec.update(override)
-    expected = expected_deployment(generation)
+    expected = expected_deployment(3, slot)
     mutate(expected)
-    assert builders.serve_deployment(make_ctx(spec), generation) == expected
+    dep = builders.serve_deployment(make_ctx(spec), 3, slot)
+    template_hash = dep["spec"]["template"]["metadata"]["annotations"]["tfe.dev/serve-hash"]
+    expected["spec"]["template"]["metadata"]["annotations"]["tfe.dev/serve-hash"] = template_hash
+    assert dep == expected
+
+
+def test_serve_template_hash() -> None:
+    """The template's digest without its slot: the same for both slots, different for any
+    other change of the template (generation, spec, mesh certificates)."""
+    ctx = make_ctx()
+    h = builders.serve_template_hash(ctx, 3)
+    for slot in (0, 1):
+        ann = builders.serve_deployment(ctx, 3, slot)["spec"]["template"]["metadata"]["annotations"]
+        assert ann["tfe.dev/serve-hash"] == h
+    assert builders.serve_template_hash(ctx, 4) != h
+    assert builders.serve_template_hash(make_ctx(mesh_hash="other"), 3) != h
+    spec = {"model": {"configMap": {"name": "digits-model", "key": "model.h5"}}, "serving": {"maxRequests": 9}}
+    assert builders.serve_template_hash(make_ctx(spec), 3) != h
 
 
 def test_serve_deployment_external_workers_uses_external_config() -> None:
@@ -832,6 +851,7 @@ def test_serve_deployment_external_workers_uses_external_config() -> None:
     ctx = make_ctx(EXTERNAL_SPEC)
     dep = builders.serve_deployment(ctx, 1)
     expected = expected_deployment(1)
+    # no mesh: no mesh hash, no slot
     expected["spec"]["template"]["metadata"]["annotations"] = {"tfe.dev/config-hash": builders.config_hash(ctx)}
     pod = expected["spec"]["template"]["spec"]
     for k in ("hostname", "subdomain", "initContainers"):
@@ -975,6 +995,8 @@ def test_base_objects(spec: dict[str, Any] | None, kinds: list[tuple[str, str]])
 def test_serving_objects() -> None:
     objs = builders.serving_objects(make_ctx(), 2)
     assert objs == [builders.serve_deployment(make_ctx(), 2), builders.client_service(make_ctx())]
+    objs = builders.serving_objects(make_ctx(), 2, 1)
+    assert objs == [builders.serve_deployment(make_ctx(), 2, 1), builders.client_service(make_ctx())]
 
 
 def test_names() -> None:

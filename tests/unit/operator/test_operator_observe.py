@@ -52,6 +52,67 @@ def test_crashloop_worker_reason_and_last_message() -> None:
     )
 
 
+def test_crashlooping_init_container_is_named() -> None:
+    """mesh-init (iptables) or the guard failing keeps the player from starting: say which."""
+    p = pod(
+        "m-worker-0",
+        ready=False,
+        initContainerStatuses=[
+            {
+                "name": "mesh-init",
+                "restartCount": 3,
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
+                "lastState": {"terminated": {"exitCode": 127, "message": "sh: 1: iptables-nft: not found\n"}},
+            }
+        ],
+        containerStatuses=[{"name": "player", "restartCount": 0, "state": {"waiting": {"reason": "PodInitializing"}}}],
+    )
+    assert observe.worker_pod(p) == observe.WorkerPod(
+        index=0,
+        name="m-worker-0",
+        uid="uid-m-worker-0",
+        ready=False,
+        problem="CrashLoopBackOff",
+        detail="init container mesh-init; back-off 40s; last exit 127: sh: 1: iptables-nft: not found",
+        restarts=3,
+    )
+
+
+def test_serve_pods_and_deployment_slots() -> None:
+    dep = {
+        "metadata": {"generation": 2},
+        "spec": {
+            "replicas": 1,
+            "template": {
+                "metadata": {
+                    "labels": {"tfe.dev/share-generation": "3"},
+                    "annotations": {"tfe.dev/serve-hash": "h2"},
+                },
+                "spec": {"hostname": "coordinator-1"},
+            },
+        },
+        "status": {},
+    }
+    assert observe.serve_deployment(dep) == observe.ServeDeployment(
+        generation=3, ready=False, slot=1, template_hash="h2"
+    )
+    pods = [
+        {
+            "metadata": {"annotations": {"tfe.dev/serve-hash": "h1"}},
+            "spec": {"hostname": "coordinator"},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+        },
+        {"metadata": {"annotations": {"tfe.dev/serve-hash": "h2"}}, "spec": {"hostname": "coordinator-1"}},
+        {"metadata": {"deletionTimestamp": "x"}, "spec": {"hostname": "coordinator"}},
+        {"metadata": {}, "spec": {}},
+    ]
+    assert observe.serve_pods(pods) == (
+        observe.ServePod(0, "h1", True),
+        observe.ServePod(1, "h2", False),
+        observe.ServePod(None, "", False),
+    )
+
+
 def test_unschedulable_worker() -> None:
     p = pod(
         "m-worker-0",

@@ -523,3 +523,41 @@ def test_external_workers_keep_share_secrets_out_of_deletes() -> None:
     obs = Observed(jobs=(job(1, "succeeded", spec=spec),))
     plan = reconcile(res(spec), serving_status(modelHash=make_ctx(spec).spec.model_hash), obs, NOW)
     assert plan.delete == [Ref("batch/v1", "Job", "digits-share-g1")]
+
+
+# ------------------------------------------------------------------ the serve pod's mesh slot
+
+
+def _slot_of(plan: Any) -> int:
+    dep = next(m for m in plan.apply if m["kind"] == "Deployment")
+    return {"coordinator": 0, "coordinator-1": 1}[dep["spec"]["template"]["spec"]["hostname"]]
+
+
+def test_serve_slot_kept_while_the_template_is_unchanged_and_flipped_when_it_changes() -> None:
+    from tfe_operator import builders
+    from tfe_operator.observe import ServePod
+
+    h1 = builders.serve_template_hash(make_ctx(), 1)
+    # First deployment: nothing runs, slot 0.
+    assert _slot_of(reconcile(res(), serving_status(), dataclasses.replace(SERVING_OBS, serve=None), NOW)) == 0
+    # Running with the same template in slot 1: stays in slot 1 (no needless rollout).
+    live = ServeDeployment(generation=1, ready=True, slot=1, template_hash=h1)
+    obs = dataclasses.replace(SERVING_OBS, serve=live, serve_pod_slots=(ServePod(1, h1, True),))
+    assert _slot_of(reconcile(res(), serving_status(), obs, NOW)) == 1
+    # A spec change (same share generation) changes the template: the other slot, so the new
+    # coordinator does not share a name with the old one while both run.
+    spec = {**BASE_SPEC, "serving": {"maxRequests": 50}}
+    plan = reconcile(res(spec, generation=2), serving_status(), obs, NOW)
+    assert _slot_of(plan) == 0
+    # ...and once applied, it stays there while the old pod still runs.
+    h2 = builders.serve_template_hash(make_ctx(spec), 1)
+    rolling = dataclasses.replace(
+        obs,
+        serve=ServeDeployment(generation=1, ready=False, slot=0, template_hash=h2),
+        serve_pod_slots=(ServePod(1, h1, True), ServePod(0, h2, False)),
+    )
+    assert _slot_of(reconcile(res(spec, generation=2), serving_status(), rolling, NOW)) == 0
+    # A third template while the second has not come up: the slot the ready (old) pod does
+    # not hold, i.e. the one the Deployment is about to scale down.
+    spec3 = {**BASE_SPEC, "serving": {"maxRequests": 60}}
+    assert _slot_of(reconcile(res(spec3, generation=3), serving_status(), rolling, NOW)) == 0
