@@ -100,6 +100,15 @@ class Deployment:
         wait_http_ready(self.port, self.serve)
         return self.port
 
+    def coordinator_metrics(self, name=None):
+        """The coordinator's /metrics: through its relay (as `operator`) when the endpoint is a process
+        of its own (the default with TLS on), else on the one serve process's port."""
+        if self.stack.tls:
+            status, body = self.stack.call(f"coordinator:{name or self.stack.name}", "GET", "/metrics")
+            assert status == 200, body
+            return body.decode()
+        return http_json(self.port, "GET", "/metrics")[1].decode()
+
     @property
     def url(self):
         return f"http://127.0.0.1:{self.port}"

@@ -20,21 +20,25 @@ import time
 
 import numpy as np
 import pytest
-from conftest import http_json, wait_http_ready
+from conftest import http_json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tfe_client import Client, wire
+from tfe_client import Client, mesh, wire
 from tfe_client.client import seal_request
 from tfe_client.fixedpoint import DEFAULT
-from tfe_worker.local import free_ports, worker_cmd
 
 PREDICT = "/v1/models/digits:predict"
 DELETE = object()
 
 
-def reconnects(port):
-    text = http_json(port, "GET", "/metrics")[1].decode()
+def as_coordinator(deployment, i, method, path, body=None, timeout=30.0):
+    """A worker's HTTP side, called as the coordinator would (through its guard, as `coordinator`)."""
+    return deployment.stack.call(f"server{i}", method, path, body, identity=mesh.COORDINATOR, timeout=timeout)
+
+
+def reconnects(deployment):
+    text = deployment.coordinator_metrics()
     return float(re.search(r"^tfe_serve_reconnects_total ([0-9.e+]+)$", text, re.MULTILINE).group(1))
 
 
@@ -82,14 +86,14 @@ def test_low_order_ephemeral_key_is_a_400_and_no_worker_failure(deployment, info
     """Released code: workers answered 500 (X25519 raised ValueError), the coordinator reconnected
     (31-43 s) and retried the request three times. Now: refused at the endpoint, and by each worker."""
     _, x_te, _, _ = data
-    before = reconnects(deployment.port)
+    before = reconnects(deployment)
     for point in wire.LOW_ORDER_POINTS[:7]:
         body = fresh_body(info, x_te[:1])
         body["ephemeralKey"] = base64.b64encode(point).decode()
         status, payload = http_json(deployment.port, "POST", PREDICT, body, timeout=30)
         assert (status, payload["error"]["code"]) == (400, "bad_request"), payload
         assert "low-order" in payload["error"]["message"]
-    assert reconnects(deployment.port) == before
+    assert reconnects(deployment) == before
     assert Client(deployment.url).predict("digits", x_te[:1]).shape == (1, 10)
 
 
@@ -101,12 +105,11 @@ def test_worker_refuses_a_low_order_key_for_that_item_alone(deployment, info, da
     items = [wire.IngressItem(r.request_id, r.shape, k, r.bundles[0].sealed)
              for r, k in ((good, good.ephemeral_key), (bad, wire.LOW_ORDER_POINTS[2]))]
     msg = wire.IngressRequest("ab" * 8, "digits", 1, 2, (64,), tuple(items))
-    port = int(deployment.stack.config.players[0].http.rsplit(":", 1)[1])
-    status, ack = http_json(port, "POST", "/v1/ingress", msg.to_json())
+    status, ack = as_coordinator(deployment, 0, "POST", "/v1/ingress", msg.to_json())
     assert status == 200, ack
     ack = wire.IngressAck.parse(ack)
     assert ack.accepted == (0,) and [(f.index, f.code) for f in ack.failed] == [(1, "bad_request")]
-    assert http_json(port, "DELETE", f"/v1/batches/{'ab' * 8}")[0] == 200
+    assert as_coordinator(deployment, 0, "DELETE", f"/v1/batches/{'ab' * 8}")[0] == 200
 
 
 JSON = st.recursive(
@@ -176,7 +179,7 @@ def _mutate(body, mutation):
 
 def test_fuzzed_predict_requests_get_4xx_without_reconnects_while_honest_ones_succeed(deployment, info, data):
     _, x_te, _, _ = data
-    before = reconnects(deployment.port)
+    before = reconnects(deployment)
     seen = {}
 
     @settings(max_examples=int(os.environ.get("TFE_FUZZ_EXAMPLES", "150")), deadline=None, database=None,
@@ -199,7 +202,7 @@ def test_fuzzed_predict_requests_get_4xx_without_reconnects_while_honest_ones_su
         one()
     assert not honest.errors, honest.errors[:3]
     assert honest.ok > 0
-    assert reconnects(deployment.port) == before
+    assert reconnects(deployment) == before
     assert seen.get("bad_request", 0) > 0, seen
 
 
@@ -211,8 +214,7 @@ def test_fuzzed_coordinator_messages_get_4xx_from_the_workers(deployment, info, 
     """The workers trust nothing the coordinator says beyond their own manifest: every malformed
     ingress/egress body is a 4xx (an item it cannot open: a 200 ack that lists it), never a 500."""
     _, x_te, _, _ = data
-    before = reconnects(deployment.port)
-    port = int(deployment.stack.config.players[1].http.rsplit(":", 1)[1])
+    before = reconnects(deployment)
     req = wire.PredictRequest.parse(fresh_body(info, x_te[:1]), (64,), 8)
     item = wire.IngressItem(req.request_id, req.shape, req.ephemeral_key, req.bundles[1].sealed)
     base = wire.IngressRequest("cd" * 8, "digits", 1, 1, (64,), (item,)).to_json()
@@ -224,23 +226,23 @@ def test_fuzzed_coordinator_messages_get_4xx_from_the_workers(deployment, info, 
     def one(path, value, egress):
         body = copy.deepcopy(base)
         _set(body, path, value)
-        status, payload = http_json(port, "POST", "/v1/ingress", body, timeout=60)
+        status, payload = as_coordinator(deployment, 1, "POST", "/v1/ingress", body, timeout=60)
         assert status < 500, (path, value, payload)
         if status == 200:
             ack = wire.IngressAck.parse(payload)
-            http_json(port, "DELETE", f"/v1/batches/{ack.batch_id}")
+            as_coordinator(deployment, 1, "DELETE", f"/v1/batches/{ack.batch_id}")
         if egress:
             e = {"batchId": value, "outputShape": [10]} if path == ["batchId"] else {"batchId": "ee" * 8,
                                                                                      "outputShape": value}
-            assert http_json(port, "POST", "/v1/egress", e)[0] in (400, 404)
+            assert as_coordinator(deployment, 1, "POST", "/v1/egress", e)[0] in (400, 404)
 
     with Honest(deployment.url, x_te[:1], threads=1) as honest:
         one()
     assert not honest.errors, honest.errors[:3]
-    assert reconnects(deployment.port) == before
+    assert reconnects(deployment) == before
     for path in ("/v1/models/..%2f/generations", "/v1/models/digits/99999999999/manifest",
                  "/v1/models/digits/7/manifest", "/v1/batches/zz"):
-        assert 400 <= http_json(port, "GET" if "models" in path else "DELETE", path)[0] < 500
+        assert 400 <= as_coordinator(deployment, 1, "GET" if "models" in path else "DELETE", path)[0] < 500
 
 
 def test_hundreds_of_idle_and_slow_connections_do_not_delay_an_honest_prediction(deployment, data):
@@ -307,7 +309,8 @@ def test_sigterm_during_load_answers_every_admitted_request(deployment, info, da
         t.join(timeout=30)
     with open(deployment.stack.logs["serve-digits"]) as f:
         log = f.read()
-    assert "every admitted request answered" in log.split("stopping:")[-1]
+    # the client-facing process drained: `serve` says so in one line, a split-off `endpoint` in another
+    assert re.search(r"stopping: every admitted request answered|drained \(all answered\)", log), log[-2000:]
     allowed = {200, (503, "draining"), "refused", "ConnectionResetError", "RemoteDisconnected"}
     bad = [o for o in outcomes if o not in allowed]
     assert not bad, bad
@@ -315,38 +318,56 @@ def test_sigterm_during_load_answers_every_admitted_request(deployment, info, da
     deployment.start_serve()
 
 
+def _tree(pid):
+    """pid and all its descendants."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for t in os.listdir(f"/proc/{p}/task"):
+            with open(f"/proc/{p}/task/{t}/children") as f:
+                todo += [int(c) for c in f.read().split()]
+    return out
+
+
 def test_endpoint_process_relays_to_the_coordinator_without_tf(deployment, data, models, tmp_path):
-    """Issue 9 item 4: `tfe-worker endpoint --relay` (no TF) in front of `serve --relay-only`."""
+    """Issue 9 item 4: the client-facing `tfe-worker endpoint` (no TF, identity `endpoint`) relays to the
+    coordinator's relay API (`serve --relay-only`); in its own network namespace it cannot even reach a
+    TF port, and its identity is good for the coordinator's relay only."""
     _, x_te, _, _ = data
     stack = deployment.stack
     stack.kill("serve-digits", signal.SIGTERM)
-    relay_port, ep_port = free_ports(2)
-    coord = stack.start_serve(free_ports(1)[0], ["--max-batch-size", "8", "--buckets", "1,8", "--relay-only",
-                                                 "--relay-port", str(relay_port)])
-    wait_http_ready(relay_port, coord)
     token = tmp_path / "token"
     token.write_text("relay-token\n")
-    ep = stack._spawn("endpoint-digits", worker_cmd("endpoint", "--relay", f"127.0.0.1:{relay_port}", "--name",
-                                                    "digits", "--port", str(ep_port), "--host", "127.0.0.1",
-                                                    "--token-file", str(token)))
-    try:
-        wait_http_ready(ep_port, ep)
-        url = f"http://127.0.0.1:{ep_port}"
-        y = Client(url, token="relay-token").predict_proba("digits", x_te[:3])
-        np.testing.assert_allclose(y, models["mlp_keras"].predict(x_te[:3], verbose=0), atol=2e-2)
-        info = Client(url, token="relay-token").model_info("digits")
-        body = fresh_body(info, x_te[:1])
-        body["ephemeralKey"] = base64.b64encode(wire.LOW_ORDER_POINTS[3]).decode()
-        status, payload = http_json(ep_port, "POST", PREDICT, body, headers={"Authorization": "Bearer relay-token"})
-        assert (status, payload["error"]["code"]) == (400, "bad_request")
-        assert http_json(ep_port, "POST", PREDICT, fresh_body(info, x_te[:1]))[0] == 401
-        with open(f"/proc/{ep.pid}/maps") as f:
+    port = deployment.start_serve("--token-file", str(token))
+    ep = deployment.serve
+    url = f"http://127.0.0.1:{port}"
+    y = Client(url, token="relay-token").predict_proba("digits", x_te[:3])
+    np.testing.assert_allclose(y, models["mlp_keras"].predict(x_te[:3], verbose=0), atol=2e-2)
+    info = Client(url, token="relay-token").model_info("digits")
+    body = fresh_body(info, x_te[:1])
+    body["ephemeralKey"] = base64.b64encode(wire.LOW_ORDER_POINTS[3]).decode()
+    status, payload = http_json(port, "POST", PREDICT, body, headers={"Authorization": "Bearer relay-token"})
+    assert (status, payload["error"]["code"]) == (400, "bad_request")
+    assert http_json(port, "POST", PREDICT, fresh_body(info, x_te[:1]))[0] == 401
+    for pid in _tree(ep.pid):
+        with open(f"/proc/{pid}/maps") as f:
             assert "tensorflow" not in f.read(), "the endpoint process loaded TensorFlow"
-        status, st_body = http_json(ep_port, "GET", "/v1/status")
-        assert status == 200 and wire.Status.parse(st_body).requests_served >= 1
-    finally:
-        stack.kill("endpoint-digits", signal.SIGTERM)
-        stack.kill("serve-digits", signal.SIGTERM)
+    status, st_body = http_json(port, "GET", "/v1/status")
+    assert status == 200 and wire.Status.parse(st_body).requests_served >= 1
+    if stack.tls:
+        # from inside the endpoint's network namespace: no TF port, no worker, only the relay
+        probe = ("import socket,sys\nfor p in map(int, sys.argv[1:]):\n    s = socket.socket()\n"
+                 "    print(p, s.connect_ex(('127.0.0.1', p)))\n")
+        ports = [4440, 4441, 4442, 4450, 8081, 8082, 8083, 8090]
+        out = subprocess.run(["nsenter", f"--net=/proc/{_tree(ep.pid)[-1]}/ns/net", sys.executable, "-c", probe,
+                              *map(str, ports)], capture_output=True, text=True, timeout=30, check=True)
+        reachable = {int(ln.split()[0]) for ln in out.stdout.splitlines() if ln.split()[1] == "0"}
+        assert reachable == {8090}, out.stdout
+        # and its certificate opens no worker: the worker's guard refuses the endpoint identity
+        status, body = stack.call("server0", "GET", "/v1/public-key", identity=mesh.ENDPOINT)
+        assert status == 403, body
+    stack.kill("serve-digits", signal.SIGTERM)
     deployment.start_serve()
 
 

@@ -41,7 +41,7 @@ func newHTTPInbound(cfg *Loaded, in Inbound) *httpInbound {
 		},
 		MaxIdleConns:          128,
 		MaxIdleConnsPerHost:   64,
-		IdleConnTimeout:       90 * time.Second,
+		IdleConnTimeout:       15 * time.Second, // below the backends' idle timeout (waitress: 30 s), so a reused connection is never one the backend is closing
 		ExpectContinueTimeout: time.Second,
 		ForceAttemptHTTP2:     false,
 	}

@@ -36,15 +36,36 @@ func listen(a Addr) (net.Listener, error) {
 		if err != nil {
 			return nil, err
 		}
-		l.(*net.UnixListener).SetUnlinkOnClose(true)
+		// Unlink on close only while the path is still ours: a successor guard may have replaced it.
+		l.(*net.UnixListener).SetUnlinkOnClose(false)
 		// Anyone may connect: TLS authenticates.
 		if err := os.Chmod(a.Address, 0o666); err != nil {
 			l.Close()
 			return nil, err
 		}
-		return l, nil
+		fi, err := os.Stat(a.Address)
+		if err != nil {
+			l.Close()
+			return nil, err
+		}
+		return &ownedUnixListener{Listener: l, path: a.Address, file: fi}, nil
 	}
 	return net.Listen("tcp", a.Address)
+}
+
+// ownedUnixListener removes its socket file on Close unless another process has put its own there.
+type ownedUnixListener struct {
+	net.Listener
+	path string
+	file os.FileInfo
+}
+
+func (o *ownedUnixListener) Close() error {
+	err := o.Listener.Close()
+	if fi, serr := os.Stat(o.path); serr == nil && os.SameFile(fi, o.file) {
+		_ = os.Remove(o.path)
+	}
+	return err
 }
 
 // Guard is a running set of listeners.

@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -89,7 +90,7 @@ def queue_baseline(stack: Stack, name: str, m: Any, n: int, tmp: str) -> dict[st
     wts = os.path.join(tmp, f"{name}-weights.npz")
     np.savez(wts, **{f"w{k}": w for k, w in enumerate(plan.weights)})
     out = subprocess.run([sys.executable, "-m", "tfe_worker.bench_queue", stack.config_path(), stack.coordinator(),
-                          man, wts, str(n + 5)], capture_output=True, text=True, timeout=900, check=True)
+                          man, wts, str(n + 5)], capture_output=True, text=True, timeout=900, check=True)  # TLS off
     lat = json.loads(out.stdout.strip().splitlines()[-1])["latencies"][5:]
     return {"batch1": stats(lat)}
 
@@ -98,7 +99,8 @@ def private_http(stack: Stack, name: str, x: np.ndarray[Any, Any], n: int, secon
     from tfe_client import Client
 
     port = free_ports(1)[0]
-    serve = stack.for_model(name).start_serve(
+    s = stack.for_model(name)
+    serve = s.start_serve(
         port, ["--max-batch-size", "128", "--max-wait-ms", "5"])
     url = f"http://127.0.0.1:{port}"
     try:
@@ -133,8 +135,7 @@ def private_http(stack: Stack, name: str, x: np.ndarray[Any, Any], n: int, secon
         return {"batch1": stats(ts), "predictions_per_s": sum(rows_done) / elapsed,
                 "concurrency": {"clients": 8, "rows_per_request": 16, "seconds": elapsed}}
     finally:
-        serve.terminate()
-        serve.wait(timeout=60)
+        s.kill(f"serve-{name}", signal.SIGTERM)  # and its coordinator
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,31 +143,41 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="bench/results.json")
     p.add_argument("--n", type=int, default=200, help="batch-1 requests per measurement")
     p.add_argument("--seconds", type=float, default=10.0, help="duration of the concurrent-clients run")
+    p.add_argument("--models", nargs="*", default=None, help="only these (digits-mlp, net-a, digits-cnn)")
     a = p.parse_args(argv)
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                             "platform": platform.platform()},
                                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "models": {}}
     with tempfile.TemporaryDirectory(prefix="tfe-bench-") as tmp:
-        models = build_models(tmp)
-        stack = new_stack(os.path.join(tmp, "state"), "bench")
-        try:
-            stack.start_players()
-            for name, m in models.items():
-                s = stack.for_model(name)
-                if s.share(m["path"]) != 0:
-                    raise RuntimeError(f"share of {name} failed")
-                r = {"plaintext": plaintext(m["keras"], m["x"], a.n)}
-                r["tfe_queue"] = queue_baseline(stack, name, m["keras"], min(a.n, 100), tmp)
-                r["private_http"] = private_http(stack, name, m["x"], a.n, a.seconds)
-                r["ratios"] = {
-                    "p50_vs_plaintext": r["private_http"]["batch1"]["p50_ms"] / r["plaintext"]["batch1"]["p50_ms"],
-                    "p50_vs_tfe_queue": r["private_http"]["batch1"]["p50_ms"] / r["tfe_queue"]["batch1"]["p50_ms"],
-                }
-                results["models"][name] = r
-                print(f"  {name}: done", flush=True)
-        finally:
-            stack.stop()
+        models = {k: v for k, v in build_models(tmp).items() if not a.models or k in a.models}
+        for name, m in models.items():
+            results["models"][name] = {"plaintext": plaintext(m["keras"], m["x"], a.n)}
+        # TLS off first (also TF Encrypted's own serving path, which has no TLS), then the default:
+        # mutual TLS through tfe-guard, every party in a namespace of its own, endpoint split off.
+        for tls in (False, True):
+            stack = new_stack(os.path.join(tmp, f"state-tls-{'on' if tls else 'off'}"), "bench", tls=tls)
+            try:
+                stack.start_players()
+                for name, m in models.items():
+                    r = results["models"][name]
+                    s = stack.for_model(name)
+                    if s.share(m["path"]) != 0:
+                        raise RuntimeError(f"share of {name} failed (TLS {'on' if tls else 'off'})")
+                    if not tls:
+                        r["tfe_queue"] = queue_baseline(stack, name, m["keras"], min(a.n, 100), tmp)
+                    r["private_http" if tls else "private_http_tls_off"] = private_http(stack, name, m["x"], a.n,
+                                                                                      a.seconds)
+                    print(f"  {name} (TLS {'on' if tls else 'off'}): done", flush=True)
+            finally:
+                stack.stop()
+        for r in results["models"].values():
+            on, off = r["private_http"]["batch1"], r["private_http_tls_off"]["batch1"]
+            r["ratios"] = {
+                "p50_vs_plaintext": on["p50_ms"] / r["plaintext"]["batch1"]["p50_ms"],
+                "p50_vs_tfe_queue": on["p50_ms"] / r["tfe_queue"]["batch1"]["p50_ms"],
+                "p50_tls_on_vs_off": on["p50_ms"] / off["p50_ms"],
+            }
     with open(a.out, "w") as f:
         json.dump(results, f, indent=2)
     print(table(results))
@@ -175,16 +186,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def table(results: dict[str, Any]) -> str:
-    head = ("| model | plaintext b1 p50 / p99 (ms) | TFE queue b1 p50 / p99 (ms) | private HTTP b1 p50 / p99 (ms) "
-            "| vs TFE queue | private pred/s (8 clients) | plaintext pred/s |")
-    rows = [head, "|---|---|---|---|---|---|---|"]
+    head = ("| model | plaintext b1 p50 / p99 (ms) | TFE queue b1 p50 / p99 (ms) | ours, TLS off b1 p50 / p99 (ms) "
+            "| ours, mTLS b1 p50 / p99 (ms) | mTLS / off | mTLS / TFE queue | pred/s 8 clients (off / mTLS) |")
+    rows = [head, "|---|---|---|---|---|---|---|---|"]
     for name, r in results["models"].items():
-        pl, q, h = r["plaintext"], r["tfe_queue"]["batch1"], r["private_http"]
+        pl, q = r["plaintext"], r["tfe_queue"]["batch1"]
+        off, on = r["private_http_tls_off"], r["private_http"]
         rows.append(f"| {name} | {pl['batch1']['p50_ms']:.2f} / {pl['batch1']['p99_ms']:.2f} "
                     f"| {q['p50_ms']:.1f} / {q['p99_ms']:.1f} "
-                    f"| {h['batch1']['p50_ms']:.1f} / {h['batch1']['p99_ms']:.1f} "
-                    f"| {r['ratios']['p50_vs_tfe_queue']:.2f}x | {h['predictions_per_s']:,.0f} "
-                    f"| {pl['predictions_per_s']:,.0f} |")
+                    f"| {off['batch1']['p50_ms']:.1f} / {off['batch1']['p99_ms']:.1f} "
+                    f"| {on['batch1']['p50_ms']:.1f} / {on['batch1']['p99_ms']:.1f} "
+                    f"| {r['ratios']['p50_tls_on_vs_off']:.2f}x | {r['ratios']['p50_vs_tfe_queue']:.2f}x "
+                    f"| {off['predictions_per_s']:,.0f} / {on['predictions_per_s']:,.0f} |")
     return "\n".join(rows)
 
 

@@ -96,6 +96,7 @@ class Stack:
     tls: bool = True
     slots: dict[str, list[str | None]] = field(default_factory=lambda: {"coordinator": [None, None],
                                                                         "share": [None]})
+    relays: dict[str, tuple[int, int]] = field(default_factory=dict)  # model -> (coordinator slot, relay port)
 
     def _spawn(self, key: str, cmd: list[str], pass_fds: tuple = ()) -> subprocess.Popen:  # type: ignore[type-arg]
         logdir = os.path.join(self.state, "logs")
@@ -187,22 +188,35 @@ class Stack:
         k = self._slot("coordinator", owner)
         return self.party_cmd(mesh_mod.COORDINATOR, cmd(f"127.0.0.1:{COORD_PORTS[k]}"), slot=k)
 
-    def worker_get(self, i: int, path: str, timeout: float = 10.0) -> tuple[int, Any]:
-        """GET a player's HTTP side as the `operator` identity (through its guard with TLS on)."""
+    def call(self, party: str, method: str, path: str, body: Any = None, identity: str = mesh_mod.OPERATOR,
+             timeout: float = 10.0) -> tuple[int, Any]:
+        """HTTP to a party's HTTP side: `serverI` (a player) or `coordinator:<model>` (its relay API).
+        With TLS on it goes through the party's guard as `identity` (which must be allowed there)."""
+        if party.startswith("coordinator:"):
+            slot, relay = self.relays[party.split(":", 1)[1]]
+            target, addr = mesh_mod.party("coordinator", slot), f"127.0.0.1:{relay}"
+            expect = mesh_mod.COORDINATOR
+        else:
+            target, addr, expect = party, self.config.player(party).http, party
         if not self.tls:
-            host, port = self.config.players[i].http.rsplit(":", 1)
+            host, port = addr.rsplit(":", 1)
             conn: http.client.HTTPConnection = http.client.HTTPConnection(host, int(port), timeout=timeout)
         else:
-            conn = _UnixTLSConnection(self.mesh.dial(PLAYER_NAMES[i], "http")[len("unix:"):],
-                                      self.pki(mesh_mod.OPERATOR), PLAYER_NAMES[i], timeout)
+            conn = _UnixTLSConnection(self.mesh.dial(target, "http")[len("unix:"):], self.pki(identity), expect,
+                                      timeout)
         try:
-            conn.request("GET", path)
+            data = None if body is None else json.dumps(body).encode()
+            conn.request(method, path, body=data, headers={"Content-Type": "application/json"} if data else {})
             r = conn.getresponse()
             raw = r.read()
             ctype = r.getheader("Content-Type") or ""
             return r.status, (json.loads(raw) if raw and ctype.startswith("application/json") else raw)
         finally:
             conn.close()
+
+    def worker_get(self, i: int, path: str, timeout: float = 10.0) -> tuple[int, Any]:
+        """GET a player's HTTP side as the `operator` identity."""
+        return self.call(PLAYER_NAMES[i], "GET", path, timeout=timeout)
 
     def wait_players(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -245,6 +259,18 @@ class Stack:
                          "--termination-log", os.path.join(self.state, "share.termination-log"))
         if sha256:
             cmd += ["--sha256", sha256]
+        if self.tls and model.startswith(("http://", "https://")):
+            # the share job's namespace reaches only the parties: fetch (and check) the model out here
+            local = os.path.join(self.state, f"{key}.model")
+            fetch = worker_cmd("share", "--config", self.config_path(), "--model", model, "--name", self.name,
+                               "--coordinator-address", addr, "--fetch-to", local,
+                               "--termination-log", os.path.join(self.state, "share.termination-log"),
+                               *(["--sha256", sha256] if sha256 else []))
+            rc = self._spawn(f"fetch-{key}", fetch).wait()
+            if rc != 0:
+                self.release("share", key)
+                return rc
+            cmd[cmd.index(model)] = local
         if self.tls:
             cmd = self.party_cmd(mesh_mod.share_identity(generation), cmd, self._slot("share", key))
         p = self._spawn(key, cmd)
@@ -252,12 +278,28 @@ class Stack:
             return p.wait()
         finally:
             self.release("share", key)
+            if os.path.exists(os.path.join(self.state, f"{key}.model")):
+                os.unlink(os.path.join(self.state, f"{key}.model"))
 
-    def start_serve(self, port: int, extra: list[str], listen_fd: int | None = None) -> subprocess.Popen:  # type: ignore[type-arg]
-        key = f"serve-{self.name}"
+    def start_serve(self, port: int, extra: list[str], listen_fd: int | None = None,
+                    split: bool | None = None) -> subprocess.Popen:  # type: ignore[type-arg]
+        """The model's client endpoint on 127.0.0.1:`port` (returned: the client-facing process).
+
+        split (default: with TLS on): the coordinator (TF, relay API on loopback only) and the
+        endpoint (no TF, no identity that can talk to a worker) are separate processes, each in
+        a namespace of its own; the endpoint relays ciphertext to the coordinator's relay through
+        the guards. Otherwise one `serve` process is both.
+        """
+        split = self.tls if split is None else split
+        key, ckey = f"serve-{self.name}", f"coordinator-{self.name}"
+        for k in (key, ckey):  # one serve per model: a previous one (maybe still draining) ends first
+            old = self.procs.get(k)
+            if old is not None and old.poll() is None:
+                old.terminate()
+                old.wait(timeout=150)
         sock = None
         if self.tls and listen_fd is None:
-            # the coordinator runs in a namespace of its own: open its client port out here
+            # the client-facing process runs in a namespace of its own: open its port out here
             sock = socket.socket()
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(("127.0.0.1", port))
@@ -265,28 +307,42 @@ class Stack:
             listen_fd = sock.fileno()
             os.set_inheritable(listen_fd, True)
         fds: tuple[int, ...] = () if listen_fd is None else (listen_fd,)
-
-        def cmd(addr: str) -> list[str]:
-            c = worker_cmd("serve", "--config", self.config_path(), "--name", self.name, "--port", str(port),
-                           "--host", "127.0.0.1", "--coordinator-address", addr, *extra)
-            return c + ["--listen-fd", str(listen_fd)] if listen_fd is not None else c
-
-        if self.tls:
-            k = self._slot("coordinator", key)
-            full = self.party_cmd(mesh_mod.COORDINATOR, cmd(f"127.0.0.1:{COORD_PORTS[k]}"), slot=k, pass_fds=fds)
-        else:
-            full = cmd(self.coordinator())
+        listen = ["--listen-fd", str(listen_fd)] if listen_fd is not None else []
+        ep_extra, co_extra = _split_args(extra) if split else ([], extra)
+        slot = self._slot("coordinator", ckey if split else key) if self.tls else 0
+        coord_addr = f"127.0.0.1:{COORD_PORTS[slot]}" if self.tls else self.coordinator()
+        serve = worker_cmd("serve", "--config", self.config_path(), "--name", self.name, "--port", str(port),
+                           "--host", "127.0.0.1", "--coordinator-address", coord_addr, *co_extra)
         try:
-            return self._spawn(key, full, pass_fds=fds)
+            if not split:
+                cmd = serve + listen
+                if self.tls:
+                    cmd = self.party_cmd(mesh_mod.COORDINATOR, cmd, slot=slot, pass_fds=fds)
+                return self._spawn(key, cmd, pass_fds=fds)
+            relay = mesh_mod.RELAY_PORT if self.tls else free_ports(1)[0]
+            self.relays[self.name] = (slot, relay)
+            coord = serve + ["--relay-port", str(relay), "--relay-only"]
+            endpoint = worker_cmd("endpoint", "--relay", f"127.0.0.1:{relay}", "--name", self.name,
+                                  "--port", str(port), "--host", "127.0.0.1", *listen, *ep_extra)
+            if self.tls:
+                coord = self.party_cmd(mesh_mod.COORDINATOR, coord, slot=slot)
+                endpoint = self.party_cmd(mesh_mod.ENDPOINT, endpoint, slot=slot, pass_fds=fds)
+            c = self._spawn(ckey, coord)
+            e = self._spawn(key, endpoint, pass_fds=fds)
+            threading.Thread(target=_stop_with, args=(c, e), daemon=True).start()
+            return e
         finally:
             if sock is not None:
                 sock.close()
 
     def kill(self, key: str, sig: int = signal.SIGKILL) -> None:
-        p = self.procs.get(key)
-        if p is not None and p.poll() is None:
+        """Signal one process and wait for it; `serve-<model>` takes its coordinator along (split mode)."""
+        keys = [key] + ([f"coordinator-{key[len('serve-'):]}"] if key.startswith("serve-") else [])
+        procs = [p for k in keys if (p := self.procs.get(k)) is not None and p.poll() is None]
+        for p in procs:
             p.send_signal(sig)
-            p.wait(timeout=30)
+        for p in procs:
+            p.wait(timeout=150)
 
     def stop(self) -> None:
         for key in sorted(self.procs, key=lambda k: not k.startswith("serve")):  # coordinators first
@@ -302,11 +358,39 @@ class Stack:
                 p.wait(timeout=5)
 
 
-def new_stack(state: str, name: str, tls: bool = False) -> Stack:
+def new_stack(state: str, name: str, tls: bool = True) -> Stack:
     """Three players' config. TLS on: fixed ports (each party has a namespace of its own)."""
     if tls:
         return Stack(os.path.abspath(state), name, Config.loopback(list(TF_PORTS), list(HTTP_PORTS)), tls=True)
     return Stack(os.path.abspath(state), name, Config.loopback(free_ports(3), free_ports(3)), tls=False)
+
+
+ENDPOINT_FLAGS = ("--token-file", "--http-threads", "--max-connections", "--idle-timeout", "--max-body-bytes")
+
+
+def _split_args(extra: list[str]) -> tuple[list[str], list[str]]:
+    """serve's flags, split into the endpoint's (client-facing HTTP, token) and the coordinator's."""
+    ep: list[str] = []
+    co: list[str] = []
+    it = iter(extra)
+    for a in it:
+        flag = a.split("=", 1)[0]
+        if flag in ENDPOINT_FLAGS:
+            ep.append(a)
+            if "=" not in a:
+                ep.append(next(it))
+        else:
+            co.append(a)
+    return ep, co
+
+
+def _stop_with(coordinator: subprocess.Popen, endpoint: subprocess.Popen) -> None:  # type: ignore[type-arg]
+    """Locally, a model's endpoint and coordinator end together (e.g. after --max-requests)."""
+    while coordinator.poll() is None and endpoint.poll() is None:
+        time.sleep(0.2)
+    for p in (endpoint, coordinator):
+        if p.poll() is None:
+            p.terminate()
 
 
 def _write_private(path: str, data: bytes) -> None:

@@ -107,8 +107,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--protocol", default="ABY3")
     p.add_argument("--ready-timeout", type=float, default=300.0)
     p.add_argument("--termination-log", default="/dev/termination-log")
+    p.add_argument("--fetch-to", default=None, metavar="PATH",
+                   help="only fetch --model (checking --sha256) to PATH and exit: for a share job whose own "
+                        "network reaches only the parties (tfe-worker local)")
     a = p.parse_args(argv)
     try:
+        if a.fetch_to:
+            tmp = tempfile.mkdtemp(prefix="tfe-fetch-")
+            try:
+                shutil.copyfile(fetch_model(a.model, a.sha256, tmp), a.fetch_to)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            return 0
         run(Config.load(a.config), a.model, a.sha256, a.name, a.generation, a.coordinator_address, a.protocol,
             a.ready_timeout)
     except ModelError as e:
