@@ -333,6 +333,7 @@ def test_user_journey(
     before, before_pods = objects(ns), model_pods(ns)
     assert set(owned(ns, em_uid)) == {
         "ConfigMap/digits-tfe-config",
+        "ConfigMap/digits-mesh",
         "Service/digits-workers",
         "StatefulSet/digits-worker",
         "Job/digits-share-g1",

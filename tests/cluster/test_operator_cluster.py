@@ -131,6 +131,7 @@ def test_owned_objects_worker_problem_and_delete_cleans_up(namespace: str, tmp_p
     uid = uid_of(namespace, "m")
     expected = {
         "ConfigMap/m-tfe-config",
+        "ConfigMap/m-mesh",
         "Service/m-workers",
         "StatefulSet/m-worker",
         "NetworkPolicy/m-workers",
@@ -138,11 +139,15 @@ def test_owned_objects_worker_problem_and_delete_cleans_up(namespace: str, tmp_p
     }
     wait_for("owned objects", lambda: set(owned(namespace, uid)) == expected, 60)
     cfg = json.loads(get_json("configmap", "m-tfe-config", "-n", namespace)["data"]["tfe.json"])
-    assert cfg["players"][2] == {
-        "name": "server2",
-        "tf": f"m-worker-2.m-workers.{namespace}.svc:4440",
-        "http": f"m-worker-2.m-workers.{namespace}.svc:8081",
-    }
+    # every party reaches server2 at loopback; its guard carries the bytes over mTLS
+    assert cfg["players"][2] == {"name": "server2", "tf": "127.0.0.1:4442", "http": "127.0.0.1:8083"}
+    # The mesh identities: a CA and one Secret per long-lived identity, owned by the model.
+    for name in ("ca", "server0", "server1", "server2", "coordinator", "endpoint"):
+        secret = get_json("secret", f"m-mesh-{name}", "-n", namespace)
+        assert secret is not None, name
+        assert [r["uid"] for r in secret["metadata"]["ownerReferences"]] == [uid]
+    mesh = wait_for("status.mesh", lambda: em_status(namespace, "m").get("mesh"), 60)
+    assert set(mesh) == {"caNotAfter", "notAfter", "rotation", "caSHA256"}
 
     def image_problem() -> dict[str, Any] | None:
         c = condition(em_status(namespace, "m"), "WorkersReady")
@@ -159,6 +164,7 @@ def test_owned_objects_worker_problem_and_delete_cleans_up(namespace: str, tmp_p
 
     kubectl("delete", "encryptedmodel", "m", "-n", namespace, "--wait=true", "--timeout=60s")
     wait_for("owned objects garbage-collected", lambda: not owned(namespace, uid) or None, 120)
+    wait_for("mesh Secrets garbage-collected", lambda: get_json("secret", "m-mesh-ca", "-n", namespace) is None, 120)
     wait_for("worker pods gone", lambda: not (get_json("pods", "-n", namespace) or {}).get("items") or None, 120)
 
 
@@ -181,13 +187,15 @@ def test_operator_restart_duplicates_nothing(namespace: str, tmp_path: Path, ope
     dummy_model(namespace, tmp_path)
     apply(namespace, "m", {"model": DUMMY_MODEL, "workers": BROKEN_WORKERS})
     uid = uid_of(namespace, "m")
-    wait_for("five owned objects", lambda: len(owned(namespace, uid)) == 5, 60)
+    wait_for("six owned objects", lambda: len(owned(namespace, uid)) == 6, 60)
+    ca = get_json("secret", "m-mesh-ca", "-n", namespace)["metadata"]["uid"]
     before = owned(namespace, uid)
     operator.stop()
     operator.start()
     patch_spec(namespace, "m", {"serving": {"maxWaitMs": 7}})
     wait_for("the restarted operator reconciled", lambda: em_status(namespace, "m").get("observedGeneration") == 2, 60)
     assert owned(namespace, uid) == before  # same objects, same uids
+    assert get_json("secret", "m-mesh-ca", "-n", namespace)["metadata"]["uid"] == ca  # the same CA
     assert len((get_json("pods", "-n", namespace) or {})["items"]) == 3
 
 
@@ -200,7 +208,8 @@ def test_liveness_endpoint(operator: InProcessOperator) -> None:
 
 @pytest.mark.worker_image
 def test_crashing_worker_shows_crashloop_in_workers_ready(namespace: str, tmp_path: Path) -> None:
-    """The operator image has no tfe-worker: the player command exits 127 and crash-loops."""
+    """The operator image has no tfe-guard (nor tfe-worker): the guard sidecar (or, on a base
+    without iptables, mesh-init before it) exits 127 and crash-loops; the condition names it."""
     from clusterlib import VERSION
 
     dummy_model(namespace, tmp_path)
@@ -214,6 +223,7 @@ def test_crashing_worker_shows_crashloop_in_workers_ready(namespace: str, tmp_pa
     c = wait_for("WorkersReady reason CrashLoopBackOff", crashloop, 180)
     assert c["status"] == "False"
     assert "last exit 127" in c["message"], c["message"]
+    assert re.search(r"init container (mesh-init|guard)", c["message"]), c["message"]
     assert "restarts:" in c["message"]
     assert em_status(namespace, "m")["phase"] == "Provisioning"
 
