@@ -8,17 +8,19 @@ import os
 import ssl
 import threading
 import urllib.parse
+import warnings
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from tfe_client import sharing, wire
-from tfe_client.crypto import ClientSession, b64d
+from tfe_client.crypto import ClientSession
 from tfe_client.errors import ProtocolError, RemoteError
+from tfe_client.pins import KeyMismatchError, PinError, Pins, PinsRequiredError, pins_required_message, tofu_source
 from tfe_client.wire import ModelInfo
 
-__all__ = ["Client", "ModelInfo", "seal_request"]
+__all__ = ["Client", "KeyMismatchError", "ModelInfo", "PinError", "Pins", "PinsRequiredError", "seal_request"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -50,22 +52,79 @@ def sigmoid(z: FloatArray) -> FloatArray:
 class Client:
     """Private predictions from a tfe-operator endpoint.
 
-    `expected_keys` pins the workers' public keys (e.g. from `kubectl get em NAME -o
-    jsonpath='{.status.workers[*].publicKey}'`), so an endpoint cannot substitute its own.
+    The client encrypts each worker's shares to that worker's public key, and takes those keys from a
+    source it trusts, never from the endpoint alone (an endpoint or proxy could hand out its own).
+    Give exactly one of:
+
+    - `expected_keys=[k0, k1, k2]`: base64 keys, e.g. from `kubectl get em NAME -n NS -o
+      jsonpath='{.status.workers[*].publicKey}'`;
+    - `pins=path` (or a `Pins`): a pin file (`tfe-client keys pull em/NAME -n NS > pins.json`, or the
+      `pins.json` that `tfe-worker local` writes);
+    - `trust_on_first_use=path`: record the keys the endpoint hands out the first time into that pin
+      file, then refuse a changed key set (KeyMismatchError says how to verify it);
+    - `insecure_trust_endpoint_keys=True`: trust whatever the endpoint says (tests, debugging only).
+
+    or build it with `Client.from_kubernetes(name, namespace)`. Without any of them, `model_info`,
+    `prepare` and `predict` raise PinsRequiredError before anything is sent.
     """
 
     def __init__(self, endpoint: str, token: str | None = None, timeout: float = 60.0,
-                 expected_keys: list[str] | None = None) -> None:
+                 expected_keys: list[str] | None = None, *, pins: str | os.PathLike[str] | Pins | None = None,
+                 trust_on_first_use: str | os.PathLike[str] | None = None,
+                 insecure_trust_endpoint_keys: bool = False) -> None:
         u = urllib.parse.urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
         if u.scheme not in ("http", "https") or not u.hostname:
             raise ValueError(f"endpoint must be http(s)://host[:port], got {endpoint!r}")
+        self._endpoint = endpoint
         self._scheme, self._host, self._port = u.scheme, u.hostname, u.port
         self._prefix = u.path.rstrip("/")
         self._token = token
         self._timeout = timeout
-        self._expected = [b64d(k, "expected key") for k in expected_keys] if expected_keys else None
+        given = [n for n, v in (("expected_keys", expected_keys is not None), ("pins", pins is not None),
+                                ("trust_on_first_use", trust_on_first_use is not None),
+                                ("insecure_trust_endpoint_keys", insecure_trust_endpoint_keys)) if v]
+        if len(given) > 1:
+            raise ValueError(f"give one source of worker keys, not {' and '.join(given)}")
+        self._pins: Pins | None = None
+        self._pin_file: str | None = None
+        self._tofu: str | None = None
+        self._insecure = insecure_trust_endpoint_keys
+        if expected_keys is not None:
+            self._pins = Pins.from_keys(expected_keys)
+        elif isinstance(pins, Pins):
+            self._pins = pins
+        elif pins is not None:
+            self._pin_file = os.fspath(pins)
+            self._pins = Pins.load(self._pin_file)
+        elif trust_on_first_use is not None:
+            self._tofu = self._pin_file = os.fspath(trust_on_first_use)
+            if os.path.exists(self._tofu):
+                self._pins = Pins.load(self._tofu)
+        elif insecure_trust_endpoint_keys:
+            warnings.warn(f"tfe_client: INSECURE: trusting the worker keys that {endpoint} hands out; an endpoint "
+                          "or proxy in the middle can substitute its own and read every input", stacklevel=2)
+        self._lock = threading.Lock()
         self._local = threading.local()
         self._info: dict[str, ModelInfo] = {}
+
+    @classmethod
+    def from_kubernetes(cls, name: str, namespace: str = "default", *, endpoint: str | None = None,
+                        token: str | None = None, timeout: float = 60.0, context: str | None = None) -> Client:
+        """A client pinned to the EncryptedModel's `.status.workers[*].publicKey`, read through the
+        Kubernetes API (kubeconfig, `context`, or in-cluster credentials; needs the `kubernetes` package).
+        `endpoint` defaults to `.status.endpoint` (the in-cluster Service URL): pass e.g. a port-forward
+        or Ingress URL when calling from outside the cluster."""
+        pins = Pins.from_kubernetes(name, namespace, context)
+        url = endpoint or pins.endpoint
+        if not url:
+            raise PinError(f"encryptedmodel {namespace}/{name} has no status.endpoint yet (not serving?): "
+                           "pass endpoint=")
+        return cls(url, token=token, timeout=timeout, pins=pins)
+
+    @property
+    def pins(self) -> Pins | None:
+        """The pinned keys in use (None until first use with trust_on_first_use, or when insecure)."""
+        return self._pins
 
     # -- HTTP --------------------------------------------------------------------------------
     def _conn(self) -> http.client.HTTPConnection:
@@ -120,12 +179,38 @@ class Client:
             self._local.conn = None
 
     # -- API ---------------------------------------------------------------------------------
-    def model_info(self, name: str, refresh: bool = False) -> ModelInfo:
+    def unverified_model_info(self, name: str) -> ModelInfo:
+        """The endpoint's metadata as it claims it, worker keys NOT checked against any pin."""
         wire.check_model_name(name)
+        return ModelInfo.parse(self._call("GET", f"/{wire.VERSION}/models/{name}"))
+
+    def _verify(self, name: str, info: ModelInfo) -> None:
+        with self._lock:
+            if self._pins is None and self._tofu is not None:
+                recorded = Pins(info.worker_keys, name, tofu_source(self._endpoint), endpoint=self._endpoint)
+                try:
+                    recorded.save(self._tofu, exclusive=True)
+                    self._pins = recorded
+                    return
+                except FileExistsError:  # another process recorded first: hold it to that
+                    self._pins = Pins.load(self._tofu)
+            pins = self._pins
+        if pins is None:
+            if self._insecure:
+                return
+            raise PinsRequiredError(pins_required_message(name))
+        pins.check(name, info.worker_keys, self._endpoint, self._pin_file)
+
+    def model_info(self, name: str, refresh: bool = False) -> ModelInfo:
+        """The model's metadata, its worker keys checked against the pins (KeyMismatchError if they differ)."""
+        wire.check_model_name(name)
+        if self._pins is None and self._tofu is None and not self._insecure:
+            raise PinsRequiredError(pins_required_message(name))
+        if self._pins is not None:
+            self._pins.check_model(name)
         if refresh or name not in self._info:
-            info = ModelInfo.parse(self._call("GET", f"/{wire.VERSION}/models/{name}"))
-            if self._expected is not None and list(info.worker_keys) != self._expected:
-                raise ProtocolError("the endpoint's worker public keys differ from the pinned keys")
+            info = self.unverified_model_info(name)
+            self._verify(name, info)
             self._info[name] = info
         return self._info[name]
 
@@ -151,7 +236,8 @@ class Client:
         """Private logits for x (rows × model input). Raw model output before post-processing."""
         arr, info = self.prepare(name, x)
         fp = info.fixed_point
-        req, session = seal_request(name, list(info.worker_keys), fp.encode(arr))
+        keys = list(self._pins.keys if self._pins is not None else info.worker_keys)  # == info's once verified
+        req, session = seal_request(name, keys, fp.encode(arr))
         rid, shape = req.request_id, req.shape
         resp = wire.PredictResponse.parse(self._call("POST", f"/{wire.VERSION}/models/{name}:predict", req.to_json()))
         if resp.request_id != rid:

@@ -20,6 +20,7 @@ META = {"name": "digits", "protocol": "ABY3", "shareGeneration": 1, "modelDigest
         "output": {"shape": [None, 10], "postprocess": "softmax"},
         "fixedPoint": {"ringBits": 64, "fractionalBits": 16, "integralBits": 11}, "maxBatchSize": 4,
         "workers": [{"name": f"server{i}", "publicKey": b64e(k.public)} for i, k in enumerate(KEYS)]}
+PINNED = [b64e(k.public) for k in KEYS]
 
 
 @pytest.fixture()
@@ -66,13 +67,13 @@ def endpoint() -> Iterator[tuple[str, list[str]]]:
 def test_bad_input_raises_before_sending(endpoint: tuple[str, list[str]], x: Any, msg: str) -> None:
     url, seen = endpoint
     with pytest.raises(ValueError, match=msg):
-        Client(url).predict("digits", x)
+        Client(url, expected_keys=PINNED).predict("digits", x)
     assert seen == ["GET /v1/models/digits"]  # metadata only: no predict request went out
 
 
 def test_single_sample_gets_a_batch_dimension(endpoint: tuple[str, list[str]]) -> None:
     url, _ = endpoint
-    x, info = Client(url).prepare("digits", np.zeros((8, 8), np.float32))
+    x, info = Client(url, expected_keys=PINNED).prepare("digits", np.zeros((8, 8), np.float32))
     assert x.shape == (1, 8, 8) and x.dtype == np.float64 and info.input_shape == (8, 8)
 
 
@@ -87,7 +88,7 @@ def test_pinned_keys_must_match(endpoint: tuple[str, list[str]]) -> None:
 def test_remote_errors_carry_status_and_code(endpoint: tuple[str, list[str]]) -> None:
     url, _ = endpoint
     with pytest.raises(RemoteError) as e:
-        Client(url).model_info("other")
+        Client(url, expected_keys=PINNED).model_info("other")
     assert (e.value.status, e.value.code) == (404, "no_such_model")
 
 
