@@ -89,6 +89,7 @@ class Deployment:
         self.stack = stack
         self.port = None
         self.serve = None
+        self._pins = None
 
     def start_serve(self, *extra, name=None):
         self.port = free_ports(1)[0]
@@ -112,6 +113,19 @@ class Deployment:
     @property
     def url(self):
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pins(self):
+        """The workers' public keys, read from the workers (not the endpoint): client pins."""
+        if self._pins is None:
+            self._pins = self.stack.pins()
+        return self._pins
+
+    def client(self, url=None, **kw):
+        """A client of this deployment's endpoint (or `url`), pinned to the workers' keys."""
+        from tfe_client import Client
+
+        return Client(url or self.url, pins=self.pins, **kw)
 
     def logs_text(self):
         out = []

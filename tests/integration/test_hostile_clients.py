@@ -50,15 +50,15 @@ def fresh_body(info, x):
 class Honest:
     """Honest clients predicting in a loop while the test does something hostile."""
 
-    def __init__(self, url, x, threads=2):
-        self.url, self.x = url, x
+    def __init__(self, url, x, threads=2, pins=None):
+        self.url, self.x, self.pins = url, x, pins
         self.stop = threading.Event()
         self.ok = 0
         self.errors = []
         self.threads = [threading.Thread(target=self.run, daemon=True) for _ in range(threads)]
 
     def run(self):
-        c = Client(self.url, timeout=120)
+        c = Client(self.url, timeout=120, pins=self.pins)
         while not self.stop.is_set():
             try:
                 assert c.predict("digits", self.x).shape == (1, 10)
@@ -79,7 +79,7 @@ class Honest:
 
 @pytest.fixture(scope="module")
 def info(deployment):
-    return Client(deployment.url).model_info("digits")
+    return deployment.client().model_info("digits")
 
 
 def test_low_order_ephemeral_key_is_a_400_and_no_worker_failure(deployment, info, data):
@@ -94,7 +94,7 @@ def test_low_order_ephemeral_key_is_a_400_and_no_worker_failure(deployment, info
         assert (status, payload["error"]["code"]) == (400, "bad_request"), payload
         assert "low-order" in payload["error"]["message"]
     assert reconnects(deployment) == before
-    assert Client(deployment.url).predict("digits", x_te[:1]).shape == (1, 10)
+    assert deployment.client().predict("digits", x_te[:1]).shape == (1, 10)
 
 
 def test_worker_refuses_a_low_order_key_for_that_item_alone(deployment, info, data):
@@ -198,7 +198,7 @@ def test_fuzzed_predict_requests_get_4xx_without_reconnects_while_honest_ones_su
         assert code in wire.ERRORS and wire.ERRORS[code][0] == status
         seen[code] = seen.get(code, 0) + 1
 
-    with Honest(deployment.url, x_te[:1]) as honest:
+    with Honest(deployment.url, x_te[:1], pins=deployment.pins) as honest:
         one()
     assert not honest.errors, honest.errors[:3]
     assert honest.ok > 0
@@ -236,7 +236,7 @@ def test_fuzzed_coordinator_messages_get_4xx_from_the_workers(deployment, info, 
                                                                                      "outputShape": value}
             assert as_coordinator(deployment, 1, "POST", "/v1/egress", e)[0] in (400, 404)
 
-    with Honest(deployment.url, x_te[:1], threads=1) as honest:
+    with Honest(deployment.url, x_te[:1], threads=1, pins=deployment.pins) as honest:
         one()
     assert not honest.errors, honest.errors[:3]
     assert reconnects(deployment) == before
@@ -261,7 +261,7 @@ def test_hundreds_of_idle_and_slow_connections_do_not_delay_an_honest_prediction
 
         def honest():
             try:
-                result["y"] = Client(deployment.url, timeout=60).predict("digits", x_te[:2])
+                result["y"] = deployment.client(timeout=60).predict("digits", x_te[:2])
             except Exception as e:  # noqa: BLE001
                 result["err"] = e
 
@@ -342,9 +342,9 @@ def test_endpoint_process_relays_to_the_coordinator_without_tf(deployment, data,
     port = deployment.start_serve("--token-file", str(token))
     ep = deployment.serve
     url = f"http://127.0.0.1:{port}"
-    y = Client(url, token="relay-token").predict_proba("digits", x_te[:3])
+    y = deployment.client(url, token="relay-token").predict_proba("digits", x_te[:3])
     np.testing.assert_allclose(y, models["mlp_keras"].predict(x_te[:3], verbose=0), atol=2e-2)
-    info = Client(url, token="relay-token").model_info("digits")
+    info = deployment.client(url, token="relay-token").model_info("digits")
     body = fresh_body(info, x_te[:1])
     body["ephemeralKey"] = base64.b64encode(wire.LOW_ORDER_POINTS[3]).decode()
     status, payload = http_json(port, "POST", PREDICT, body, headers={"Authorization": "Bearer relay-token"})

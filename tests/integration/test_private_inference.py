@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import http_json
 
-from tfe_client import Client, RemoteError, sharing, wire
+from tfe_client import RemoteError, sharing, wire
 from tfe_client.client import seal_request
 from tfe_client.fixedpoint import DEFAULT
 
@@ -19,7 +19,7 @@ from tfe_client.fixedpoint import DEFAULT
 def test_private_predictions_agree_with_plaintext(deployment, models, data):
     _, x_te, _, _ = data
     x = x_te[:60]
-    client = Client(deployment.url)
+    client = deployment.client()
     single = np.stack([client.predict_proba("digits", row)[0] for row in x[:52]])
     batched = client.predict_proba("digits", x[52:60])
     priv = np.concatenate([single, batched])
@@ -39,7 +39,7 @@ def test_concurrent_clients_each_get_their_own_answer(deployment, models, data):
 
     def worker(k):
         try:
-            c = Client(deployment.url)
+            c = deployment.client()
             for j in range(k, 40, 4):
                 results[j] = c.predict_proba("digits", x_te[j:j + 1])[0]
         except Exception as e:  # noqa: BLE001 - reported below
@@ -73,7 +73,7 @@ def test_masks_are_fresh_on_every_call(deployment, data):
     Stock ABY3 reuses its masks on every call of a compiled graph, so its output shares would be
     identical here (see test_stock_aby3_reuses_masks); FreshABY3 mixes a per-call counter in."""
     _, x_te, _, _ = data
-    info = Client(deployment.url).model_info("digits")
+    info = deployment.client().model_info("digits")
     body, sess, rid = _raw_request(info, x_te[:1])
     s1, r1 = http_json(deployment.port, "POST", "/v1/models/digits:predict", body)
     s2, r2 = http_json(deployment.port, "POST", "/v1/models/digits:predict", body)
@@ -99,12 +99,12 @@ def test_malformed_requests_get_4xx_and_serving_continues(deployment, data, what
     got, payload = http_json(deployment.port, "POST", "/v1/models/digits:predict", **kw)
     assert (got, payload["error"]["code"]) == (status, code), payload
     _, x_te, _, _ = data
-    assert Client(deployment.url).predict("digits", x_te[:1]).shape == (1, 10)
+    assert deployment.client().predict("digits", x_te[:1]).shape == (1, 10)
 
 
 def test_wrong_shape_oversized_wrong_model_and_tampered(deployment, data):
     _, x_te, _, _ = data
-    info = Client(deployment.url).model_info("digits")
+    info = deployment.client().model_info("digits")
     body, _, _ = _raw_request(info, x_te[:1, :32])
     s, p = http_json(deployment.port, "POST", "/v1/models/digits:predict", body)
     assert s == 400 and "does not match the model input [B, 64]" in p["error"]["message"]
@@ -131,7 +131,7 @@ def test_wrong_shape_oversized_wrong_model_and_tampered(deployment, data):
     body["bundles"][1]["ciphertext"] = base64.b64encode(bytes(ct)).decode()
     s, p = http_json(deployment.port, "POST", "/v1/models/digits:predict", body)
     assert s == 400 and p["error"]["code"] == "bad_bundle" and "server1 rejected its bundle" in p["error"]["message"]
-    assert Client(deployment.url).predict("digits", x_te[:1]).shape == (1, 10)
+    assert deployment.client().predict("digits", x_te[:1]).shape == (1, 10)
     m = deployment.coordinator_metrics()
     for series in ("tfe_serve_requests_total", "tfe_serve_request_seconds_bucket", "tfe_serve_batch_rows_bucket",
                    "tfe_serve_errors_total", "tfe_serve_ready 1.0", 'tfe_serve_stage_seconds_count{stage="graph"}'):
@@ -140,14 +140,14 @@ def test_wrong_shape_oversized_wrong_model_and_tampered(deployment, data):
 
 def test_worker_killed_and_restarted_mid_run(deployment, data, models):
     _, x_te, _, _ = data
-    client = Client(deployment.url)
+    client = deployment.client()
     assert client.predict("digits", x_te[:1]).shape == (1, 10)
     deployment.stack.kill("server1")
     result = {}
 
     def during():  # sent while server1 is down: queued, then served after the reconnect
         try:
-            result["y"] = Client(deployment.url).predict_proba("digits", x_te[1:2])
+            result["y"] = deployment.client().predict_proba("digits", x_te[1:2])
         except Exception as e:  # noqa: BLE001
             result["err"] = e
 
@@ -168,7 +168,7 @@ def test_coordinator_restart_reloads_shares_without_the_model_file(deployment, d
     assert not [f for f in os.listdir(deployment.stack.state) if f.endswith(".h5")]
     deployment.stack.kill("serve-digits", signal.SIGTERM)
     deployment.start_serve()
-    y = Client(deployment.url).predict_proba("digits", x_te[:8])
+    y = deployment.client().predict_proba("digits", x_te[:8])
     np.testing.assert_allclose(y, models["mlp_keras"].predict(x_te[:8], verbose=0), atol=2e-2)
 
 
@@ -178,7 +178,7 @@ def test_cnn_served_next_to_the_mlp(deployment, models, data):
     cnn = type(deployment)(deployment.stack)
     cnn.start_serve(name="cnn")
     try:
-        y = Client(cnn.url).predict_proba("cnn", x_te[:8])
+        y = deployment.client(cnn.url).predict_proba("cnn", x_te[:8])
         plain = models["cnn_keras"].predict(x_te[:8], verbose=0)
         np.testing.assert_allclose(y, plain, atol=3e-2)
         assert (y.argmax(1) == plain.argmax(1)).all()
@@ -203,9 +203,9 @@ def test_max_requests_and_bearer_token(deployment, data, tmp_path):
     token.write_text("s3cret-token\n")
     port = deployment.start_serve("--max-requests", "3", "--token-file", str(token))
     with pytest.raises(RemoteError) as e:
-        Client(deployment.url).predict("digits", x_te[:1])
+        deployment.client().predict("digits", x_te[:1])
     assert e.value.status == 401
-    client = Client(deployment.url, token="s3cret-token")
+    client = deployment.client(token="s3cret-token")
     for k in range(3):
         assert client.predict("digits", x_te[k:k + 1]).shape == (1, 10)
     assert deployment.serve.wait(timeout=60) == 0  # served N, then stopped cleanly
@@ -218,7 +218,7 @@ def test_logs_hold_no_input_share_or_weight(deployment, data, models):
     _, x_te, _, _ = data
     if deployment.serve.poll() is not None:
         deployment.start_serve()
-    info = Client(deployment.url).model_info("digits")
+    info = deployment.client().model_info("digits")
     body, _, _ = _raw_request(info, x_te[:1])
     assert http_json(deployment.port, "POST", "/v1/models/digits:predict", body)[0] == 200
     text = deployment.logs_text()

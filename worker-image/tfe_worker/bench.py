@@ -105,7 +105,8 @@ def private_http(stack: Stack, name: str, x: np.ndarray[Any, Any], n: int, secon
     url = f"http://127.0.0.1:{port}"
     try:
         wait_endpoint(url, serve, 600)
-        c = Client(url)
+        pins = s.pins(name)  # read from the workers, not the endpoint
+        c = Client(url, pins=pins)
         for k in range(10):
             c.predict(name, x[k:k + 1])
         ts = []
@@ -118,7 +119,7 @@ def private_http(stack: Stack, name: str, x: np.ndarray[Any, Any], n: int, secon
         stop = time.monotonic() + seconds
 
         def load(i: int) -> None:
-            cl = Client(url)
+            cl = Client(url, pins=pins)
             k = 16 * i
             while time.monotonic() < stop:
                 cl.predict(name, np.resize(x[k % len(x):], (16, *x.shape[1:])))

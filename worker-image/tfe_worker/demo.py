@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         wait_endpoint(url, proc, timeout=600)
         from tfe_client import Client
 
-        client = Client(url)
+        # the keys tfe-worker local read from the workers themselves, not what the endpoint says
+        client = Client(url, pins=os.path.join(a.workdir, "state", "pins.json"))
         probs, lat = [], []
         for row in x_te:
             t0 = time.perf_counter()

@@ -218,6 +218,21 @@ class Stack:
         """GET a player's HTTP side as the `operator` identity."""
         return self.call(PLAYER_NAMES[i], "GET", path, timeout=timeout)
 
+    def pins(self, model: str | None = None) -> Any:
+        """The workers' public keys as client pins (tfe_client.pins.Pins), read from each worker's HTTP
+        side (as `operator`, through its guard with TLS on), never from the endpoint."""
+        from tfe_client import wire
+        from tfe_client.pins import Pins
+
+        keys = []
+        for i, n in enumerate(PLAYER_NAMES):
+            status, body = self.worker_get(i, "/v1/public-key")
+            r = wire.PublicKeyResponse.parse(body) if status == 200 else None
+            if r is None or r.name != n:
+                raise RuntimeError(f"{n} /v1/public-key: HTTP {status} {str(body)[:200]}")
+            keys.append(r.public_key)
+        return Pins(tuple(keys), model, f"tfe-worker local {self.state}: read from the workers")
+
     def wait_players(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
@@ -448,9 +463,14 @@ def inner(a: argparse.Namespace) -> int:
         extra = ["--max-batch-size", str(a.max_batch_size), "--max-wait-ms", str(a.max_wait_ms)]
         if a.max_requests:
             extra += ["--max-requests", str(a.max_requests)]
+        pins_path = os.path.join(stack.state, "pins.json")
+        stack.pins(a.name).save(pins_path)  # before the endpoint is up: whoever waits for it finds the pins
         serve = stack.start_serve(a.port, extra, listen_fd=a.listen_fd)
         print(f"tfe-worker local: model {a.name} shared; coordinator starting on http://127.0.0.1:{a.port} "
               f"(logs in {stack.state}/logs)", flush=True)
+        print(f"tfe-worker local: the workers' public keys are pinned in {pins_path} (read from the workers, "
+              f"not the endpoint): tfe-client predict --endpoint http://127.0.0.1:{a.port} --model {a.name} "
+              f"--pins {pins_path} --input x.npy, or Client(url, pins={pins_path!r})", flush=True)
         while not stop.is_set():
             if serve.poll() is not None:
                 return serve.returncode or 0
