@@ -94,10 +94,10 @@ class Client:
         elif isinstance(pins, Pins):
             self._pins = pins
         elif pins is not None:
-            self._pin_file = os.fspath(pins)
+            self._pin_file = os.path.expanduser(os.fspath(pins))
             self._pins = Pins.load(self._pin_file)
         elif trust_on_first_use is not None:
-            self._tofu = self._pin_file = os.fspath(trust_on_first_use)
+            self._tofu = self._pin_file = os.path.expanduser(os.fspath(trust_on_first_use))
             if os.path.exists(self._tofu):
                 self._pins = Pins.load(self._tofu)
         elif insecure_trust_endpoint_keys:
