@@ -1,8 +1,10 @@
 """Private predictions from the example EncryptedModel.
 
 usage: python examples/client.py [ENDPOINT]   (default: the Service, http://digits.default.svc:8000)
-Needs tfe-client (pip install ./client) and scikit-learn for the test digits. Pin the workers'
-keys from the EncryptedModel's status with TFE_EXPECTED_KEYS="k0 k1 k2", e.g.
+Needs tfe-client (pip install ./client) and scikit-learn for the test digits. The workers' keys
+are pinned from the EncryptedModel's status: read through the Kubernetes API (needs the
+`kubernetes` package and a kubeconfig; TFE_NAMESPACE, default "default"), or given as
+TFE_EXPECTED_KEYS="k0 k1 k2", e.g.
   TFE_EXPECTED_KEYS="$(kubectl get em digits -o jsonpath='{.status.workers[*].publicKey}')"
 """
 
@@ -16,8 +18,13 @@ from sklearn.model_selection import train_test_split
 from tfe_client import Client
 
 endpoint = sys.argv[1] if len(sys.argv) > 1 else "http://digits.default.svc:8000"
-keys = os.environ.get("TFE_EXPECTED_KEYS", "").split() or None
-client = Client(endpoint, token=os.environ.get("TFE_TOKEN") or None, expected_keys=keys)
+keys = os.environ.get("TFE_EXPECTED_KEYS", "").split()
+token = os.environ.get("TFE_TOKEN") or None
+if keys:
+    client = Client(endpoint, token=token, expected_keys=keys)
+else:
+    namespace = os.environ.get("TFE_NAMESPACE", "default")
+    client = Client.from_kubernetes("digits", namespace, endpoint=endpoint, token=token)
 digits = load_digits()
 # the same held-out split the example model was trained without (make demo's split)
 _, x, _, y = train_test_split((digits.data / 16.0).astype(np.float32), digits.target, test_size=0.25, random_state=0)
