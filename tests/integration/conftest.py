@@ -140,7 +140,7 @@ class Deployment:
 def deployment(tmp_path_factory, models):
     """Three players with the digits MLP shared as 'digits' (generation 1) and a coordinator."""
     state = tmp_path_factory.mktemp("state")
-    stack = new_stack(str(state), "digits")
+    stack = new_stack(str(state), "digits", tls=os.environ.get("TFE_TEST_TLS", "1") != "0")  # 0: the insecure path
     try:
         stack.start_players(READY_TIMEOUT)
         # the coordinator never needs the model file: share from a copy, then delete it

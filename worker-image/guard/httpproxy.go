@@ -1,10 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"log"
 	"log/slog"
 	"net"
@@ -39,9 +42,9 @@ func newHTTPInbound(cfg *Loaded, in Inbound) *httpInbound {
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return dialer.DialContext(ctx, baddr.Network, baddr.Address)
 		},
-		MaxIdleConns:          128,
-		MaxIdleConnsPerHost:   64,
-		IdleConnTimeout:       15 * time.Second, // below the backends' idle timeout (waitress: 30 s), so a reused connection is never one the backend is closing
+		// One loopback connection per request: never a race with a backend closing an idle
+		// kept-alive connection (waitress does after 30 s); a loopback connect costs microseconds.
+		DisableKeepAlives:     true,
 		ExpectContinueTimeout: time.Second,
 		ForceAttemptHTTP2:     false,
 	}
@@ -144,8 +147,31 @@ func (h *httpInbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			fmt.Sprintf("tfe-guard %s: identity %s may not %s %s: %s", h.cfg.Identity, identity, r.Method, r.URL.Path, reason))
 		return
 	}
+	// Read the request body whole before proxying. Streamed, the backend can answer as soon as it
+	// has Content-Length bytes; the proxy then writes the response header, which closes the
+	// incoming body before the transport's final read has seen EOF, and the transport, taking that
+	// for a failed request write, drops the backend connection mid-response (seen under fuzzing:
+	// "read error during body copy: use of closed network connection", headers without a body).
+	if r.Body != nil && r.Body != http.NoBody {
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxHTTPBody))
+		if err != nil {
+			var tooLarge *http.MaxBytesError
+			if errors.As(err, &tooLarge) {
+				writeJSONError(w, http.StatusRequestEntityTooLarge, "too_large",
+					fmt.Sprintf("tfe-guard: request body over %d bytes", maxHTTPBody))
+			} else {
+				writeJSONError(w, http.StatusBadRequest, "bad_request", "tfe-guard: could not read the request body")
+			}
+			return
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		r.ContentLength = int64(len(body))
+	}
 	h.proxy.ServeHTTP(w, r)
 }
+
+// maxHTTPBody bounds a request body the guard holds in memory (the workers accept 64 MiB).
+const maxHTTPBody = 96 << 20
 
 func writeJSONError(w http.ResponseWriter, code int, kind, msg string) {
 	body, _ := json.Marshal(map[string]any{"error": map[string]string{"code": kind, "message": msg}})

@@ -97,6 +97,7 @@ class Stack:
     slots: dict[str, list[str | None]] = field(default_factory=lambda: {"coordinator": [None, None],
                                                                         "share": [None]})
     relays: dict[str, tuple[int, int]] = field(default_factory=dict)  # model -> (coordinator slot, relay port)
+    tap_dir: str | None = None  # tests only: where peers dial instead of the guards' own sockets
 
     def _spawn(self, key: str, cmd: list[str], pass_fds: tuple = ()) -> subprocess.Popen:  # type: ignore[type-arg]
         logdir = os.path.join(self.state, "logs")
@@ -127,6 +128,8 @@ class Stack:
     @property
     def mesh(self) -> mesh_mod.Mesh:
         listen, dial = mesh_mod.unix_addressing(self.mesh_dir)
+        if self.tap_dir is not None:  # tests: peers dial a recording relay in front of each guard
+            dial = mesh_mod.unix_addressing(self.tap_dir)[1]
         ports = mesh_mod.Ports.from_addresses([p.tf for p in self.config.players],
                                               [p.http for p in self.config.players],
                                               coordinators=tuple(COORD_PORTS[:len(self.slots["coordinator"])]),
@@ -135,6 +138,10 @@ class Stack:
 
     def pki(self, identity: str) -> dict[str, str]:
         """Paths of the CA and of `identity`'s certificate and key (created on first use)."""
+        with _PKI_LOCK:
+            return self._pki(identity)
+
+    def _pki(self, identity: str) -> dict[str, str]:
         d = os.path.join(self.state, "pki")
         os.makedirs(d, mode=0o700, exist_ok=True)
         ca_crt, ca_key = os.path.join(d, "ca.crt"), os.path.join(d, "ca.key")
@@ -380,6 +387,7 @@ def new_stack(state: str, name: str, tls: bool = True) -> Stack:
     return Stack(os.path.abspath(state), name, Config.loopback(free_ports(3), free_ports(3)), tls=False)
 
 
+_PKI_LOCK = threading.Lock()
 ENDPOINT_FLAGS = ("--token-file", "--http-threads", "--max-connections", "--idle-timeout", "--max-body-bytes")
 
 
