@@ -186,6 +186,7 @@ func (g *grpcInbound) handle(_ any, ss grpc.ServerStream) error {
 	if !g.allowed(identity, method) {
 		return g.deny(identity, method, "no rule admits it")
 	}
+	slog.Debug("admitted call", "listener", g.name, "identity", identity, "method", method)
 	recvTensor := method == recvTensorMethod
 
 	// For RecvTensor, the request is checked before the backend sees anything.

@@ -168,7 +168,11 @@ func run(args []string) int {
 		fmt.Println("tfe-guard", version)
 		return 0
 	}
-	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, nil)))
+	level := slog.LevelInfo
+	if os.Getenv("TFE_GUARD_LOG_LEVEL") == "debug" { // every admitted call: the method inventory of docs/mesh.md
+		level = slog.LevelDebug
+	}
+	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
 	if *configPath == "" || fs.NArg() > 0 {
 		fmt.Fprintln(os.Stderr, "usage: tfe-guard --config guard.json [--check-config]")
 		return 2
