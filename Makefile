@@ -38,9 +38,11 @@ $(VENV)/.stamp: requirements/dev.txt client/pyproject.toml operator/pyproject.to
 
 setup: $(WVENV)/.stamp $(VENV)/.stamp ## create .venv-worker (py3.10) and .venv (py>=3.11) from pinned requirements
 
-lint: $(VENV)/.stamp ## ruff + mypy --strict on operator/ and client/
+lint: $(VENV)/.stamp $(WVENV)/.stamp ## ruff; mypy --strict on operator/, client/ (Python 3.11) and worker-image/ (3.10, TF); go vet of tfe-guard
 	$(VENV)/bin/ruff check operator client worker-image tests
 	$(VENV)/bin/mypy --strict operator/tfe_operator client/tfe_client
+	$(WVENV)/bin/mypy --config-file worker-image/pyproject.toml worker-image/tfe_worker
+	cd $(GUARD_DIR) && $(GUARD_GOENV) $(GO) vet ./...
 
 helm-bin: ## build helm from its Go module into ~/.cache/tfe-operator (cached; the chart tests need it)
 	hack/cluster/build.sh helm
