@@ -3,7 +3,10 @@
 Objects per EncryptedModel ``m`` (all owned by the CR):
 ConfigMap ``m-tfe-config``, headless Service ``m-workers``, StatefulSet ``m-worker``
 (pod ``m-worker-i`` is player ``server<i>``), share Job ``m-share-g<G>``, Deployment
-``m-serve``, Service ``m`` (the endpoint), NetworkPolicies ``m-workers`` and ``m-coordinator``.
+``m-serve`` (the coordinator), Deployment ``m-endpoint`` (the client-facing endpoint, which
+relays to the coordinator through Service ``m-relay``), Service ``m`` (the endpoint),
+NetworkPolicies ``m-workers``, ``m-coordinator`` and ``m-endpoint``. External workers: no
+mesh, no endpoint split (the serve pod itself serves the clients, Service ``m`` selects it).
 
 The party mesh (docs/mesh.md; not for external workers): ConfigMap ``m-mesh`` (each party's
 tfe-guard config), Secrets ``m-mesh-ca`` and ``m-mesh-<identity>`` (made by the handler through
@@ -129,6 +132,18 @@ def share_secret_name(m: str, generation: int) -> str:
 
 def client_service_name(m: str) -> str:
     return m
+
+
+def endpoint_deployment_name(m: str) -> str:
+    return f"{m}-endpoint"
+
+
+def relay_service_name(m: str) -> str:
+    return f"{m}-relay"
+
+
+def endpoint_policy_name(m: str) -> str:
+    return f"{m}-endpoint"
 
 
 def worker_policy_name(m: str) -> str:
@@ -297,6 +312,10 @@ MESH_PKI = {
 # What the guard's plain health listener passes on (GET only): probes and the public key
 # (the operator's proxy-mode read goes through the API server, which holds no certificate).
 HEALTH_PATHS = ("/healthz", "/readyz", "/v1/public-key")
+# The coordinator's (in front of its relay API): probes, the status the operator reads
+# (requestsServed, limitReached) and the coordinator-side metrics. All of it was public on
+# the client port before the endpoint split; predictions and model info are not here.
+COORDINATOR_HEALTH_PATHS = ("/healthz", "/readyz", "/v1/status", "/metrics")
 
 
 def mesh_host(ctx: Context, party: str) -> str:
@@ -320,16 +339,34 @@ def mesh(ctx: Context) -> mesh_mod.Mesh:
     return mesh_mod.Mesh(ports, listen, dial)
 
 
+def relay_host(ctx: Context) -> str:
+    """Where endpoint pods reach the current coordinator: Service ``m-relay`` (ready serve pods)."""
+    return f"{relay_service_name(ctx.name)}.{ctx.namespace}.svc"
+
+
 def guard_config(ctx: Context, identity: str, slot: int = 0) -> dict[str, Any]:
-    """One party's tfe-guard config; a worker's also has the plain health listener."""
+    """One party's tfe-guard config. Workers and coordinators also have the plain health
+    listener (the kubelet's probes, the operator's reads through the API server). The
+    endpoint dials the coordinators' relay Service, not a slot's pod name: whichever serve
+    pod is ready answers, so the endpoint's config never changes with the slot."""
     cfg = mesh(ctx).guard_config(identity, dict(MESH_PKI), slot)
+    health = f"tcp:0.0.0.0:{api.PORT_GUARD_HEALTH}"
     if identity in mesh_mod.SERVERS:
         i = mesh_mod.SERVERS.index(identity)
         cfg["health"] = {
-            "listen": f"tcp:0.0.0.0:{api.PORT_GUARD_HEALTH}",
+            "listen": health,
             "backend": f"127.0.0.1:{api.PORT_HTTP + i}",
             "paths": list(HEALTH_PATHS),
         }
+    elif identity == mesh_mod.COORDINATOR:
+        cfg["health"] = {
+            "listen": health,
+            "backend": f"127.0.0.1:{mesh_mod.RELAY_PORT}",
+            "paths": list(COORDINATOR_HEALTH_PATHS),
+        }
+    elif identity == mesh_mod.ENDPOINT:
+        for out in cfg["outbound"]:
+            out["dial"] = f"tcp:{relay_host(ctx)}:{api.PORT_GUARD_HTTP}"
     return cfg
 
 
@@ -337,11 +374,15 @@ def _guard_json(cfg: Mapping[str, Any]) -> str:
     return json.dumps(cfg, indent=1, sort_keys=True) + "\n"
 
 
+ENDPOINT_GUARD_FILE = f"{mesh_mod.ENDPOINT}.json"
+
+
 def mesh_config_map(ctx: Context) -> Manifest:
     """Guard configs of the long-lived parties; the share Job carries its own (per generation)."""
     data = {f"{s}.json": _guard_json(guard_config(ctx, s)) for s in mesh_mod.SERVERS}
     for k, party in enumerate(COORDINATOR_PARTIES):
         data[f"{party}.json"] = _guard_json(guard_config(ctx, mesh_mod.COORDINATOR, k))
+    data[ENDPOINT_GUARD_FILE] = _guard_json(guard_config(ctx, mesh_mod.ENDPOINT))
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -401,9 +442,12 @@ def guard_container(
     mounts: list[dict[str, Any]],
     env: list[dict[str, Any]] | None = None,
     health: bool = False,
+    inbound: bool = True,
 ) -> dict[str, Any]:
     """tfe-guard as a native sidecar (an init container that keeps running, Kubernetes >= 1.29):
-    up before the party's process starts, stopped after it ends (a Job still completes)."""
+    up before the party's process starts, stopped after it ends (a Job still completes).
+    inbound=False (the endpoint): loopback outbound listeners only, nothing on the pod IP to
+    declare or probe."""
     c: dict[str, Any] = {
         "name": "guard",
         "image": ctx.image,
@@ -413,14 +457,15 @@ def guard_container(
     }
     if env:
         c["env"] = env
+    if inbound:
+        c["ports"] = _mesh_tcp_ports(health)
+        c["startupProbe"] = {
+            "tcpSocket": {"port": api.PORT_GUARD_GRPC},
+            "periodSeconds": 1,
+            "failureThreshold": 30,
+        }
     c.update(
         {
-            "ports": _mesh_tcp_ports(health),
-            "startupProbe": {
-                "tcpSocket": {"port": api.PORT_GUARD_GRPC},
-                "periodSeconds": 1,
-                "failureThreshold": 30,
-            },
             "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}},
             "securityContext": container_security_context(),
             "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -776,17 +821,22 @@ def share_job(ctx: Context, generation: int) -> Manifest:
 
 
 def serve_command(ctx: Context, generation: int, slot: int = 0) -> list[str]:
+    """The coordinator. In the mesh it serves no client: only its relay API on loopback (for
+    the endpoint pods, through its guard); external workers: the client API on :8000 too."""
     s = ctx.spec.serving
-    if ctx.spec.external:
+    external = ctx.spec.external
+    if external:
         coordinator = f"$(POD_IP):{api.PORT_COORDINATOR}"
+        listen = ["--port", str(api.PORT_SERVE)]
     else:
         coordinator = f"127.0.0.1:{mesh_mod.COORDINATOR_TF_PORT + slot}"
+        listen = ["--relay-port", str(mesh_mod.RELAY_PORT), "--relay-only"]
     cmd = [
         "tfe-worker", "serve",
         "--config", _CONFIG_FILE,
         "--name", ctx.name,
         "--generation", str(generation),
-        "--port", str(api.PORT_SERVE),
+        *listen,
         "--coordinator-address", coordinator,
         "--protocol", ctx.spec.protocol,
         "--max-batch-size", str(s.max_batch_size),
@@ -795,9 +845,27 @@ def serve_command(ctx: Context, generation: int, slot: int = 0) -> list[str]:
     if s.max_requests is not None:
         # Linger: a Deployment must not restart the process into serving N more.
         cmd += ["--max-requests", str(s.max_requests), "--linger-after-limit"]
-    if s.token_secret is not None:
+    if s.token_secret is not None and external:
         cmd += ["--token-file", f"{api.TOKEN_DIR}/token"]
     return cmd
+
+
+# Both the coordinator and the endpoint drain on SIGTERM: admitted predictions get their
+# answers, up to a request's deadline plus a margin (130 s); the preStop pause first lets the
+# Service endpoints move away, so that new connections stop arriving before the drain.
+PRE_STOP_SECONDS = 5
+DRAIN_GRACE_SECONDS = 140
+
+
+def _token_volume(ctx: Context) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    t = ctx.spec.serving.token_secret
+    if t is None:
+        return [], []
+    vol = {
+        "name": "token",
+        "secret": {"secretName": t.name, "items": [{"key": t.key, "path": "token"}]},
+    }
+    return [vol], [{"name": "token", "mountPath": api.TOKEN_DIR, "readOnly": True}]
 
 
 def serve_template_hash(ctx: Context, generation: int) -> str:
@@ -812,47 +880,48 @@ def serve_deployment(ctx: Context, generation: int, slot: int = 0, _hash: bool =
     coordinator-1, TF port 4450 or 4451). Consecutive pod templates take turns, so that
     during a rollout (maxSurge 1) the old and the new coordinator are distinct parties."""
     s = ctx.spec.serving
+    external = ctx.spec.external
     volumes: list[dict[str, Any]] = [_config_volume(ctx), dict(_TMP_VOLUME)]
     mounts: list[dict[str, Any]] = [dict(_CONFIG_MOUNT), dict(_TMP_MOUNT)]
-    if s.token_secret is not None:
-        volumes.append(
-            {
-                "name": "token",
-                "secret": {
-                    "secretName": s.token_secret.name,
-                    "items": [{"key": s.token_secret.key, "path": "token"}],
-                },
-            }
-        )
-        mounts.append({"name": "token", "mountPath": api.TOKEN_DIR, "readOnly": True})
-    external = ctx.spec.external
-    ports = [{"name": "http", "containerPort": api.PORT_SERVE, "protocol": "TCP"}]
     env = [{"name": "HOME", "value": "/tmp"}]
-    if external:
-        ports.append(
-            {"name": "coordinator", "containerPort": api.PORT_COORDINATOR, "protocol": "TCP"}
-        )
-        env.insert(0, _field_env("POD_IP", "status.podIP"))
     container: dict[str, Any] = {
         "name": "serve",
         "image": ctx.image,
         "imagePullPolicy": ctx.image_pull_policy,
         "command": serve_command(ctx, generation, slot),
         "env": env,
-        "ports": ports,
-        "startupProbe": _http_probe("/healthz", "http", 2, 150),
-        "readinessProbe": _http_probe("/readyz", "http", 2, 3),
-        "livenessProbe": _http_probe("/healthz", "http", 10, 3),
-        "resources": dict(s.resources),
-        "securityContext": container_security_context(),
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "volumeMounts": mounts,
     }
+    if external:
+        token_volumes, token_mounts = _token_volume(ctx)
+        volumes += token_volumes
+        mounts += token_mounts
+        env.insert(0, _field_env("POD_IP", "status.podIP"))
+        container["ports"] = [
+            {"name": "http", "containerPort": api.PORT_SERVE, "protocol": "TCP"},
+            {"name": "coordinator", "containerPort": api.PORT_COORDINATOR, "protocol": "TCP"},
+        ]
+        probe_port: int | str = "http"
+    else:
+        # No client port: the relay API answers on loopback only; the kubelet probes it
+        # through the guard's plain health listener.
+        probe_port = api.PORT_GUARD_HEALTH
+    container.update(
+        {
+            "startupProbe": _http_probe("/healthz", probe_port, 2, 150),
+            "readinessProbe": _http_probe("/readyz", probe_port, 2, 3),
+            "livenessProbe": _http_probe("/healthz", probe_port, 10, 3),
+            "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
+            "resources": dict(s.resources),
+            "securityContext": container_security_context(),
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+            "volumeMounts": mounts,
+        }
+    )
     pod_spec: dict[str, Any] = {
         "enableServiceLinks": False,
         "automountServiceAccountToken": False,
         "securityContext": pod_security_context(),
-        "terminationGracePeriodSeconds": 10,
+        "terminationGracePeriodSeconds": DRAIN_GRACE_SECONDS,
         "containers": [container],
         "volumes": volumes,
     }
@@ -866,6 +935,7 @@ def serve_deployment(ctx: Context, generation: int, slot: int = 0, _hash: bool =
             ctx,
             ["tfe-guard", "--config", f"{MESH_CONFIG_DIR}/{party}.json"],
             [dict(_MESH_CONFIG_MOUNT), dict(_MESH_PKI_MOUNT)],
+            health=True,
         )
         pod_spec = {
             **pod_spec,
@@ -901,14 +971,133 @@ def serve_deployment(ctx: Context, generation: int, slot: int = 0, _hash: bool =
     }
 
 
+# The endpoint process: no TF, a little Python (waitress, urllib3); its threads wait on the relay.
+ENDPOINT_RESOURCES: dict[str, Any] = {"requests": {"cpu": "50m", "memory": "96Mi"}}
+
+
+def endpoint_command(ctx: Context) -> list[str]:
+    cmd = [
+        "tfe-worker", "endpoint",
+        "--relay", f"127.0.0.1:{mesh_mod.RELAY_PORT}",
+        "--name", ctx.name,
+        "--port", str(api.PORT_SERVE),
+    ]  # fmt: skip
+    if ctx.spec.serving.token_secret is not None:
+        cmd += ["--token-file", f"{api.TOKEN_DIR}/token"]
+    return cmd
+
+
+def endpoint_deployment(ctx: Context) -> Manifest:
+    """The client-facing endpoint (mesh only): parses client HTTP, checks the token, relays
+    validated ciphertext to the coordinator's relay API. Its pods share no network namespace
+    with any party; the identity ``endpoint`` may call the coordinator's relay only (its
+    guard has a single loopback outbound listener, 127.0.0.1:8090 -> Service ``m-relay``,
+    and no inbound one). No mesh-init: nothing raw listens here (the client port is meant to
+    be reached, the guard's listener is loopback), so the pod needs no NET_ADMIN and meets
+    the Pod Security ``restricted`` level. Its template does not depend on the generation or
+    the coordinator slot: rollouts of the serve Deployment leave it alone."""
+    volumes: list[dict[str, Any]] = [
+        dict(_TMP_VOLUME),
+        _mesh_config_volume(ctx),
+        _mesh_secret_volume(ctx, mesh_mod.ENDPOINT),
+    ]
+    mounts: list[dict[str, Any]] = [dict(_TMP_MOUNT)]
+    token_volumes, token_mounts = _token_volume(ctx)
+    volumes += token_volumes
+    mounts += token_mounts
+    container: dict[str, Any] = {
+        "name": "endpoint",
+        "image": ctx.image,
+        "imagePullPolicy": ctx.image_pull_policy,
+        "command": endpoint_command(ctx),
+        "env": [{"name": "HOME", "value": "/tmp"}],
+        "ports": [{"name": "http", "containerPort": api.PORT_SERVE, "protocol": "TCP"}],
+        "startupProbe": _http_probe("/healthz", "http", 2, 60),
+        # Ready when the relay answers ready (a coordinator behind m-relay is ready).
+        "readinessProbe": _http_probe("/readyz", "http", 2, 3),
+        "livenessProbe": _http_probe("/healthz", "http", 10, 3),
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
+        "resources": dict(ENDPOINT_RESOURCES),
+        "securityContext": container_security_context(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": mounts,
+    }
+    guard = guard_container(
+        ctx,
+        ["tfe-guard", "--config", f"{MESH_CONFIG_DIR}/{ENDPOINT_GUARD_FILE}"],
+        [dict(_MESH_CONFIG_MOUNT), dict(_MESH_PKI_MOUNT)],
+        inbound=False,
+    )
+    guard_hash = hashlib.sha256(
+        _guard_json(guard_config(ctx, mesh_mod.ENDPOINT)).encode()
+    ).hexdigest()[:16]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(ctx, endpoint_deployment_name(ctx.name), ENDPOINT),
+        "spec": {
+            "replicas": ctx.spec.serving.endpoint_replicas,
+            "selector": {"matchLabels": selector(ctx, ENDPOINT)},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+            },
+            "template": {
+                "metadata": {
+                    "labels": labels(ctx, ENDPOINT),
+                    "annotations": {
+                        # its guard config (in m-mesh) and its certificate: a change restarts it
+                        api.ANNOTATION_CONFIG_HASH: guard_hash,
+                        api.ANNOTATION_MESH_HASH: ctx.mesh_hash,
+                    },
+                },
+                "spec": {
+                    "enableServiceLinks": False,
+                    "automountServiceAccountToken": False,
+                    "securityContext": pod_security_context(),
+                    "terminationGracePeriodSeconds": DRAIN_GRACE_SECONDS,
+                    "initContainers": [guard],
+                    "containers": [container],
+                    "volumes": volumes,
+                },
+            },
+        },
+    }
+
+
+def relay_service(ctx: Context) -> Manifest:
+    """The coordinators' guard HTTP port (mTLS; it admits identity ``endpoint`` to the relay
+    API), for the endpoint pods. A ClusterIP Service, so only ready serve pods receive new
+    connections: during a rollout the old coordinator keeps answering until the new one is
+    ready, and the endpoint never needs to know which coordinator slot is current."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(ctx, relay_service_name(ctx.name), SERVE),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector(ctx, SERVE),
+            "ports": [
+                {
+                    "name": "mesh-http",
+                    "port": api.PORT_GUARD_HTTP,
+                    "targetPort": api.PORT_GUARD_HTTP,
+                    "protocol": "TCP",
+                }
+            ],
+        },
+    }
+
+
 def client_service(ctx: Context) -> Manifest:
+    """``m``: the client port of the endpoint pods (external workers: of the serve pod)."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": metadata(ctx, client_service_name(ctx.name), ENDPOINT),
         "spec": {
             "type": "ClusterIP",
-            "selector": selector(ctx, SERVE),
+            "selector": selector(ctx, SERVE if ctx.spec.external else ENDPOINT),
             "ports": [
                 {"name": "http", "port": api.PORT_SERVE, "targetPort": "http", "protocol": "TCP"}
             ],
@@ -933,26 +1122,32 @@ def _components(ctx: Context, *components: str) -> dict[str, Any]:
     }
 
 
+def _from_operator(ctx: Context, *ports: int) -> list[dict[str, Any]]:
+    if not ctx.operator_pod_labels:
+        return []
+    return [
+        {
+            "from": [
+                {
+                    "namespaceSelector": {},
+                    "podSelector": {"matchLabels": dict(ctx.operator_pod_labels)},
+                }
+            ],
+            "ports": _tcp(*ports),
+        }
+    ]
+
+
 def worker_network_policy(ctx: Context) -> Manifest:
-    """Workers: the guard's mTLS ports only, from this model's workers, share Job and serve pod;
-    the mTLS HTTP and the plain health port also from the operator (public keys). Raw TF/HTTP
-    ports are closed by the pod's own iptables whatever the CNI enforces (docs/mesh.md)."""
+    """Workers: the guard's mTLS ports only, from this model's workers, share Job and serve pod
+    (never the endpoint pods); the mTLS HTTP and the plain health port also from the operator
+    (public keys). Raw TF/HTTP ports are closed by the pod's own iptables whatever the CNI
+    enforces (docs/mesh.md)."""
     peers = {"podSelector": _components(ctx, WORKER, SHARE, SERVE)}
     ingress: list[dict[str, Any]] = [
         {"from": [peers], "ports": _tcp(api.PORT_GUARD_GRPC, api.PORT_GUARD_HTTP)}
     ]
-    if ctx.operator_pod_labels:
-        ingress.append(
-            {
-                "from": [
-                    {
-                        "namespaceSelector": {},
-                        "podSelector": {"matchLabels": dict(ctx.operator_pod_labels)},
-                    }
-                ],
-                "ports": _tcp(api.PORT_GUARD_HTTP, api.PORT_GUARD_HEALTH),
-            }
-        )
+    ingress += _from_operator(ctx, api.PORT_GUARD_HTTP, api.PORT_GUARD_HEALTH)
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -967,7 +1162,9 @@ def worker_network_policy(ctx: Context) -> Manifest:
 
 def coordinator_network_policy(ctx: Context) -> Manifest:
     """Share Job and serve pod: the guard's mTLS gRPC port only from the workers (they fetch
-    tensors from the coordinator); the client port open."""
+    tensors from the coordinator); the guard's mTLS HTTP port (the relay) only from the
+    endpoint pods; the plain health port from the operator (status through the API server or
+    directly; the kubelet's probes come from the node). No client port: that is the endpoint's."""
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -980,7 +1177,33 @@ def coordinator_network_policy(ctx: Context) -> Manifest:
                     "from": [{"podSelector": {"matchLabels": selector(ctx, WORKER)}}],
                     "ports": _tcp(api.PORT_GUARD_GRPC),
                 },
-                {"ports": _tcp(api.PORT_SERVE)},
+                {
+                    "from": [{"podSelector": {"matchLabels": selector(ctx, ENDPOINT)}}],
+                    "ports": _tcp(api.PORT_GUARD_HTTP),
+                },
+                *_from_operator(ctx, api.PORT_GUARD_HEALTH),
+            ],
+        },
+    }
+
+
+def endpoint_network_policy(ctx: Context) -> Manifest:
+    """Endpoint pods: the client port open to anyone; out only to DNS and the coordinators'
+    guard HTTP port (so a compromised endpoint cannot even open a connection to a worker)."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata(ctx, endpoint_policy_name(ctx.name), NETWORK),
+        "spec": {
+            "podSelector": {"matchLabels": selector(ctx, ENDPOINT)},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"ports": _tcp(api.PORT_SERVE)}],
+            "egress": [
+                {
+                    "to": [{"podSelector": {"matchLabels": selector(ctx, SERVE)}}],
+                    "ports": _tcp(api.PORT_GUARD_HTTP),
+                },
+                {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
             ],
         },
     }
@@ -998,9 +1221,18 @@ def base_objects(ctx: Context) -> list[Manifest]:
         workers_service(ctx),
         worker_network_policy(ctx),
         coordinator_network_policy(ctx),
+        endpoint_network_policy(ctx),
         worker_statefulset(ctx),
     ]
 
 
 def serving_objects(ctx: Context, generation: int, slot: int = 0) -> list[Manifest]:
-    return [serve_deployment(ctx, generation, slot), client_service(ctx)]
+    """The coordinator, and (mesh) the endpoint in front of it; then the client Service."""
+    if ctx.spec.external:
+        return [serve_deployment(ctx, generation, slot), client_service(ctx)]
+    return [
+        serve_deployment(ctx, generation, slot),
+        relay_service(ctx),
+        endpoint_deployment(ctx),
+        client_service(ctx),
+    ]

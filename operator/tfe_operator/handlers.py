@@ -328,6 +328,14 @@ def observe_model(
     dep = kube.get("apps/v1", "Deployment", ns, builders.serve_deployment_name(m))
     serve = observe.serve_deployment(dep) if dep is not None else None
     serve_pods = kube.list("v1", "Pod", ns, builders.selector(ctx, builders.SERVE))
+    endpoint_dep = (
+        None
+        if external
+        else kube.get("apps/v1", "Deployment", ns, builders.endpoint_deployment_name(m))
+    )
+    endpoint_pods = (
+        [] if external else kube.list("v1", "Pod", ns, builders.selector(ctx, builders.ENDPOINT))
+    )
     pvcs = (
         []
         if external or ctx.spec.workers.storage.medium == "Memory"
@@ -346,6 +354,10 @@ def observe_model(
         serve_pods=len(serve_pods),
         serve_pod_slots=observe.serve_pods(serve_pods),
         client_service=kube.exists("v1", "Service", ns, builders.client_service_name(m)),
+        endpoint=observe.endpoint_deployment(endpoint_dep) if endpoint_dep is not None else None,
+        endpoint_pods=len(endpoint_pods),
+        relay_service=not external
+        and kube.exists("v1", "Service", ns, builders.relay_service_name(m)),
         pvcs=tuple(pvcs),
         source_missing=_source_missing(kube, ctx),
     )
@@ -356,19 +368,7 @@ def observe_model(
         k = _public_key(kube, ctx, i, mesh)
         if k:
             keys[i] = k
-    return observe.Observed(
-        worker_pods=base.worker_pods,
-        statefulset=base.statefulset,
-        jobs=base.jobs,
-        serve=base.serve,
-        serve_pods=base.serve_pods,
-        serve_pod_slots=base.serve_pod_slots,
-        client_service=base.client_service,
-        serve_status=serve_status,
-        pvcs=base.pvcs,
-        public_keys=keys,
-        source_missing=base.source_missing,
-    )
+    return dataclasses.replace(base, serve_status=serve_status, public_keys=keys)
 
 
 def _source_missing(kube: Kube, ctx: Context) -> str | None:
@@ -385,17 +385,20 @@ def _source_missing(kube: Kube, ctx: Context) -> str | None:
 
 
 def _serve_status(kube: Kube, ctx: Context, pod: Mapping[str, Any]) -> observe.ServeStatus | None:
-    """GET /v1/status from one serve pod (not the Service: it routes to ready pods only)."""
+    """GET /v1/status from one serve pod (not a Service: it routes to ready pods only). In the
+    mesh the coordinator has no client port: its guard's plain health listener passes this
+    GET to the relay API; external workers: the serve pod's client port."""
     name = str(pod["metadata"]["name"])
+    port = api.PORT_SERVE if ctx.spec.external else api.PORT_GUARD_HEALTH
     try:
         if RUNTIME.use_proxy():
-            doc = kube.proxy_get(ctx.namespace, "pods", name, api.PORT_SERVE, "/v1/status")
+            doc = kube.proxy_get(ctx.namespace, "pods", name, port, "/v1/status")
         else:
             ip = (pod.get("status", {}) or {}).get("podIP")
             if not ip:
                 return None
             doc = http_get_json(
-                f"http://{ip}:{api.PORT_SERVE}/v1/status", RUNTIME.settings.http_timeout_seconds
+                f"http://{ip}:{port}/v1/status", RUNTIME.settings.http_timeout_seconds
             )
     except (ApiError, OSError, ValueError) as e:
         log.info("%s/%s: serve status unavailable: %s", ctx.namespace, name, e)

@@ -59,6 +59,13 @@ class ServeDeployment:
 
 
 @dataclass(frozen=True)
+class EndpointDeployment:
+    """The client-facing endpoint Deployment (mesh only)."""
+
+    ready: bool  # rolled out: every replica updated and available (so its relay answers ready)
+
+
+@dataclass(frozen=True)
 class ServePod:
     """A serve pod as the coordinator-slot choice needs it."""
 
@@ -69,7 +76,8 @@ class ServePod:
 
 @dataclass(frozen=True)
 class ServeStatus:
-    """GET <serve>:8000/v1/status."""
+    """GET /v1/status of a serve pod (the coordinator's relay API through its guard's health
+    port; external workers: its client port 8000)."""
 
     ready: bool
     requests_served: int
@@ -86,6 +94,9 @@ class Observed:
     serve_pods: int = 0
     serve_pod_slots: tuple[ServePod, ...] = ()
     client_service: bool = False
+    endpoint: EndpointDeployment | None = None
+    endpoint_pods: int = 0
+    relay_service: bool = False
     serve_status: ServeStatus | None = None
     pvcs: tuple[str, ...] = ()
     public_keys: Mapping[int, str] = field(default_factory=dict)
@@ -233,10 +244,27 @@ def serve_pods(pods: Iterable[Mapping[str, Any]]) -> tuple[ServePod, ...]:
     return tuple(out)
 
 
-def serve_deployment(dep: Mapping[str, Any]) -> ServeDeployment:
+def rolled_out(dep: Mapping[str, Any]) -> bool:
+    """A Deployment whose every replica runs its current template and is available."""
     meta = dep.get("metadata", {})
     spec = dep.get("spec", {}) or {}
     status = dep.get("status", {}) or {}
+    replicas = int(spec.get("replicas", 1) or 0)
+    return (
+        int(status.get("observedGeneration", 0) or 0) >= int(meta.get("generation", 0) or 0)
+        and int(status.get("updatedReplicas", 0) or 0) >= replicas
+        and int(status.get("availableReplicas", 0) or 0) >= replicas
+        and int(status.get("replicas", 0) or 0) == replicas
+        and replicas > 0
+    )
+
+
+def endpoint_deployment(dep: Mapping[str, Any]) -> EndpointDeployment:
+    return EndpointDeployment(ready=rolled_out(dep))
+
+
+def serve_deployment(dep: Mapping[str, Any]) -> ServeDeployment:
+    spec = dep.get("spec", {}) or {}
     template = spec.get("template") or {}
     tmpl_labels = (template.get("metadata") or {}).get("labels") or {}
     tmpl_ann = (template.get("metadata") or {}).get("annotations") or {}
@@ -244,17 +272,9 @@ def serve_deployment(dep: Mapping[str, Any]) -> ServeDeployment:
         generation: int | None = int(tmpl_labels.get(api.LABEL_GENERATION, ""))
     except ValueError:
         generation = None
-    replicas = int(spec.get("replicas", 1) or 0)
-    ready = (
-        int(status.get("observedGeneration", 0) or 0) >= int(meta.get("generation", 0) or 0)
-        and int(status.get("updatedReplicas", 0) or 0) >= replicas
-        and int(status.get("availableReplicas", 0) or 0) >= replicas
-        and int(status.get("replicas", 0) or 0) == replicas
-        and replicas > 0
-    )
     return ServeDeployment(
         generation=generation,
-        ready=ready,
+        ready=rolled_out(dep),
         slot=_slot(template.get("spec") or {}),
         template_hash=str(tmpl_ann.get(api.ANNOTATION_SERVE_HASH, "")),
     )

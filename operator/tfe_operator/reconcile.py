@@ -338,11 +338,15 @@ def _stop(
     spec = ctx.spec
     m = ctx.name
     now_reason = "MaxRequestsReached" if limit else "ShutdownRequested"
-    # Coordinators first, then the workers.
+    # Endpoint and coordinators first, then the workers.
+    if obs.endpoint is not None or obs.endpoint_pods:
+        plan.delete.append(Ref("apps/v1", "Deployment", builders.endpoint_deployment_name(m)))
     if obs.serve is not None or obs.serve_pods:
         plan.delete.append(Ref("apps/v1", "Deployment", builders.serve_deployment_name(m)))
     if obs.client_service:
         plan.delete.append(Ref("v1", "Service", builders.client_service_name(m)))
+    if obs.relay_service:
+        plan.delete.append(Ref("v1", "Service", builders.relay_service_name(m)))
     for job in obs.jobs:
         plan.delete.append(Ref("batch/v1", "Job", job.name))
     if new.get("sharing"):
@@ -365,8 +369,8 @@ def _stop(
             new["sharesStored"] = False
             for pvc in obs.pvcs:
                 plan.delete.append(Ref("v1", "PersistentVolumeClaim", pvc))
-    remaining = len(obs.worker_pods) + obs.serve_pods
-    stopped = remaining == 0 and obs.serve is None and not obs.statefulset
+    remaining = len(obs.worker_pods) + obs.serve_pods + obs.endpoint_pods
+    stopped = remaining == 0 and obs.serve is None and obs.endpoint is None and not obs.statefulset
     new["phase"] = "Stopped" if stopped else "ShuttingDown"
     what = "request limit reached" if limit else "shutdown requested"
     kept = "shares kept" if new.get("sharesStored") else "no shares kept"
@@ -439,22 +443,30 @@ def _run(
     # The serve Deployment runs the newest valid generation; during a re-share the old one
     # keeps serving (the Deployment rolls only when the new generation is shared).
     serve_ready = False
+    starting = f"serve deployment starting (generation {serving_gen})"
     if serving_gen > 0:
         plan.apply.extend(
             builders.serving_objects(ctx, serving_gen, serve_slot(ctx, serving_gen, obs))
         )
         new["endpoint"] = builders.endpoint(ctx)
         ss = obs.serve_status
-        serve_ready = (
+        coordinator_ready = (
             obs.serve is not None
             and obs.serve.ready
             and obs.serve.generation == serving_gen
             and (ss is None or (ss.ready and ss.share_generation in (None, serving_gen)))
         )
+        # The mesh: clients reach the coordinator through the endpoint pods only.
+        endpoint_ready = spec.external or (obs.endpoint is not None and obs.endpoint.ready)
+        serve_ready = coordinator_ready and endpoint_ready
+        if coordinator_ready and not endpoint_ready:
+            starting = f"endpoint deployment starting (generation {serving_gen})"
     else:
         new.pop("endpoint", None)
         if obs.serve is not None:
             plan.delete.append(Ref("apps/v1", "Deployment", builders.serve_deployment_name(m)))
+        if obs.endpoint is not None:
+            plan.delete.append(Ref("apps/v1", "Deployment", builders.endpoint_deployment_name(m)))
 
     conds = set_condition(conds, "ModelShared", not need_share, shared_reason, shared_msg, now, g)
     if serve_ready:
@@ -463,10 +475,7 @@ def _run(
             f"generation {serving_gen} at {builders.endpoint(ctx)}", now, g,
         )  # fmt: skip
     elif serving_gen > 0:
-        conds = set_condition(
-            conds, "Serving", False, "Starting",
-            f"serve deployment starting (generation {serving_gen})", now, g,
-        )  # fmt: skip
+        conds = set_condition(conds, "Serving", False, "Starting", starting, now, g)
     else:
         conds = set_condition(conds, "Serving", False, "NotShared", "no shares yet", now, g)
     new["conditions"] = conds
@@ -484,7 +493,7 @@ def _run(
     elif need_share:
         phase, message = "Sharing", shared_msg
     else:
-        phase, message = "Provisioning", f"serve deployment starting (generation {serving_gen})"
+        phase, message = "Provisioning", starting
     new["phase"] = phase
     new["message"] = message
     new.setdefault("shareGeneration", 0)

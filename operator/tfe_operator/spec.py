@@ -21,6 +21,8 @@ DEFAULT_PROTOCOL: Protocol = "ABY3"
 DEFAULT_MAX_BATCH_SIZE = 32
 DEFAULT_MAX_WAIT_MS = 5
 DEFAULT_TOKEN_KEY = "token"
+DEFAULT_ENDPOINT_REPLICAS = 1
+MAX_ENDPOINT_REPLICAS = 64
 DEFAULT_SPREAD: Spread = "Preferred"
 DEFAULT_MEDIUM: Medium = "PersistentVolumeClaim"
 DEFAULT_STORAGE_SIZE = "1Gi"
@@ -65,6 +67,8 @@ class Serving:
     max_requests: int | None = None
     token_secret: KeyRef | None = None
     resources: Mapping[str, Any] = field(default_factory=dict)
+    # Replicas of the client-facing endpoint Deployment (m-endpoint; not with external workers).
+    endpoint_replicas: int = DEFAULT_ENDPOINT_REPLICAS
 
 
 @dataclass(frozen=True)
@@ -192,7 +196,10 @@ def parse_spec(raw: Mapping[str, Any]) -> EncryptedModelSpec:
             _key_ref(token, "serving.tokenSecretRef", DEFAULT_TOKEN_KEY) if token else None
         ),
         resources=dict(_obj(s, "resources")),
+        endpoint_replicas=_int(s, "endpointReplicas", DEFAULT_ENDPOINT_REPLICAS, "serving", 1),
     )
+    if serving.endpoint_replicas > MAX_ENDPOINT_REPLICAS:
+        raise SpecError(f"serving.endpointReplicas must be <= {MAX_ENDPOINT_REPLICAS}")
 
     w = _obj(raw, "workers")
     st = _obj(w, "storage")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from typing import Any
 
@@ -130,7 +131,9 @@ MESH_PORTS = [
 ]
 
 
-def guard(command: list[str], mounts: list[dict[str, Any]], env: Any = None, health: bool = False) -> dict[str, Any]:
+def guard(
+    command: list[str], mounts: list[dict[str, Any]], env: Any = None, health: bool = False, inbound: bool = True
+) -> dict[str, Any]:
     c: dict[str, Any] = {
         "name": "guard",
         "image": IMAGE,
@@ -140,8 +143,9 @@ def guard(command: list[str], mounts: list[dict[str, Any]], env: Any = None, hea
     }
     if env is not None:
         c["env"] = env
-    c["ports"] = MESH_PORTS + ([{"name": "health", "containerPort": 5444, "protocol": "TCP"}] if health else [])
-    c["startupProbe"] = {"tcpSocket": {"port": 5440}, "periodSeconds": 1, "failureThreshold": 30}
+    if inbound:
+        c["ports"] = MESH_PORTS + ([{"name": "health", "containerPort": 5444, "protocol": "TCP"}] if health else [])
+        c["startupProbe"] = {"tcpSocket": {"port": 5440}, "periodSeconds": 1, "failureThreshold": 30}
     c["resources"] = {"requests": {"cpu": "50m", "memory": "32Mi"}}
     c["securityContext"] = CONTAINER_SC
     c["terminationMessagePolicy"] = "FallbackToLogsOnError"
@@ -715,7 +719,8 @@ def expected_deployment(generation: int = 1, slot: int = 0) -> dict[str, Any]:
                         "enableServiceLinks": False,
                         "automountServiceAccountToken": False,
                         "securityContext": POD_SC,
-                        "terminationGracePeriodSeconds": 10,
+                        # the drain: a request's deadline and a margin, after the preStop pause
+                        "terminationGracePeriodSeconds": 140,
                         # the mesh coordinator slot (reconcile.serve_slot picks it)
                         "hostname": party,
                         "subdomain": "digits-workers",
@@ -724,6 +729,7 @@ def expected_deployment(generation: int = 1, slot: int = 0) -> dict[str, Any]:
                             guard(
                                 ["tfe-guard", "--config", f"/etc/tfe/mesh/{party}.json"],
                                 [MESH_CONFIG_MOUNT, MESH_PKI_MOUNT],
+                                health=True,
                             ),
                         ],
                         "containers": [
@@ -740,8 +746,10 @@ def expected_deployment(generation: int = 1, slot: int = 0) -> dict[str, Any]:
                                     "digits",
                                     "--generation",
                                     str(generation),
-                                    "--port",
-                                    "8000",
+                                    # no client port: the relay API on loopback, for the endpoint
+                                    "--relay-port",
+                                    "8090",
+                                    "--relay-only",
                                     "--coordinator-address",
                                     f"127.0.0.1:{port}",
                                     "--protocol",
@@ -752,10 +760,11 @@ def expected_deployment(generation: int = 1, slot: int = 0) -> dict[str, Any]:
                                     "5",
                                 ],
                                 "env": [{"name": "HOME", "value": "/tmp"}],
-                                "ports": [{"name": "http", "containerPort": 8000, "protocol": "TCP"}],
-                                "startupProbe": probe("/healthz", "http", 2, 150),
-                                "readinessProbe": probe("/readyz", "http", 2, 3),
-                                "livenessProbe": probe("/healthz", "http", 10, 3),
+                                # the relay through the guard's plain health listener
+                                "startupProbe": probe("/healthz", 5444, 2, 150),
+                                "readinessProbe": probe("/readyz", 5444, 2, 3),
+                                "livenessProbe": probe("/healthz", 5444, 10, 3),
+                                "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
                                 "resources": {},
                                 "securityContext": CONTAINER_SC,
                                 "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -788,12 +797,8 @@ def _serve_limits(e: dict[str, Any]) -> None:
     c["command"][c["command"].index("--max-batch-size") + 1] = "8"
     c["command"][c["command"].index("--max-wait-ms") + 1] = "0"
     c["command"] += ["--max-requests", "100", "--linger-after-limit"]
-    c["command"] += ["--token-file", "/var/run/tfe-token/token"]
+    # the token is the endpoint's: the coordinator neither needs nor mounts it
     c["resources"] = {"limits": {"memory": "2Gi"}}
-    c["volumeMounts"].append({"name": "token", "mountPath": "/var/run/tfe-token", "readOnly": True})
-    pod["volumes"].insert(
-        2, {"name": "token", "secret": {"secretName": "api", "items": [{"key": "token", "path": "token"}]}}
-    )
 
 
 SERVE_VARIANTS: list[tuple[str, dict[str, Any], Any]] = [
@@ -858,28 +863,197 @@ def test_serve_deployment_external_workers_uses_external_config() -> None:
         del pod[k]
     pod["volumes"] = pod["volumes"][:2]
     c = pod["containers"][0]
+    # no endpoint split: the coordinator serves the clients on :8000 itself
+    i = c["command"].index("--relay-port")
+    c["command"][i : i + 3] = ["--port", "8000"]
     c["command"][c["command"].index("--coordinator-address") + 1] = "$(POD_IP):4450"
     c["env"] = [
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         {"name": "HOME", "value": "/tmp"},
     ]
-    c["ports"].append({"name": "coordinator", "containerPort": 4450, "protocol": "TCP"})
+    c["ports"] = [
+        {"name": "http", "containerPort": 8000, "protocol": "TCP"},
+        {"name": "coordinator", "containerPort": 4450, "protocol": "TCP"},
+    ]
+    c["startupProbe"] = probe("/healthz", "http", 2, 150)
+    c["readinessProbe"] = probe("/readyz", "http", 2, 3)
+    c["livenessProbe"] = probe("/healthz", "http", 10, 3)
     assert dep == expected
     assert builders.config_hash(ctx) != builders.config_hash(make_ctx())
 
 
-def test_client_service() -> None:
-    assert builders.client_service(make_ctx()) == {
+def test_serve_deployment_external_workers_token() -> None:
+    """Without the split the serve pod checks the token itself."""
+    spec = {**EXTERNAL_SPEC, "serving": {"tokenSecretRef": {"name": "api", "key": "t"}}}
+    pod = builders.serve_deployment(make_ctx(spec), 1)["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["command"][-2:] == ["--token-file", "/var/run/tfe-token/token"]
+    assert {"name": "token", "mountPath": "/var/run/tfe-token", "readOnly": True} in c["volumeMounts"]
+    assert {"name": "token", "secret": {"secretName": "api", "items": [{"key": "t", "path": "token"}]}} in pod[
+        "volumes"
+    ]
+
+
+# ------------------------------------------------------------------ the endpoint
+
+
+def expected_endpoint(ctx: Any, replicas: int = 1) -> dict[str, Any]:
+    guard_json = builders.mesh_config_map(ctx)["data"]["endpoint.json"]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta("digits-endpoint", "endpoint"),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": sel("endpoint")},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {
+                "metadata": {
+                    "labels": labels("endpoint"),
+                    "annotations": {
+                        "tfe.dev/config-hash": hashlib.sha256(guard_json.encode()).hexdigest()[:16],
+                        "tfe.dev/mesh-hash": "meshhash",
+                    },
+                },
+                "spec": {
+                    "enableServiceLinks": False,
+                    "automountServiceAccountToken": False,
+                    "securityContext": POD_SC,
+                    "terminationGracePeriodSeconds": 140,
+                    # no mesh-init (nothing raw listens here), no hostname (no party dials it)
+                    "initContainers": [
+                        guard(
+                            ["tfe-guard", "--config", "/etc/tfe/mesh/endpoint.json"],
+                            [MESH_CONFIG_MOUNT, MESH_PKI_MOUNT],
+                            inbound=False,
+                        )
+                    ],
+                    "containers": [
+                        {
+                            "name": "endpoint",
+                            "image": IMAGE,
+                            "imagePullPolicy": "IfNotPresent",
+                            "command": [
+                                "tfe-worker",
+                                "endpoint",
+                                "--relay",
+                                "127.0.0.1:8090",
+                                "--name",
+                                "digits",
+                                "--port",
+                                "8000",
+                            ],
+                            "env": [{"name": "HOME", "value": "/tmp"}],
+                            "ports": [{"name": "http", "containerPort": 8000, "protocol": "TCP"}],
+                            "startupProbe": probe("/healthz", "http", 2, 60),
+                            "readinessProbe": probe("/readyz", "http", 2, 3),
+                            "livenessProbe": probe("/healthz", "http", 10, 3),
+                            "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
+                            "resources": {"requests": {"cpu": "50m", "memory": "96Mi"}},
+                            "securityContext": CONTAINER_SC,
+                            "terminationMessagePolicy": "FallbackToLogsOnError",
+                            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                        }
+                    ],
+                    "volumes": [
+                        {"name": "tmp", "emptyDir": {}},
+                        MESH_CONFIG_VOLUME,
+                        {"name": "mesh-pki", "secret": {"secretName": "digits-mesh-endpoint", "defaultMode": 0o440}},
+                    ],
+                },
+            },
+        },
+    }
+
+
+def test_endpoint_deployment() -> None:
+    ctx = make_ctx(mesh_hash="meshhash")
+    assert builders.endpoint_deployment(ctx) == expected_endpoint(ctx)
+
+
+def test_endpoint_deployment_token_and_replicas() -> None:
+    spec = {
+        "model": {"configMap": {"name": "digits-model", "key": "model.h5"}},
+        "serving": {"tokenSecretRef": {"name": "api"}, "endpointReplicas": 3},
+    }
+    ctx = make_ctx(spec, mesh_hash="meshhash")
+    expected = expected_endpoint(ctx, replicas=3)
+    pod = expected["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    c["command"] += ["--token-file", "/var/run/tfe-token/token"]
+    c["volumeMounts"].append({"name": "token", "mountPath": "/var/run/tfe-token", "readOnly": True})
+    pod["volumes"].append(
+        {"name": "token", "secret": {"secretName": "api", "items": [{"key": "token", "path": "token"}]}}
+    )
+    assert builders.endpoint_deployment(ctx) == expected
+
+
+def test_endpoint_template_ignores_generation_and_slot() -> None:
+    """The endpoint reaches whichever coordinator is ready through m-relay: serve rollouts
+    (generation, slot, serving settings) do not roll it; its certificate and token do."""
+    base = builders.endpoint_deployment(make_ctx(mesh_hash="a"))
+    spec = {"model": {"configMap": {"name": "other", "key": "m.h5"}}, "serving": {"maxRequests": 3, "maxWaitMs": 9}}
+    assert builders.endpoint_deployment(make_ctx(spec, mesh_hash="a")) == base
+    assert builders.endpoint_deployment(make_ctx(mesh_hash="b")) != base
+
+
+def test_endpoint_and_coordinator_guard_configs() -> None:
+    """The endpoint's guard: one loopback listener (the relay port) to the relay Service,
+    expecting identity coordinator; no inbound. The coordinator's: the relay behind its mTLS
+    HTTP listener (identity endpoint), and a plain health listener for probes and status."""
+    ctx = make_ctx()
+    data = builders.mesh_config_map(ctx)["data"]
+    ep = json.loads(data["endpoint.json"])
+    assert ep["identity"] == "endpoint"
+    assert ep["inbound"] == []
+    assert ep["outbound"] == [
+        {"listen": "127.0.0.1:8090", "dial": "tcp:digits-relay.ml.svc:5443", "expect": "coordinator"}
+    ]
+    assert "health" not in ep
+    for party in ("coordinator", "coordinator-1"):
+        co = json.loads(data[f"{party}.json"])
+        (http,) = [i for i in co["inbound"] if i["kind"] == "http"]
+        assert http["backend"] == "127.0.0.1:8090"
+        assert http["rules"][0] == {"identities": ["endpoint"], "methods": ["*"], "paths": ["/"]}
+        assert co["health"] == {
+            "listen": "tcp:0.0.0.0:5444",
+            "backend": "127.0.0.1:8090",
+            "paths": ["/healthz", "/readyz", "/v1/status", "/metrics"],
+        }
+        # no party other than the endpoint reaches the relay; the endpoint reaches nothing else
+        assert all("endpoint" not in r["identities"] for i in co["inbound"] if i["kind"] == "grpc" for r in i["rules"])
+    for s in ("server0", "server1", "server2"):
+        cfg = json.loads(data[f"{s}.json"])
+        assert all("endpoint" not in r["identities"] for i in cfg["inbound"] for r in i["rules"])
+
+
+def test_relay_service() -> None:
+    assert builders.relay_service(make_ctx()) == {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta("digits-relay", "serve"),
+        "spec": {
+            "type": "ClusterIP",
+            # ready serve pods only (no publishNotReadyAddresses): the current coordinator
+            "selector": sel("serve"),
+            "ports": [{"name": "mesh-http", "port": 5443, "targetPort": 5443, "protocol": "TCP"}],
+        },
+    }
+
+
+@pytest.mark.parametrize(("spec", "component"), [(None, "endpoint"), (EXTERNAL_SPEC, "serve")])
+def test_client_service(spec: dict[str, Any] | None, component: str) -> None:
+    assert builders.client_service(make_ctx(spec)) == {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": meta("digits", "endpoint"),
         "spec": {
             "type": "ClusterIP",
-            "selector": sel("serve"),
+            "selector": sel(component),
             "ports": [{"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"}],
         },
     }
-    assert builders.endpoint(make_ctx()) == "http://digits.ml.svc:8000"
+    assert builders.endpoint(make_ctx(spec)) == "http://digits.ml.svc:8000"
 
 
 # ------------------------------------------------------------------ network
@@ -935,8 +1109,29 @@ def test_worker_network_policy(operator_labels: bool) -> None:
     }
 
 
-def test_coordinator_network_policy() -> None:
-    assert builders.coordinator_network_policy(make_ctx()) == {
+OPERATOR_PEER = {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "tfe-operator"}}}
+
+
+@pytest.mark.parametrize("operator_labels", [True, False], ids=["with-operator", "proxy-only"])
+def test_coordinator_network_policy(operator_labels: bool) -> None:
+    settings = Settings(
+        worker_image=IMAGE,
+        operator_pod_labels={"app.kubernetes.io/name": "tfe-operator"} if operator_labels else {},
+    )
+    ingress: list[dict[str, Any]] = [
+        {
+            "from": [{"podSelector": {"matchLabels": sel("worker")}}],
+            "ports": [{"protocol": "TCP", "port": 5440}],
+        },
+        # the relay, only from the endpoint pods; no client port here
+        {
+            "from": [{"podSelector": {"matchLabels": sel("endpoint")}}],
+            "ports": [{"protocol": "TCP", "port": 5443}],
+        },
+    ]
+    if operator_labels:
+        ingress.append({"from": [OPERATOR_PEER], "ports": [{"protocol": "TCP", "port": 5444}]})
+    assert builders.coordinator_network_policy(make_ctx(settings=settings)) == {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
         "metadata": meta("digits-coordinator", "network"),
@@ -952,12 +1147,26 @@ def test_coordinator_network_policy() -> None:
                 ]
             },
             "policyTypes": ["Ingress"],
-            "ingress": [
+            "ingress": ingress,
+        },
+    }
+
+
+def test_endpoint_network_policy() -> None:
+    assert builders.endpoint_network_policy(make_ctx()) == {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": meta("digits-endpoint", "network"),
+        "spec": {
+            "podSelector": {"matchLabels": sel("endpoint")},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"ports": [{"protocol": "TCP", "port": 8000}]}],
+            "egress": [
                 {
-                    "from": [{"podSelector": {"matchLabels": sel("worker")}}],
-                    "ports": [{"protocol": "TCP", "port": 5440}],
+                    "to": [{"podSelector": {"matchLabels": sel("serve")}}],
+                    "ports": [{"protocol": "TCP", "port": 5443}],
                 },
-                {"ports": [{"protocol": "TCP", "port": 8000}]},
+                {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
             ],
         },
     }
@@ -977,6 +1186,7 @@ def test_coordinator_network_policy() -> None:
                 ("Service", "digits-workers"),
                 ("NetworkPolicy", "digits-workers"),
                 ("NetworkPolicy", "digits-coordinator"),
+                ("NetworkPolicy", "digits-endpoint"),
                 ("StatefulSet", "digits-worker"),
             ],
         ),
@@ -992,11 +1202,17 @@ def test_base_objects(spec: dict[str, Any] | None, kinds: list[tuple[str, str]])
         assert o["metadata"]["namespace"] == "ml"
 
 
-def test_serving_objects() -> None:
-    objs = builders.serving_objects(make_ctx(), 2)
-    assert objs == [builders.serve_deployment(make_ctx(), 2), builders.client_service(make_ctx())]
-    objs = builders.serving_objects(make_ctx(), 2, 1)
-    assert objs == [builders.serve_deployment(make_ctx(), 2, 1), builders.client_service(make_ctx())]
+@pytest.mark.parametrize("slot", [0, 1])
+def test_serving_objects(slot: int) -> None:
+    ctx = make_ctx()
+    assert builders.serving_objects(ctx, 2, slot) == [
+        builders.serve_deployment(ctx, 2, slot),
+        builders.relay_service(ctx),
+        builders.endpoint_deployment(ctx),
+        builders.client_service(ctx),
+    ]
+    ext = make_ctx(EXTERNAL_SPEC)
+    assert builders.serving_objects(ext, 2) == [builders.serve_deployment(ext, 2), builders.client_service(ext)]
 
 
 def test_names() -> None:

@@ -144,7 +144,7 @@ def test_defaults_match_operator(schema: dict[str, Any]) -> None:
     assert defaulted == {
         "model": BASE_SPEC["model"],
         "protocol": "ABY3",
-        "serving": {"maxBatchSize": 32, "maxWaitMs": 5},
+        "serving": {"maxBatchSize": 32, "maxWaitMs": 5, "endpointReplicas": 1},
         "workers": {
             "spread": "Preferred",
             "storage": {"medium": "PersistentVolumeClaim", "size": "1Gi", "retainPolicy": "Retain"},
@@ -241,6 +241,8 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("batch-zero", _with("serving.maxBatchSize", 0), "0 is less than the minimum of 1"),
     ("wait-negative", _with("serving.maxWaitMs", -1), "-1 is less than the minimum of 0"),
     ("max-requests-zero", _with("serving.maxRequests", 0), "0 is less than the minimum of 1"),
+    ("endpoint-replicas-zero", _with("serving.endpointReplicas", 0), "0 is less than the minimum of 1"),
+    ("endpoint-replicas-many", _with("serving.endpointReplicas", 65), "65 is greater than the maximum of 64"),
     ("two-external", _with("workers.external", THREE[:2]), "exactly three are required"),
     ("four-external", _with("workers.external", [*THREE, THREE[0]]), "is too long"),
     ("port", _with("workers.external", [{"host": "a", "port": 70000}, *THREE[1:]]), "70000 is greater"),

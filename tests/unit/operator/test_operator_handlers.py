@@ -129,6 +129,7 @@ def test_first_reconcile_creates_base_objects_and_status(api: FakeApi) -> None:
             "/api/v1/namespaces/ml/services/digits-workers",
             "/apis/networking.k8s.io/v1/namespaces/ml/networkpolicies/digits-workers",
             "/apis/networking.k8s.io/v1/namespaces/ml/networkpolicies/digits-coordinator",
+            "/apis/networking.k8s.io/v1/namespaces/ml/networkpolicies/digits-endpoint",
             "/apis/apps/v1/namespaces/ml/statefulsets/digits-worker",
         ]
     )
@@ -188,12 +189,28 @@ def test_full_flow_to_serving_without_duplicates(api: FakeApi) -> None:
         },
         "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
     }
-    api.proxy["/api/v1/namespaces/ml/pods/digits-serve-x:8000/proxy/v1/status"] = {
+    # the coordinator has no client port: its status through the guard's plain health port
+    api.proxy["/api/v1/namespaces/ml/pods/digits-serve-x:5444/proxy/v1/status"] = {
         "ready": True,
         "requestsServed": 3,
         "limitReached": False,
         "shareGeneration": 1,
     }
+    for path in (
+        "/api/v1/namespaces/ml/services/digits-relay",
+        "/api/v1/namespaces/ml/services/digits",
+    ):
+        assert ("apply", path) in api.writes
+    # not Serving until the endpoint Deployment is rolled out
+    patch = run(b, memo)
+    assert patch["status"]["phase"] == "Provisioning"
+    assert patch["status"]["message"] == "endpoint deployment starting (generation 1)"
+    assert patch["status"]["requestsServed"] == 3
+    # (the fake API keeps what was applied last: no status of its own)
+    for name in ("digits-serve", "digits-endpoint"):
+        d = api.objects[f"/apis/apps/v1/namespaces/ml/deployments/{name}"]
+        d["metadata"]["generation"] = 1
+        d["status"] = {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1}
     patch = run(b, memo)
     assert patch["status"]["phase"] == "Serving"
     assert patch["status"]["requestsServed"] == 3

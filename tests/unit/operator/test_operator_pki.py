@@ -301,6 +301,7 @@ def test_every_party_config_and_certificate_passes_tfe_guard_check_config(tmp_pa
     assert sorted(configs) == [
         "coordinator-1.json",
         "coordinator.json",
+        "endpoint.json",
         "server0.json",
         "server1.json",
         "server2.json",

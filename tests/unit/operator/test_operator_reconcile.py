@@ -10,7 +10,7 @@ import pytest
 from operator_testlib import BASE_SPEC, make_ctx
 
 from tfe_operator import builders
-from tfe_operator.observe import JobState, Observed, ServeDeployment, ServeStatus, WorkerPod
+from tfe_operator.observe import EndpointDeployment, JobState, Observed, ServeDeployment, ServeStatus, WorkerPod
 from tfe_operator.reconcile import Plan, Ref, Resource, condition, keys_to_fetch, reconcile
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -53,7 +53,14 @@ BASE_KINDS = [
     ("Service", "digits-workers"),
     ("NetworkPolicy", "digits-workers"),
     ("NetworkPolicy", "digits-coordinator"),
+    ("NetworkPolicy", "digits-endpoint"),
     ("StatefulSet", "digits-worker"),
+]
+SERVING_KINDS = [
+    ("Deployment", "digits-serve"),
+    ("Service", "digits-relay"),
+    ("Deployment", "digits-endpoint"),
+    ("Service", "digits"),
 ]
 HASH = make_ctx().spec.model_hash
 
@@ -79,6 +86,9 @@ SERVING_OBS = Observed(
     serve=ServeDeployment(generation=1, ready=True),
     serve_pods=1,
     client_service=True,
+    endpoint=EndpointDeployment(ready=True),
+    endpoint_pods=1,
+    relay_service=True,
     serve_status=ServeStatus(ready=True, requests_served=5, limit_reached=False, share_generation=1),
 )
 
@@ -146,7 +156,7 @@ def test_share_success_deploys_serve() -> None:
     st = {"phase": "Sharing", "sharing": {"generation": 1, "modelHash": HASH}}
     obs = Observed(worker_pods=pods(), statefulset=True, jobs=(job(1, "succeeded"),))
     plan = reconcile(res(), st, obs, NOW)
-    assert kinds(plan) == [*BASE_KINDS, ("Deployment", "digits-serve"), ("Service", "digits")]
+    assert kinds(plan) == [*BASE_KINDS, *SERVING_KINDS]
     s = plan.status
     assert s["shareGeneration"] == 1
     assert s["modelHash"] == HASH
@@ -184,7 +194,27 @@ def test_steady_state_is_quiet_and_stable() -> None:
     assert second.events == []
     assert second.time_to_serving is None
     assert second.delete == []
-    assert kinds(second) == [*BASE_KINDS, ("Deployment", "digits-serve"), ("Service", "digits")]
+    assert kinds(second) == [*BASE_KINDS, *SERVING_KINDS]
+
+
+def test_serving_waits_for_the_endpoint() -> None:
+    """Clients reach the coordinator through the endpoint pods only: a ready coordinator
+    behind an endpoint Deployment that is not rolled out (or missing) is not Serving yet."""
+    for endpoint in (None, EndpointDeployment(ready=False)):
+        obs = dataclasses.replace(SERVING_OBS, endpoint=endpoint)
+        plan = reconcile(res(), serving_status(phase="Provisioning"), obs, NOW)
+        assert plan.status["phase"] == "Provisioning"
+        assert plan.status["message"] == "endpoint deployment starting (generation 1)"
+        assert cond(plan, "Serving") == ("False", "Starting")
+        assert kinds(plan) == [*BASE_KINDS, *SERVING_KINDS]
+
+
+def test_external_workers_serve_without_an_endpoint() -> None:
+    st = serving_status(modelHash=make_ctx(EXTERNAL).spec.model_hash)
+    obs = dataclasses.replace(SERVING_OBS, worker_pods=(), statefulset=False, endpoint=None, relay_service=False)
+    plan = reconcile(res(EXTERNAL), st, obs, NOW)
+    assert plan.status["phase"] == "Serving"
+    assert kinds(plan) == [("ConfigMap", "digits-tfe-config"), ("Deployment", "digits-serve"), ("Service", "digits")]
 
 
 def test_serve_of_wrong_generation_is_not_serving() -> None:
@@ -349,6 +379,7 @@ def test_deleted_worker_pod_with_memory_storage_reshares() -> None:
     assert plan.status["sharing"]["generation"] == 2
     assert ("Warning", "SharesLost") in [(e.type, e.reason) for e in plan.events]
     assert Ref("apps/v1", "Deployment", "digits-serve") in plan.delete
+    assert Ref("apps/v1", "Deployment", "digits-endpoint") in plan.delete
     assert "endpoint" not in plan.status
 
 
@@ -361,8 +392,10 @@ def test_shutdown_removes_workers_and_coordinator_keeping_shares() -> None:
     plan = reconcile(res(spec, generation=2), serving_status(), obs, NOW)
     assert plan.apply == []
     assert plan.delete == [
+        Ref("apps/v1", "Deployment", "digits-endpoint"),
         Ref("apps/v1", "Deployment", "digits-serve"),
         Ref("v1", "Service", "digits"),
+        Ref("v1", "Service", "digits-relay"),
         Ref("batch/v1", "Job", "digits-share-g1"),
         Ref("v1", "Secret", "digits-mesh-share-g1"),
         Ref("apps/v1", "StatefulSet", "digits-worker"),
@@ -378,6 +411,10 @@ def test_shutdown_removes_workers_and_coordinator_keeping_shares() -> None:
     assert gone.status["phase"] == "Stopped"
     assert gone.status["message"] == "shutdown requested; workers and coordinator removed (shares kept)"
     assert [e.reason for e in gone.events] == ["Stopped"]
+    # an endpoint pod still draining: not Stopped yet
+    draining = reconcile(res(spec, generation=2), s, Observed(endpoint_pods=1), NOW)
+    assert draining.status["phase"] == "ShuttingDown"
+    assert draining.delete == [Ref("apps/v1", "Deployment", "digits-endpoint")]
 
 
 def test_shutdown_with_delete_policy_deletes_volumes() -> None:
@@ -400,7 +437,7 @@ def test_restart_from_stored_shares_skips_share_job() -> None:
     obs = Observed(worker_pods=pods(uids=("n0", "n1", "n2")), statefulset=True)
     plan = reconcile(res(generation=3), stopped, obs, NOW)
     assert "Job" not in [m["kind"] for m in plan.apply]
-    assert kinds(plan) == [*BASE_KINDS, ("Deployment", "digits-serve"), ("Service", "digits")]
+    assert kinds(plan) == [*BASE_KINDS, *SERVING_KINDS]
     assert plan.status["phase"] == "Provisioning"
     assert plan.status["shareGeneration"] == 1
 
