@@ -1,8 +1,8 @@
 """The user journey of issue 5, end to end, the way a user does it: ``helm install`` the
 operator (its image, namespaced RBAC) → ``kubectl apply`` the examples → Serving → the
 Python client through the Service's ClusterIP agrees with plaintext Keras → a worker pod
-deleted comes back → the operator pod deleted duplicates nothing → /metrics of operator and
-serve pod → an invalid EncryptedModel is refused → ``helm upgrade`` → ``maxRequests`` reached:
+deleted comes back → the operator pod deleted duplicates nothing → /metrics of operator,
+endpoint and coordinator → an invalid EncryptedModel is refused → ``helm upgrade`` → ``maxRequests`` reached:
 Stopped, workers gone → ``kubectl delete em``: every owned object gone → ``helm uninstall``.
 
 kubectl and helm are the cluster's binaries (.cluster/bin) run as subprocesses. One test, in
@@ -338,9 +338,12 @@ def test_user_journey(
         "StatefulSet/digits-worker",
         "Job/digits-share-g1",
         "Deployment/digits-serve",
+        "Deployment/digits-endpoint",
         "Service/digits",
+        "Service/digits-relay",
         "NetworkPolicy/digits-workers",
         "NetworkPolicy/digits-coordinator",
+        "NetworkPolicy/digits-endpoint",
     }, owned(ns, em_uid)
     kubectl("delete", "pod", op["metadata"]["name"], "-n", ns, "--timeout=120s")
     op = wait_operator_reconciled(ns, not_uid=op["metadata"]["uid"])
@@ -348,7 +351,9 @@ def test_user_journey(
     assert model_pods(ns) == before_pods, "the restarted operator replaced pods"
     assert em_status(ns, MODEL)["phase"] == "Serving"
 
-    # 7. /metrics: the new operator pod and the serve pod have the documented series.
+    # 7. /metrics: the new operator pod, the endpoint (through the Service: its own series) and
+    # the coordinator (no client port: through its guard's plain health port, via the API
+    # server) have the documented series.
     m = metrics(op_metrics_url)
     assert m.get('tfe_operator_encryptedmodels{phase="Serving"}') == 1.0, m
     assert m.get('tfe_operator_encryptedmodels{phase="Failed"}') == 0.0, m
@@ -358,6 +363,18 @@ def test_user_journey(
         assert f"# TYPE {name} histogram" in text, name
     m = metrics(f"{endpoint}/metrics")
     assert m.get('tfe_serve_requests_total{result="ok"}', 0) >= 20, m
+    assert m.get("tfe_serve_request_seconds_count", 0) >= 20, m
+    assert "tfe_serve_inflight" in m, m
+    assert "tfe_serve_requests_served" not in m, "the endpoint runs no coordinator"
+    (serve_pod,) = [p for p in pods(ns, f"{MODEL_SELECTOR},app.kubernetes.io/component=serve") if pod_ready(p)]
+    raw = kubectl("get", "--raw", f"/api/v1/namespaces/{ns}/pods/{serve_pod['metadata']['name']}:5444/proxy/metrics")
+    m = {
+        k: float(v)
+        for line in raw.splitlines()
+        if line and not line.startswith("#")
+        for k, _, v in [line.rpartition(" ")]
+    }
+    assert m.get('tfe_serve_requests_total{result="ok"}', 0) >= 20, m  # counted at its relay too
     assert m.get("tfe_serve_requests_served", 0) >= 20, m
     assert m.get('tfe_serve_stage_seconds_count{stage="graph"}', 0) >= 1, m
     assert m.get('tfe_serve_stage_seconds_count{stage="ingress"}', 0) >= 1, m
@@ -461,6 +478,7 @@ def test_user_journey(
     ], 180)  # fmt: skip
     assert get_json("statefulset", f"{MODEL}-worker", "-n", ns) is None
     assert get_json("deployment", f"{MODEL}-serve", "-n", ns) is None
+    assert get_json("deployment", f"{MODEL}-endpoint", "-n", ns) is None
 
     # 11. kubectl delete em: every owned object gone.
     p = run([KUBECTL, "delete", "em", MODEL, "-n", ns, "--timeout=120s"], 180)

@@ -112,7 +112,7 @@ def test_defaults_are_applied_by_the_api_server(namespace: str) -> None:
     apply(namespace, "defaults", {"model": DUMMY_MODEL, "shutdown": True})
     spec = get_json("encryptedmodel", "defaults", "-n", namespace)["spec"]
     assert spec["protocol"] == "ABY3"
-    assert spec["serving"] == {"maxBatchSize": 32, "maxWaitMs": 5}
+    assert spec["serving"] == {"maxBatchSize": 32, "maxWaitMs": 5, "endpointReplicas": 1}
     assert spec["workers"] == {
         "spread": "Preferred",
         "storage": {"medium": "PersistentVolumeClaim", "size": "1Gi", "retainPolicy": "Retain"},
@@ -136,6 +136,7 @@ def test_owned_objects_worker_problem_and_delete_cleans_up(namespace: str, tmp_p
         "StatefulSet/m-worker",
         "NetworkPolicy/m-workers",
         "NetworkPolicy/m-coordinator",
+        "NetworkPolicy/m-endpoint",
     }
     wait_for("owned objects", lambda: set(owned(namespace, uid)) == expected, 60)
     cfg = json.loads(get_json("configmap", "m-tfe-config", "-n", namespace)["data"]["tfe.json"])
@@ -259,14 +260,50 @@ np.save(sys.argv[3], m.predict(np.load(sys.argv[2]), verbose=0))
 
 
 def predict(ns: str, name: str, x: Any) -> Any:
+    """Through the client Service (the endpoint pods), with the workers' keys pinned from the
+    EncryptedModel's status (the client refuses unpinned keys)."""
     from tfe_client.client import Client
 
+    keys = [w["publicKey"] for w in em_status(ns, name)["workers"]]
     with port_forward(ns, f"svc/{name}", 8000) as port:
-        client = Client(f"http://127.0.0.1:{port}", timeout=120)
+        client = Client(f"http://127.0.0.1:{port}", timeout=120, expected_keys=keys)
         try:
             return client.predict(name, x)
         finally:
             client.close()
+
+
+def pod_uids(ns: str, model: str, component: str) -> set[str]:
+    sel = f"tfe.dev/model={model},app.kubernetes.io/component={component}"
+    return {p["metadata"]["uid"] for p in (get_json("pods", "-n", ns, "-l", sel) or {}).get("items", [])}
+
+
+def serve_template(ns: str, model: str) -> dict[str, Any]:
+    return dict(get_json("deployment", f"{model}-serve", "-n", ns)["spec"]["template"]["spec"])
+
+
+def check_endpoint_split(ns: str, model: str) -> None:
+    """Issue 9 item 4 on the cluster: clients reach a pod of its own that holds the endpoint
+    identity (no TF, no mesh-init); the coordinator serves no client port, only its relay."""
+    svc = get_json("service", model, "-n", ns)
+    assert svc["spec"]["selector"] == {"tfe.dev/model": model, "app.kubernetes.io/component": "endpoint"}
+    serve = serve_template(ns, model)
+    (container,) = serve["containers"]
+    assert "--relay-only" in container["command"] and "--port" not in container["command"]
+    assert "ports" not in container
+    assert serve["terminationGracePeriodSeconds"] >= 135
+    ep = get_json("deployment", f"{model}-endpoint", "-n", ns)
+    pod = ep["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["initContainers"]] == ["guard"]
+    assert pod["containers"][0]["command"][:2] == ["tfe-worker", "endpoint"]
+    assert pod["terminationGracePeriodSeconds"] >= 135
+    assert {v["name"]: v.get("secret", {}).get("secretName") for v in pod["volumes"]}["mesh-pki"] == (
+        f"{model}-mesh-endpoint"
+    )
+    assert pod_uids(ns, model, "endpoint"), "no endpoint pod"
+    cfg = json.loads(get_json("configmap", f"{model}-mesh", "-n", ns)["data"]["endpoint.json"])
+    assert cfg["identity"] == "endpoint" and cfg["inbound"] == []
+    assert [o["dial"] for o in cfg["outbound"]] == [f"tcp:{model}-relay.{ns}.svc:5443"]
 
 
 def plaintext(model: Path, x: Any, tmp_path: Path) -> Any:
@@ -303,6 +340,7 @@ def test_create_to_serving_worker_restart_shutdown_restore_delete(
         "Serving": "True",
         "Ready": "True",
     }
+    check_endpoint_split(namespace, "digits")
 
     rng = np.random.default_rng(0)
     x = rng.random((4, 64), dtype=np.float32)
@@ -326,6 +364,7 @@ def test_create_to_serving_worker_restart_shutdown_restore_delete(
 
     # Operator restart: nothing duplicated.
     before = owned(namespace, uid)
+    endpoint_pods = pod_uids(namespace, "digits", "endpoint")
     operator.stop()
     operator.start()
     patch_spec(namespace, "digits", {"serving": {"maxWaitMs": 6}})
@@ -333,7 +372,17 @@ def test_create_to_serving_worker_restart_shutdown_restore_delete(
     assert owned(namespace, uid) == before  # same objects, same uids
     jobs = (get_json("jobs", "-n", namespace) or {})["items"]
     assert [j["metadata"]["name"] for j in jobs] == ["digits-share-g1"]
+    # The serve pod rolls (its command changed) into the other coordinator slot; the endpoint
+    # pods reach whichever coordinator is ready through digits-relay and are left alone.
+    wait_for(
+        "the serve Deployment rolled",
+        lambda: "--max-wait-ms 6" in " ".join(serve_template(namespace, "digits")["containers"][0]["command"]),
+        60,
+    )
+    wait_for("the old serve pod gone", lambda: len(pod_uids(namespace, "digits", "serve")) == 1, 240)
     wait_phase(namespace, "digits", "Serving", SERVING_TIMEOUT)
+    assert pod_uids(namespace, "digits", "endpoint") == endpoint_pods
+    assert np.asarray(predict(namespace, "digits", x)).shape == (4, 10)
 
     # Shutdown keeps the shares (Retain); back from the stored shares without a share Job.
     patch_spec(namespace, "digits", {"shutdown": True})
@@ -392,6 +441,7 @@ def test_max_requests_tears_down(namespace: str, models: Path) -> None:
     assert condition(st, "Serving")["reason"] == "MaxRequestsReached"
     assert get_json("statefulset", "limited-worker", "-n", namespace) is None
     assert get_json("deployment", "limited-serve", "-n", namespace) is None
+    assert get_json("deployment", "limited-endpoint", "-n", namespace) is None
 
 
 # ------------------------------------------------------------------ the chart, operator in its image
