@@ -267,19 +267,25 @@ def test_cli_predict_and_worker_metrics(deployment, data, models, tmp_path):
     if deployment.serve.poll() is not None:
         deployment.start_serve()
     np.save(tmp_path / "x.npy", x_te[:4])
+    pins = tmp_path / "pins.json"
+    deployment.pins.save(pins)
     cli = [sys.executable, "-m", "tfe_client.cli"]
-    out = subprocess.run([*cli, "predict", "--endpoint", deployment.url, "--model", "digits", "--input",
+    unpinned = subprocess.run([*cli, "predict", "--endpoint", deployment.url, "--model", "digits", "--input",
+                               str(tmp_path / "x.npy")], capture_output=True, text=True, timeout=120, check=False)
+    assert unpinned.returncode == 2 and "no pinned worker keys" in unpinned.stderr
+    cli_pinned = [*cli, "predict", "--pins", str(pins)]
+    out = subprocess.run([*cli_pinned, "--endpoint", deployment.url, "--model", "digits", "--input",
                           str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy"), "--proba"],
                          capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), models["mlp_keras"].predict(x_te[:4], verbose=0),
                                atol=2e-2)
-    plain_json = subprocess.run([*cli, "predict", "--endpoint", deployment.url, "--model", "digits", "--input",
+    plain_json = subprocess.run([*cli_pinned, "--endpoint", deployment.url, "--model", "digits", "--input",
                           str(tmp_path / "x.npy")], capture_output=True, text=True, timeout=120, check=False,
                          env={**os.environ, "TFE_TOKEN": ""})
     assert plain_json.returncode == 0 and len(json.loads(plain_json.stdout)) == 4
     np.save(tmp_path / "wrong.npy", np.zeros((1, 3)))
-    wrong = subprocess.run([*cli, "predict", "--endpoint", deployment.url, "--model", "digits", "--input",
+    wrong = subprocess.run([*cli_pinned, "--endpoint", deployment.url, "--model", "digits", "--input",
                             str(tmp_path / "wrong.npy")], capture_output=True, text=True, timeout=120, check=False)
     assert wrong.returncode == 2 and "does not match the model input [B, 64]" in wrong.stderr
     for i in range(3):
