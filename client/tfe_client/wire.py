@@ -39,11 +39,14 @@ MAX_BUCKET = 4096  # rows of one private graph call (and of one request)
 MAX_INGRESS_BODY = 64 << 20  # bytes of one coordinator->worker ingress body (the worker's HTTP limit)
 MAX_GENERATION = (1 << 31) - 1
 MAX_TEXT = 4096  # error messages, digests, free text
+MAX_SERVED = (1 << 62) - 1  # a served count
+MAX_SCOPES = 16  # count scopes a worker keeps per model (the most recently reported ones)
 _REQUEST_ID = re.compile(r"^[0-9a-f]{16,64}$")
 _BATCH_ID = re.compile(r"^[0-9a-f]{8,64}$")
 _MODEL_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _CODE = re.compile(r"^[a-z][a-z_]{0,63}$")
+_SCOPE = re.compile(r"^[A-Za-z0-9][-A-Za-z0-9_.=:]{0,127}$")
 
 Int64Array = npt.NDArray[np.int64]
 
@@ -55,7 +58,8 @@ ERRORS: dict[str, tuple[int, str]] = {
     "bad_bundle": (400, ("a worker could not authenticate its bundle (names the worker); other requests in the "
                          "batch are unaffected")),
     "bad_http": (400, "malformed HTTP (request line, headers, chunking)"),
-    "bad_batch": (400, "worker: a batch message from the coordinator is malformed or exceeds the worker's bounds"),
+    "bad_batch": (400, ("worker: a batch message (or served report) from the coordinator is malformed or exceeds "
+                        "the worker's bounds")),
     "bad_model": (400, "worker: invalid model name"),
     "unauthorized": (401, "token missing or wrong"),
     "no_such_model": (404, "another model name"),
@@ -167,6 +171,15 @@ def check_request_id(rid: object, what: str = "requestId") -> str:
 
 def check_batch_id(bid: object, what: str = "batchId") -> str:
     return _match(bid, _BATCH_ID, what, "8-64 lowercase hex characters")
+
+
+def check_scope(scope: object, what: str = "scope") -> str:
+    return _match(scope, _SCOPE, what, "1-128 letters, digits and -_.=: (starting with a letter or digit)")
+
+
+def count_scope(max_requests: int | None) -> str:
+    """The default count scope of a coordinator: its limit (a changed limit starts a new count)."""
+    return "unlimited" if max_requests is None else f"maxRequests={max_requests}"
 
 
 # -- X25519 ephemeral keys ------------------------------------------------------------------------
@@ -434,7 +447,8 @@ class Status:
 
     ready: bool = _doc("ready", "serving")
     model: str = _doc("model", "the model name")
-    requests_served: int = _doc("requestsServed", "successful predictions since this coordinator started")
+    requests_served: int = _doc("requestsServed", "successful predictions of this model in the coordinator's count "
+                                                  "scope, recorded on the workers: it survives coordinator restarts")
     max_requests: int | None = _doc("maxRequests", "the limit, or null")
     limit_reached: bool = _doc("limitReached", "maxRequests served")
     share_generation: int | None = _doc("shareGeneration", "generation served, null while loading")
@@ -450,7 +464,7 @@ class Status:
         d = _obj(obj, "status")
         mr, gen = d.get("maxRequests"), d.get("shareGeneration")
         return cls(_bool(_field(d, "ready", "status"), "ready"), check_model_name(_field(d, "model", "status")),
-                   _int(_field(d, "requestsServed", "status"), "requestsServed", 0, 1 << 62),
+                   _int(_field(d, "requestsServed", "status"), "requestsServed", 0, MAX_SERVED),
                    None if mr is None else _int(mr, "maxRequests", 1, 1 << 62),
                    _bool(_field(d, "limitReached", "status"), "limitReached"),
                    None if gen is None else _int(gen, "shareGeneration", 0, MAX_GENERATION),
@@ -758,11 +772,91 @@ class DropResponse:
         return cls(check_batch_id(_field(d, "batchId", "drop")), _bool(_field(d, "dropped", "drop"), "dropped"))
 
 
+@dataclass(frozen=True)
+class ServedScope:
+    """One count scope's recorded successful predictions, inside ServedCounts."""
+
+    scope: str = _doc("scope", "the coordinator's count scope (default `maxRequests=N`, or `unlimited`)")
+    served: int = _doc("served", f"successful predictions recorded, 0..{MAX_SERVED}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"scope": self.scope, "served": self.served}
+
+    @classmethod
+    def parse(cls, obj: object) -> ServedScope:
+        d = _obj(obj, "served scope")
+        return cls(check_scope(_field(d, "scope", "served scope")),
+                   _int(_field(d, "served", "served scope"), "served", 0, MAX_SERVED))
+
+
+@dataclass(frozen=True)
+class ServedCounts:
+    """GET /v1/models/{name}/served on a worker: successful predictions recorded on its disk, per count scope."""
+
+    model: str = _doc("model", "the model name")
+    scopes: tuple[ServedScope, ...] = _doc("scopes", f"ServedScopes, least recently reported first (at most "
+                                                     f"{MAX_SCOPES}, distinct)")
+
+    def served(self, scope: str) -> int:
+        return next((s.served for s in self.scopes if s.scope == scope), 0)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.model, "scopes": [s.to_json() for s in self.scopes]}
+
+    @classmethod
+    def parse(cls, obj: object) -> ServedCounts:
+        d = _obj(obj, "served counts")
+        scopes = tuple(ServedScope.parse(s) for s in _list(_field(d, "scopes", "served counts"), "scopes", MAX_SCOPES))
+        if len({s.scope for s in scopes}) != len(scopes):
+            raise ProtocolError("scopes must be distinct")
+        return cls(check_model_name(_field(d, "model", "served counts")), scopes)
+
+
+@dataclass(frozen=True)
+class ServedReport:
+    """POST /v1/models/{name}/served on a worker: predictions the coordinator is about to release."""
+
+    scope: str = _doc("scope", "the coordinator's count scope")
+    report_id: str = _doc("reportId", "8-64 lowercase hex, fresh per report: a retried report is applied once")
+    add: int = _doc("add", f"successful predictions of one batch, 0..{MAX_BUCKET}")
+    total: int = _doc("total", "the coordinator's count including `add`; the worker keeps "
+                               "`max(its count + add, total)`, so a worker that missed a report catches up")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"scope": self.scope, "reportId": self.report_id, "add": self.add, "total": self.total}
+
+    @classmethod
+    def parse(cls, obj: object) -> ServedReport:
+        d = _obj(obj, "served report")
+        return cls(check_scope(_field(d, "scope", "served report")),
+                   check_batch_id(_field(d, "reportId", "served report"), "reportId"),
+                   _int(_field(d, "add", "served report"), "add", 0, MAX_BUCKET),
+                   _int(_field(d, "total", "served report"), "total", 0, MAX_SERVED))
+
+
+@dataclass(frozen=True)
+class ServedAck:
+    """200 answer to a ServedReport: the count now on this worker's disk."""
+
+    model: str = _doc("model", "the model name")
+    scope: str = _doc("scope", "the report's count scope")
+    served: int = _doc("served", "the scope's count after the report, written to disk before this answer")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.model, "scope": self.scope, "served": self.served}
+
+    @classmethod
+    def parse(cls, obj: object) -> ServedAck:
+        d = _obj(obj, "served ack")
+        return cls(check_model_name(_field(d, "model", "served ack")), check_scope(_field(d, "scope", "served ack")),
+                   _int(_field(d, "served", "served ack"), "served", 0, MAX_SERVED))
+
+
 # Every message type, in the order PROTOCOL.md lists them.
 MESSAGES: tuple[type, ...] = (
     PredictRequest, Bundle, PredictResponse, ModelInfo, ModelList, Status, Health, Ready, ErrorBody,
     PublicKeyResponse, GenerationsResponse, Manifest, IngressRequest, IngressItem, IngressAck, ItemFailure,
-    EgressRequest, EgressResponse, EgressOutput, DropResponse,
+    EgressRequest, EgressResponse, EgressOutput, DropResponse, ServedReport, ServedAck, ServedCounts, ServedScope,
 )
 GENERATED_BEGIN = "<!-- BEGIN GENERATED from tfe_client.wire: python -m tfe_client.wire > section -->"
 GENERATED_END = "<!-- END GENERATED -->"

@@ -159,6 +159,10 @@ def _examples() -> list[Any]:
         wire.EgressResponse("cd" * 6, (wire.EgressOutput(0, rid, _sealed(176)),
                                        wire.EgressOutput(1, rid, _sealed(176)))),
         wire.DropResponse("cd" * 6, True),
+        wire.ServedReport("maxRequests=3", "ef" * 6, 2, 5),
+        wire.ServedAck("digits", "unlimited", 7),
+        wire.ServedCounts("digits", (wire.ServedScope("unlimited", 7), wire.ServedScope("maxRequests=3", 3))),
+        wire.ServedCounts("digits", ()),
     ]
 
 
@@ -178,7 +182,7 @@ def test_every_message_type_has_an_example_and_documented_json_keys() -> None:
     from dataclasses import fields
 
     assert {type(m) for m in _examples()} >= set(wire.MESSAGES) - {wire.Bundle, wire.IngressItem, wire.ItemFailure,
-                                                                   wire.EgressOutput}
+                                                                   wire.EgressOutput, wire.ServedScope}
     for cls in wire.MESSAGES:
         for f in fields(cls):
             assert f.metadata.get("json") and f.metadata.get("doc"), f"{cls.__name__}.{f.name} is undocumented"

@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from tfe_worker.batcher import DONE, QUEUED, RUNNING, Batcher, BatcherOptions, Rejected, default_buckets
+from tfe_worker.batcher import DONE, QUEUED, RUNNING, SETTLING, Batcher, BatcherOptions, Rejected, default_buckets
 
 
 class Clock:
@@ -206,3 +206,49 @@ def test_wait_returns_the_answer_from_another_thread():
     th.join(5)
     stop.set()
     assert b.next_batch(stop) is None
+
+
+# -- two-phase answers and counts recorded elsewhere (maxRequests across coordinator restarts) --------
+def test_sync_served_raises_the_count_never_lowers_it_and_sets_the_limit():
+    b, _ = make(max_requests=3)
+    b.sync_served(2)
+    assert b.served == 2 and not b.limit_event.is_set()
+    b.sync_served(1)
+    assert b.served == 2
+    b.submit(rid(1), 1, "a")
+    with pytest.raises(Rejected) as e:  # 2 recorded + 1 admitted
+        b.submit(rid(2), 1, "b")
+    assert e.value.code == "limit_reached"
+    b.sync_served(3)
+    assert b.limit_event.is_set()
+
+
+def test_settled_answers_are_not_cancelled_are_not_double_counted_and_go_back_on_failure():
+    b, clock = make(max_requests=2)
+    t1, t2 = b.submit(rid(1), 1, "a"), b.submit(rid(2), 1, "b")
+    clock.advance(1)
+    batch = b.take()
+    assert b.settle([(t1, 200, "x"), (t2, 400, "bad")]) == 1  # only successes settle
+    assert t1.state == SETTLING and t2.state == RUNNING
+    b.cancel(t1, "timeout")
+    assert t1.state == SETTLING and not t1.done.is_set()
+    assert b.served == 0 and b.outstanding == 2  # admission counts it once (as outstanding)
+    b.fail(batch)  # the count could not be recorded: both run again, in order
+    assert [t.state for t in (t1, t2)] == [QUEUED, QUEUED] and b.served == 0
+    clock.advance(1)
+    batch = b.take()
+    assert b.settle([(t1, 200, "x"), (t2, 200, "y")]) == 2
+    b.complete(t1, 200, "x")
+    b.complete(t2, 200, "y")
+    assert b.served == 2 and b.limit_event.is_set()
+
+
+def test_a_settling_ticket_past_its_deadline_waits_for_its_answer():
+    b, clock = make(timeout=1.0)
+    t = b.submit(rid(1), 1, "a")
+    clock.advance(0.01)
+    b.take()
+    b.settle([(t, 200, "x")])
+    clock.advance(5)  # past the deadline while its count is being recorded
+    threading.Timer(0.1, lambda: b.complete(t, 200, "x")).start()
+    assert b.wait(t) == (200, "x") and t.cancelled is None

@@ -7,6 +7,12 @@ its oldest request waited max_wait. A request whose client gave up or whose dead
 is cancelled: if it is still queued it never runs; if it is running its result is discarded;
 either way it stops counting toward admission (maxRequests). A batch the workers failed goes
 back to the head of the queue in its order, until a request has failed max_attempts times.
+
+Answering a batch has two phases so that a count can be recorded elsewhere (on the workers)
+before any answer is released: settle() picks the successful answers whose clients still wait
+(from then on they can no longer be cancelled), the caller records them, then complete()
+releases them (or fail() puts them back when they could not be recorded). sync_served() raises
+the count to what was recorded elsewhere (a previous coordinator's count, another coordinator's).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
-QUEUED, RUNNING, DONE = "queued", "running", "done"
+QUEUED, RUNNING, SETTLING, DONE = "queued", "running", "settling", "done"
 
 
 def default_buckets(max_batch: int) -> tuple[int, ...]:
@@ -139,9 +145,10 @@ class Batcher(Generic[T]):
         self.cond.notify_all()
 
     def cancel(self, t: Ticket[T], reason: str) -> None:
-        """The client gave up (reason "gone") or the deadline passed ("timeout")."""
+        """The client gave up (reason "gone") or the deadline passed ("timeout"). A settling ticket
+        is past cancelling: it counts, and its answer follows within one record call."""
         with self.cond:
-            if t.state == DONE:
+            if t.state in (DONE, SETTLING):
                 return
             t.cancelled = reason
             if t.state == QUEUED:
@@ -151,6 +158,18 @@ class Batcher(Generic[T]):
                     pass
             self._finish(t, 504, None)
 
+    def settle(self, answers: list[tuple[Ticket[T], int, Any]]) -> int:
+        """Phase one of answering a batch: the successful answers whose clients still wait become
+        settling (no longer cancellable); returns how many. Record that many, then complete() each
+        answer, or fail() the batch when they could not be recorded (settling tickets go back)."""
+        with self.cond:
+            n = 0
+            for t, status, _ in answers:
+                if status == 200 and t.state == RUNNING:
+                    t.state = SETTLING
+                    n += 1
+            return n
+
     def complete(self, t: Ticket[T], status: int, payload: Any) -> bool:
         """A batch's answer for one ticket. False when nobody waits for it any more (discarded)."""
         with self.cond:
@@ -158,11 +177,21 @@ class Batcher(Generic[T]):
                 return False
             if status == 200:
                 self.served += 1
-                mr = self.opts.max_requests
-                if mr is not None and self.served >= mr:
-                    self.limit_event.set()
+                self._check_limit()
             self._finish(t, status, payload)
             return True
+
+    def sync_served(self, served: int) -> None:
+        """Raise the count of successful predictions to one recorded elsewhere (never lowers it)."""
+        with self.cond:
+            self.served = max(self.served, served)
+            self._check_limit()
+            self.cond.notify_all()
+
+    def _check_limit(self) -> None:
+        mr = self.opts.max_requests
+        if mr is not None and self.served >= mr:
+            self.limit_event.set()
 
     def fail(self, batch: Batch[T], give_up: Any = None) -> None:
         """The workers failed this batch: retry it first, in order; a request that failed
@@ -230,8 +259,9 @@ class Batcher(Generic[T]):
         return None
 
     def wait(self, t: Ticket[T], gone: Callable[[], bool] = lambda: False, poll: float = 0.25) -> tuple[int, Any]:
-        """Block a handler until its ticket is answered, its client goes away, or its deadline passes."""
-        while not t.done.wait(max(0.0, min(poll, t.deadline - self.clock()))):
+        """Block a handler until its ticket is answered, its client goes away, or its deadline passes
+        (a settling ticket is answered shortly after its deadline rather than cancelled)."""
+        while not t.done.wait(max(0.01, min(poll, t.deadline - self.clock()))):
             if gone():
                 self.cancel(t, "gone")
             elif self.clock() >= t.deadline:

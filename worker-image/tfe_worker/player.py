@@ -8,13 +8,15 @@ HTTP side (reachable by the coordinator only, see the NetworkPolicy):
   POST /v1/ingress   decrypt this worker's pair of each request of a batch -> spool/in/ID.bin
   POST /v1/egress    encrypt this worker's output pair of each request -> the request's client
   DELETE /v1/batches/ID
+  GET  /v1/models/NAME/served                  successful predictions recorded here, per count scope
+  POST /v1/models/NAME/served                  the coordinator records a batch's successful predictions
 Every body is a tfe_client.wire message. The worker trusts nothing the coordinator says beyond
 its own manifest: featureShape must be the manifest's input shape, the bucket is bounded, and
 each item's ciphertext must have the exact length of its shape. An item it cannot open fails
 alone (IngressAck.failed); a malformed batch is a 400, never a 500.
 
 Split: KeyStore (the X25519 key), ShareStore (generations, manifests), Spool (batch files),
-Player (the HTTP app and the TF server).
+ServedStore (the served counts behind maxRequests), Player (the HTTP app and the TF server).
 
 The private key never leaves this process and its state dir. Decrypted share pairs exist
 only in the memory-backed spool dir, for the private graph running on this player's device.
@@ -23,6 +25,7 @@ only in the memory-backed spool dir, for the private graph running on this playe
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import logging
 import math
@@ -140,6 +143,78 @@ class ShareStore:
                             f"model {model} has no complete generation {generation} here") from None
 
 
+class ServedStore:
+    """Successful predictions per model and count scope, on this worker's disk.
+
+    One small file per model, state/served/MODEL.json (a wire.ServedCounts), replaced atomically
+    (temporary file, fsync, rename, fsync of the directory) before a report is acknowledged, so a
+    count this worker acknowledged survives its crash. A report adds its predictions once (report
+    ids already applied are remembered in memory) and never lowers a count: the count becomes
+    max(count + add, total). At most MAX_SCOPES scopes are kept, the most recently reported ones.
+    """
+
+    SEEN = 1024  # report ids remembered per model (a retry comes within seconds)
+
+    def __init__(self, state: str) -> None:
+        self.dir = os.path.join(state, "served")
+        self.lock = threading.Lock()
+        self.seen: dict[str, collections.OrderedDict[str, int]] = {}
+
+    def path(self, model: str) -> str:
+        return os.path.join(self.dir, f"{wire.check_model_name(model)}.json")
+
+    def counts(self, model: str) -> wire.ServedCounts:
+        with self.lock:
+            return self._read(model)
+
+    def _read(self, model: str) -> wire.ServedCounts:
+        try:
+            with open(self.path(model)) as f:
+                counts = wire.ServedCounts.parse(json.load(f))
+        except FileNotFoundError:
+            return wire.ServedCounts(model, ())
+        except (ValueError, ProtocolError) as e:  # fail closed: never restart a count from zero silently
+            log.error("served count file %s is unreadable (%s); move it away to reset the count",
+                      self.path(model), e)
+            raise HTTPError("internal", "served count file unreadable") from None
+        if counts.model != model:
+            raise HTTPError("internal", "served count file of another model")
+        return counts
+
+    def report(self, model: str, rep: wire.ServedReport) -> int:
+        """Apply one report; return the scope's count, on disk when this returns."""
+        with self.lock:
+            counts = self._read(model)
+            current = counts.served(rep.scope)
+            seen = self.seen.setdefault(model, collections.OrderedDict())
+            if rep.report_id in seen:
+                return max(current, seen[rep.report_id])
+            new = max(current + rep.add, rep.total)
+            if new != current or not any(s.scope == rep.scope for s in counts.scopes):
+                scopes = [s for s in counts.scopes if s.scope != rep.scope] + [wire.ServedScope(rep.scope, new)]
+                self._write(wire.ServedCounts(model, tuple(scopes[-wire.MAX_SCOPES:])))
+            seen[rep.report_id] = new
+            while len(seen) > self.SEEN:
+                seen.popitem(last=False)
+            return new
+
+    def _write(self, counts: wire.ServedCounts) -> None:
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        path = self.path(counts.model)
+        tmp = f"{path}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(counts.to_json(), f, separators=(",", ":"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dfd = os.open(self.dir, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
 @dataclass
 class Item:
     index: int
@@ -241,6 +316,7 @@ class Player:
         self.state = os.path.abspath(opts.state)
         self.spool = Spool(os.path.abspath(opts.spool))
         self.shares = ShareStore(self.state)
+        self.served = ServedStore(self.state)
         self.keys: KeyStore | None = None
         self.server: Any = None
         self.stop_event = threading.Event()
@@ -248,6 +324,8 @@ class Player:
         self.m_ingress = Counter("tfe_worker_ingress_items_total", "Request bundles received, by result",
                                  ["result"], registry=self.registry)
         self.m_egress = Counter("tfe_worker_egress_items_total", "Output bundles sent", registry=self.registry)
+        self.m_served = Gauge("tfe_worker_requests_served", "Successful predictions recorded on this worker's disk, "
+                              "by model and count scope", ["model", "scope"], registry=self.registry)
         self.m_inflight = Gauge("tfe_worker_batches_inflight", "Batches spooled and not yet collected",
                                 registry=self.registry)
         self.m_io = Histogram("tfe_worker_share_io_seconds", "Time to decrypt/spool or encrypt one batch",
@@ -371,6 +449,21 @@ class Player:
         self.m_inflight.set(len(self.spool))
         return 200, wire.DropResponse(bid, True)
 
+    def served_counts(self, req: Req) -> Reply:
+        return 200, self.served.counts(_model(req.match.group(1)))
+
+    def record_served(self, req: Req) -> Reply:
+        model = _model(req.match.group(1))
+        try:
+            rep = wire.ServedReport.parse(req.json())
+        except ProtocolError as e:
+            raise HTTPError("bad_batch", str(e)) from None
+        if not self.shares.generations(model):
+            raise HTTPError("no_such_generation", f"model {model} has no complete generation here")
+        served = self.served.report(model, rep)
+        self.m_served.labels(model, rep.scope).set(served)
+        return 200, wire.ServedAck(model, rep.scope, served)
+
     def metrics(self, req: Req) -> Reply:
         return 200, metrics_response(self.registry)
 
@@ -385,6 +478,8 @@ class Player:
         app.route("POST", "/v1/ingress", self.ingress)
         app.route("POST", "/v1/egress", self.egress, max_body=1 << 16)
         app.route("DELETE", r"/v1/batches/([0-9a-f]{8,64})", self.drop_batch)
+        app.route("GET", r"/v1/models/([^/]+)/served", self.served_counts)
+        app.route("POST", r"/v1/models/([^/]+)/served", self.record_served, max_body=1 << 12)
         return app
 
     # -- housekeeping --------------------------------------------------------------------------

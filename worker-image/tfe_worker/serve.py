@@ -10,6 +10,17 @@ Parts: Batcher (batcher.py: queue, deadlines, admission, pure), WorkerPool (one 
 urllib3 pool per worker), Engine (TF Encrypted), Coordinator (ties them together and is the
 endpoint's Backend), EndpointApp (endpoint.py: the HTTP API).
 
+maxRequests holds across coordinator restarts and pod replacements: the count of successful
+predictions lives on the workers' disks (player.ServedStore), per model and count scope (default
+`maxRequests=N`, so a changed limit starts a new count; --count-scope names another). A
+(re)connecting coordinator starts from the largest count any of the three workers holds (a
+worker that lost its disk or missed a report can only hold less; one that claims more can at
+worst stop the model, which it could anyway by refusing to compute). Before a batch's
+successful answers are released, the coordinator records them on the workers (ServedReport)
+and releases them only once at least one worker acknowledged: a prediction is never delivered
+uncounted. A crash between recording and releasing counts at most one batch that was never
+delivered.
+
 Failure is attributed: a worker that refuses one item (bundle it cannot open) fails that
 request alone with a 400; a worker that refuses a whole batch fails that batch's requests
 with a 502 and nothing else; only transport errors, worker 5xx and TF errors count as worker
@@ -176,6 +187,7 @@ class ServeOptions:
     batch: BatcherOptions = field(default_factory=BatcherOptions)
     ready_timeout: float = 600.0
     worker_timeout: float = 60.0
+    count_scope: str | None = None  # where the served count is kept on the workers; default: by the limit
 
 
 class Coordinator:
@@ -184,6 +196,7 @@ class Coordinator:
     def __init__(self, config: Config, opts: ServeOptions, metrics: ServeMetrics) -> None:
         self.config, self.opts, self.name = config, opts, opts.name
         self.batcher: Batcher[wire.PredictRequest] = Batcher(opts.batch)
+        self.scope = wire.check_scope(opts.count_scope or wire.count_scope(opts.batch.max_requests))
         self.buckets = self.batcher.buckets
         self.pool = WorkerPool([p.http for p in config.players], opts.worker_timeout)
         self.stop = threading.Event()
@@ -198,13 +211,14 @@ class Coordinator:
                                  buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
         self.m_stage = Histogram("tfe_serve_stage_seconds", "Time per batch in each stage: ingress (workers "
                                  "decrypt and spool), graph (the private computation), egress (workers "
-                                 "encrypt outputs)", ["stage"], registry=r,
+                                 "encrypt outputs), record (workers write the served count)", ["stage"], registry=r,
                                  buckets=(.001, .0025, .005, .01, .015, .02, .03, .05, .075, .1, .2, .5, 1))
         self.m_queue = Gauge("tfe_serve_queue_depth", "Requests waiting for a batch", registry=r)
         self.m_reconnects = Counter("tfe_serve_reconnects_total", "Reconnects to the workers", registry=r)
         self.m_ready = Gauge("tfe_serve_ready", "1 when serving", registry=r)
         self.m_gen = Gauge("tfe_serve_share_generation", "Share generation being served", registry=r)
-        self.m_served = Gauge("tfe_serve_requests_served", "Successful predictions since start", registry=r)
+        self.m_served = Gauge("tfe_serve_requests_served", "Successful predictions in this coordinator's count "
+                              "scope, as recorded on the workers (survives restarts)", registry=r)
 
     @property
     def limit_event(self) -> threading.Event:
@@ -261,11 +275,68 @@ class Coordinator:
         self.engine = eng
         for b in self.buckets:
             self._warmup(b)
+        self._load_served()  # after the warm-up: includes what a previous coordinator served meanwhile
         self.m_gen.set(gen)
         log.info("model %s generation %d loaded from worker shares; %d bucket(s) %s warm in %.1fs", self.name, gen,
                  len(self.buckets), list(self.buckets), time.monotonic() - t0)
         self.is_ready = True
         self.m_ready.set(1)
+
+    def _load_served(self) -> None:
+        """Start from the largest served count of this scope any worker recorded."""
+        def one(i: int) -> int:
+            try:
+                return wire.ServedCounts.parse(self.pool.call(i, "GET", f"/v1/models/{self.name}/served")
+                                               ).served(self.scope)
+            except WorkerRefused as e:
+                if e.err.code != "not_found":
+                    raise WorkerFailure(str(e)) from None
+                log.warning("%s keeps no served counts (an older worker image?): counting from 0 there", e.worker)
+                return 0
+            except ProtocolError as e:
+                raise WorkerFailure(f"malformed served counts: {e}") from None
+
+        counts = self.pool.all(one)
+        self.batcher.sync_served(max(counts))
+        self.m_served.set(self.batcher.served)
+        log.info("model %s: %d successful prediction(s) recorded in count scope %s (workers: %s)%s", self.name,
+                 self.batcher.served, self.scope, counts,
+                 "; max-requests reached" if self.limit_event.is_set() else "")
+
+    def _record(self, n: int) -> int:
+        """Record n successful predictions on the workers before they are released; the largest count
+        the workers acknowledged. WorkerFailure unless at least one worker wrote it to disk."""
+        report = wire.ServedReport(self.scope, os.urandom(12).hex(), n, self.batcher.served + n)
+        path = f"/v1/models/{self.name}/served"
+
+        def one(i: int) -> int | None:
+            try:
+                return wire.ServedAck.parse(self.pool.call(i, "POST", path, report, timeout=10.0)).served
+            except (WorkerFailure, WorkerRefused, ProtocolError) as e:
+                log.warning("%s did not record %d served prediction(s): %s", wire.WORKERS[i], n, _short(e))
+                return None
+
+        acks = [a for a in self.pool.all(one) if a is not None]
+        if not acks:
+            raise WorkerFailure(f"no worker recorded {n} served prediction(s)")
+        return max(acks)
+
+    def _answer(self, answers: list[tuple[Ticket[wire.PredictRequest], int, Any]]) -> None:
+        """Release a batch's answers; the successful ones only once the workers recorded them."""
+        n = self.batcher.settle(answers)
+        for t, status, payload in answers:
+            if status != 200:
+                self.batcher.complete(t, status, payload)
+        recorded = None
+        if n:
+            t0 = time.perf_counter()
+            recorded = self._record(n)
+            self.m_stage.labels("record").observe(time.perf_counter() - t0)
+        for t, status, payload in answers:
+            if status == 200:
+                self.batcher.complete(t, status, payload)
+        if recorded is not None:
+            self.batcher.sync_served(recorded)  # another coordinator may have served meanwhile
 
     def _warmup(self, bucket: int) -> None:
         """Run the whole path once (encrypt zeros like a client would) so tracing happens now."""
@@ -300,6 +371,7 @@ class Coordinator:
             self.m_queue.set(self.batcher.queued())
             try:
                 answers = self._process(batch)
+                self._answer(answers)
             except Exception as e:  # noqa: BLE001 - transport, worker 5xx or TF error: a worker failed
                 log.warning("batch of %d request(s) failed (%s); reconnecting and retrying", len(batch.tickets),
                             _short(e))
@@ -310,8 +382,6 @@ class Coordinator:
                 self.batcher.fail(batch, wire.ErrorBody("workers_unavailable",
                                                         "the workers failed this request repeatedly"))
                 continue
-            for t, status, payload in answers:
-                self.batcher.complete(t, status, payload)
             self.m_served.set(self.batcher.served)
 
     def _process(self, batch: Batch[wire.PredictRequest], count: bool = True
@@ -400,6 +470,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--buckets", default=None, help="comma-separated batch buckets (default 1,4,16,...,max)")
     p.add_argument("--max-requests", type=int, default=None)
     p.add_argument("--linger-after-limit", action="store_true")
+    p.add_argument("--count-scope", default=None,
+                   help="scope of the served count kept on the workers (default: maxRequests=N, or unlimited): "
+                        "coordinators of one model and scope share one count across restarts")
     p.add_argument("--token-file", default=None)
     p.add_argument("--ready-timeout", type=float, default=600.0)
     p.add_argument("--request-timeout", type=float, default=120.0, help="seconds before a request gets 504")
@@ -411,6 +484,11 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if not 1 <= a.max_batch_size <= wire.MAX_BUCKET or (a.max_requests is not None and a.max_requests < 1):
         p.error(f"--max-batch-size must lie in 1..{wire.MAX_BUCKET} and --max-requests be >= 1")
+    try:
+        if a.count_scope is not None:
+            wire.check_scope(a.count_scope, "--count-scope")
+    except ProtocolError as e:
+        p.error(str(e))
     if a.relay_only and a.relay_port is None:
         p.error("--relay-only needs --relay-port")
     buckets = tuple(int(b) for b in a.buckets.split(",")) if a.buckets else ()
@@ -418,7 +496,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--buckets must lie within 1..--max-batch-size")
     batch = BatcherOptions(a.max_batch_size, buckets, a.max_wait_ms / 1000.0, a.request_timeout, a.max_queue,
                            a.max_requests)
-    opts = ServeOptions(a.name, a.coordinator_address, a.generation, a.protocol, batch, a.ready_timeout)
+    opts = ServeOptions(a.name, a.coordinator_address, a.generation, a.protocol, batch, a.ready_timeout,
+                        count_scope=a.count_scope)
     http = HTTPOptions(threads=a.http_threads, connection_limit=a.max_connections, channel_timeout=a.idle_timeout,
                        max_body_bytes=a.max_body_bytes)
     metrics = ServeMetrics(CollectorRegistry())
