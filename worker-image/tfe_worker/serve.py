@@ -199,6 +199,7 @@ class Coordinator:
         self.scope = wire.check_scope(opts.count_scope or wire.count_scope(opts.batch.max_requests))
         self.buckets = self.batcher.buckets
         self.pool = WorkerPool([p.http for p in config.players], opts.worker_timeout)
+        self._recorder = ThreadPoolExecutor(1, thread_name_prefix="served-count")  # in order, off the hot path
         self.stop = threading.Event()
         self.is_ready = False
         self.fatal: str | None = None
@@ -303,10 +304,12 @@ class Coordinator:
                  self.batcher.served, self.scope, counts,
                  "; max-requests reached" if self.limit_event.is_set() else "")
 
-    def _record(self, n: int) -> int:
-        """Record n successful predictions on the workers before they are released; the largest count
-        the workers acknowledged. WorkerFailure unless at least one worker wrote it to disk."""
-        report = wire.ServedReport(self.scope, os.urandom(12).hex(), n, self.batcher.served + n)
+    def _record(self, n: int, total: int | None = None) -> int:
+        """Record n successful predictions on the workers before they are released (total: the count
+        including them, default served + n); the largest count the workers acknowledged.
+        WorkerFailure unless at least one worker wrote it to disk."""
+        report = wire.ServedReport(self.scope, os.urandom(12).hex(), n,
+                                   self.batcher.served + n if total is None else total)
         path = f"/v1/models/{self.name}/served"
 
         def one(i: int) -> int | None:
@@ -328,6 +331,14 @@ class Coordinator:
             if status != 200:
                 self.batcher.complete(t, status, payload)
         recorded = None
+        if n and self.opts.batch.max_requests is None:
+            # no limit to enforce: the answers leave now, the count is recorded behind them
+            # (for /v1/status across restarts; a crash may lose the last batch's count)
+            for t, status, payload in answers:
+                if status == 200:
+                    self.batcher.complete(t, status, payload)
+            self._recorder.submit(self._record_behind, n, self.batcher.served)
+            return
         if n:
             t0 = time.perf_counter()
             recorded = self._record(n)
@@ -337,6 +348,12 @@ class Coordinator:
                 self.batcher.complete(t, status, payload)
         if recorded is not None:
             self.batcher.sync_served(recorded)  # another coordinator may have served meanwhile
+
+    def _record_behind(self, n: int, total: int) -> None:
+        try:
+            self.batcher.sync_served(self._record(n, total))
+        except WorkerFailure as e:
+            log.warning("served count not recorded: %s", _short(e))
 
     def _warmup(self, bucket: int) -> None:
         """Run the whole path once (encrypt zeros like a client would) so tracing happens now."""
