@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tfe_client import mesh as mesh_mod
+from tfe_client import wire
 
 from . import api
 from .settings import Settings
@@ -845,6 +846,9 @@ def serve_command(ctx: Context, generation: int, slot: int = 0) -> list[str]:
     if s.max_requests is not None:
         # Linger: a Deployment must not restart the process into serving N more.
         cmd += ["--max-requests", str(s.max_requests), "--linger-after-limit"]
+    # The served count lives on the workers (a replaced serve pod continues it); scoped to this
+    # EncryptedModel (a re-created one on retained volumes starts at 0) and to the limit.
+    cmd += ["--count-scope", f"{ctx.uid}:{wire.count_scope(s.max_requests)}"]
     if s.token_secret is not None and external:
         cmd += ["--token-file", f"{api.TOKEN_DIR}/token"]
     return cmd

@@ -758,6 +758,8 @@ def expected_deployment(generation: int = 1, slot: int = 0) -> dict[str, Any]:
                                     "32",
                                     "--max-wait-ms",
                                     "5",
+                                    "--count-scope",
+                                    "uid-1:unlimited",
                                 ],
                                 "env": [{"name": "HOME", "value": "/tmp"}],
                                 # the relay through the guard's plain health listener
@@ -796,7 +798,7 @@ def _serve_limits(e: dict[str, Any]) -> None:
     c["command"][c["command"].index("--protocol") + 1] = "SecureNN"
     c["command"][c["command"].index("--max-batch-size") + 1] = "8"
     c["command"][c["command"].index("--max-wait-ms") + 1] = "0"
-    c["command"] += ["--max-requests", "100", "--linger-after-limit"]
+    c["command"][-2:] = ["--max-requests", "100", "--linger-after-limit", "--count-scope", "uid-1:maxRequests=100"]
     # the token is the endpoint's: the coordinator neither needs nor mounts it
     c["resources"] = {"limits": {"memory": "2Gi"}}
 
