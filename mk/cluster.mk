@@ -15,7 +15,7 @@ cluster-down: ## stop the local cluster and remove its interfaces, iptables chai
 cluster-status: ## which local cluster processes run, and the node
 	hack/cluster/cluster.sh status
 
-images: ## build tfe-operator/{worker,operator}:VERSION offline (debootstrap base) and import them into the cluster
+images: guard ## build tfe-operator/{worker,operator}:VERSION offline (debootstrap base) and import them into the cluster
 	hack/cluster/images.sh
 
 cluster-smoke: ## smoke-test the cluster: local image, headless DNS, ClusterIP from pod+host, restart
