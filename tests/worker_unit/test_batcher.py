@@ -37,10 +37,20 @@ def test_default_buckets():
         BatcherOptions(max_batch=4, buckets=(8,)).resolved_buckets()
 
 
+def test_a_lone_request_leaves_at_once():
+    """Nobody else is live (a sequential client): waiting max_wait would only add latency."""
+    b, _clock = make()
+    b.submit(rid(1), 1, "a")
+    batch = b.take()
+    assert [t.payload for t in batch.tickets] == ["a"] and batch.bucket == 1
+
+
 def test_waits_max_wait_for_company_then_picks_the_smallest_bucket():
     b, clock = make()
+    b.submit(rid(9), 1, "running")
+    assert b.take() is not None  # alone: leaves at once, and stays live while it runs
     b.submit(rid(1), 1, "a")
-    assert b.take() is None  # the oldest waited 0 s of its 5 ms
+    assert b.take() is None  # another request is live: the oldest waited 0 s of its 5 ms
     clock.advance(0.002)
     b.submit(rid(2), 2, "b")
     assert b.take() is None

@@ -237,8 +237,11 @@ class Batcher(Generic[T]):
                 return None
             tickets, carried = self._candidate()
             rows = sum(t.rows for t in tickets)
-            if not (carried or rows >= self.opts.max_batch or now - self.queue[0].enqueued >= self.opts.max_wait
-                    or self.draining):
+            # wait for company only while someone could join: with every live request already in
+            # this batch (e.g. one sequential client), waiting max_wait only adds latency
+            alone = len(tickets) >= len(self.live)
+            if not (carried or alone or rows >= self.opts.max_batch
+                    or now - self.queue[0].enqueued >= self.opts.max_wait or self.draining):
                 return None
             for t in tickets:
                 self.queue.popleft()
