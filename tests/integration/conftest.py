@@ -5,6 +5,8 @@ import http.client
 import json
 import os
 import shutil
+import socket
+import threading
 import time
 
 import numpy as np
@@ -161,3 +163,26 @@ def deployment(tmp_path_factory, models):
 @pytest.fixture()
 def rng():
     return np.random.default_rng(1234)
+
+
+def splice(a, b, record=None):
+    """Copy bytes from socket a to socket b until either side closes (record(data): a tap's log)."""
+    try:
+        while data := a.recv(65536):
+            if record is not None:
+                record(data)
+            b.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for s in (a, b):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def relay(a, b, record=None):
+    """Both directions of a connection, each in a daemon thread."""
+    threading.Thread(target=splice, args=(a, b, record), daemon=True).start()
+    threading.Thread(target=splice, args=(b, a, record), daemon=True).start()

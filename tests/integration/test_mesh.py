@@ -16,6 +16,7 @@ import sys
 import threading
 
 import pytest
+from conftest import relay
 
 from tfe_client import mesh
 from tfe_worker.local import TF_PORTS, free_ports, new_stack
@@ -138,26 +139,12 @@ def _forward(unix_path: str) -> int:
     srv.bind(("127.0.0.1", 0))
     srv.listen(16)
 
-    def pipe(a: socket.socket, b: socket.socket) -> None:
-        try:
-            while data := a.recv(65536):
-                b.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (a, b):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
     def accept() -> None:
         while True:
             c, _ = srv.accept()
             u = socket.socket(socket.AF_UNIX)
             u.connect(unix_path)
-            threading.Thread(target=pipe, args=(c, u), daemon=True).start()
-            threading.Thread(target=pipe, args=(u, c), daemon=True).start()
+            relay(c, u)
 
     threading.Thread(target=accept, daemon=True).start()
     return int(srv.getsockname()[1])

@@ -17,7 +17,7 @@ import tempfile
 import threading
 
 import pytest
-from conftest import READY_TIMEOUT, Deployment
+from conftest import READY_TIMEOUT, Deployment, relay
 
 from tfe_worker.local import new_stack
 
@@ -57,23 +57,11 @@ class UnixTap:
             except OSError:
                 c.close()
                 continue
-            threading.Thread(target=self._pipe, args=(c, u), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(u, c), daemon=True).start()
+            relay(c, u, self._record)
 
-    def _pipe(self, a: socket.socket, b: socket.socket) -> None:
-        try:
-            while data := a.recv(65536):
-                with self.lock:
-                    self.data += data
-                b.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (a, b):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+    def _record(self, data: bytes) -> None:
+        with self.lock:
+            self.data += data
 
     def close(self) -> None:
         for s in self.servers:
