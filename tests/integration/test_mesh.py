@@ -25,24 +25,23 @@ ATTACK = os.path.join(os.path.dirname(__file__), "mesh_attack.py")
 READY_TIMEOUT = 300.0
 
 
-@pytest.fixture(scope="module")
-def secure(tmp_path_factory):
-    stack = new_stack(str(tmp_path_factory.mktemp("mesh-on")), "digits", tls=True)
+def _players(tmp_path_factory, tls: bool):
+    stack = new_stack(str(tmp_path_factory.mktemp(f"mesh-{'on' if tls else 'off'}")), "digits", tls=tls)
     try:
         stack.start_players(READY_TIMEOUT)
         yield stack
     finally:
         stack.stop()
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory):
+    yield from _players(tmp_path_factory, tls=True)
 
 
 @pytest.fixture(scope="module")
 def insecure(tmp_path_factory):
-    stack = new_stack(str(tmp_path_factory.mktemp("mesh-off")), "digits", tls=False)
-    try:
-        stack.start_players(READY_TIMEOUT)
-        yield stack
-    finally:
-        stack.stop()
+    yield from _players(tmp_path_factory, tls=False)
 
 
 def key_digest(stack, i: int) -> str:

@@ -19,6 +19,15 @@ BASE_SPEC: dict[str, Any] = {"model": {"configMap": {"name": "digits-model", "ke
 
 
 MESH_HASH = "0123456789abcdef"
+# the ownerReference every object of make_ctx()'s EncryptedModel carries
+OWNER = {
+    "apiVersion": "tfe.dev/v1alpha1",
+    "kind": "EncryptedModel",
+    "name": "digits",
+    "uid": "uid-1",
+    "controller": True,
+    "blockOwnerDeletion": True,
+}
 
 
 def make_ctx(

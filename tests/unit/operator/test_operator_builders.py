@@ -8,20 +8,12 @@ import json
 from typing import Any
 
 import pytest
-from operator_testlib import MESH_HASH, make_ctx
+from operator_testlib import MESH_HASH, OWNER, make_ctx
 
 from tfe_client import mesh
 from tfe_operator import builders
 from tfe_operator.settings import Settings
 
-OWNER = {
-    "apiVersion": "tfe.dev/v1alpha1",
-    "kind": "EncryptedModel",
-    "name": "digits",
-    "uid": "uid-1",
-    "controller": True,
-    "blockOwnerDeletion": True,
-}
 IMAGE = "tfe-operator/worker:0.1.0"
 
 

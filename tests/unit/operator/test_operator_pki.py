@@ -16,20 +16,12 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from operator_testlib import make_ctx
+from operator_testlib import OWNER, make_ctx
 
 from tfe_operator import pki
 from tfe_operator.settings import Settings
 
 NOW = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
-OWNER = {
-    "apiVersion": "tfe.dev/v1alpha1",
-    "kind": "EncryptedModel",
-    "name": "digits",
-    "uid": "uid-1",
-    "controller": True,
-    "blockOwnerDeletion": True,
-}
 LONG_LIVED = ["server0", "server1", "server2", "coordinator", "endpoint"]
 
 
