@@ -25,6 +25,12 @@ type Config struct {
 	Inbound  []Inbound         `json:"inbound"`
 	Outbound []Outbound        `json:"outbound"`
 	Health   *Health           `json:"health,omitempty"` // plain probes listener (health.go)
+	Public   *Public           `json:"public,omitempty"` // TLS for the model's clients (public.go)
+}
+
+// meshless: only a public TLS listener (a plain TLS terminator, no mesh identity).
+func (c *Config) meshless() bool {
+	return c.Public != nil && len(c.Inbound) == 0 && len(c.Outbound) == 0 && c.Health == nil
 }
 
 // Inbound is one mTLS listener that forwards to a plain loopback backend.
@@ -165,6 +171,12 @@ func LoadConfig(path string) (*Loaded, error) {
 func (c *Config) validate() error {
 	var errs []error
 	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	if err := c.Public.validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.meshless() {
+		return errors.Join(errs...)
+	}
 	if c.Identity == "" || strings.ContainsAny(c.Identity, "*; \t") {
 		bad("identity: must be a plain non-empty name, got %q", c.Identity)
 	}
@@ -292,6 +304,9 @@ func validHTTPMethod(m string) bool {
 }
 
 func (c *Config) load() (*Loaded, error) {
+	if c.meshless() {
+		return &Loaded{Config: c}, nil
+	}
 	caPEM, err := os.ReadFile(c.CA)
 	if err != nil {
 		return nil, fmt.Errorf("ca: %v", err)

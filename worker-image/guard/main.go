@@ -120,6 +120,16 @@ func Start(cfg *Loaded, errc chan<- error) (*Guard, error) {
 			return nil, err
 		}
 	}
+	if p := cfg.Public; p != nil {
+		ps, err := newPublic(p)
+		if err == nil {
+			err = add("public "+p.Listen+" -> "+p.Backend, p.Listen, ps)
+		}
+		if err != nil {
+			g.close()
+			return nil, err
+		}
+	}
 	for i := range g.servers {
 		s, l, name := g.servers[i], g.listeners[i], g.names[i]
 		go func() {
@@ -183,13 +193,13 @@ func run(args []string) int {
 		return 2
 	}
 	if *checkOnly {
-		fmt.Printf("tfe-guard: config %s is valid (identity %s, %d inbound, %d outbound)\n",
-			*configPath, cfg.Identity, len(cfg.Inbound), len(cfg.Outbound))
+		fmt.Printf("tfe-guard: config %s is valid (identity %s, %d inbound, %d outbound, public %t)\n",
+			*configPath, cfg.Identity, len(cfg.Inbound), len(cfg.Outbound), cfg.Public != nil)
 		return 0
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	errc := make(chan error, len(cfg.Inbound)+len(cfg.Outbound))
+	errc := make(chan error, len(cfg.Inbound)+len(cfg.Outbound)+2)
 	g, err := Start(cfg, errc)
 	if err != nil {
 		slog.Error("start failed", "error", err)
