@@ -32,6 +32,14 @@ def _add_pin_options(p: argparse.ArgumentParser) -> None:
                    "middle can read every input)")
 
 
+def _add_transport_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ca", metavar="PEM", help="verify an https:// endpoint against this CA file "
+                   "(default: the system's CAs); HTTP(S)_PROXY and NO_PROXY are honoured")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds for connecting and for each read")
+    p.add_argument("--retry-for", type=float, default=30.0, metavar="SECONDS",
+                   help="retry 503 not_ready (model still loading) with backoff for up to this long; 0: never")
+
+
 def _client(a: argparse.Namespace) -> Client:
     token = os.environ.get(a.token_env) or None
     if a.insecure_trust_endpoint_keys:
@@ -41,24 +49,28 @@ def _client(a: argparse.Namespace) -> Client:
     with warnings.catch_warnings():  # the CLI says it above, in its own words
         warnings.simplefilter("ignore")
         return Client(a.endpoint, token=token, expected_keys=keys, pins=a.pins, trust_on_first_use=a.tofu,
-                      insecure_trust_endpoint_keys=a.insecure_trust_endpoint_keys)
+                      insecure_trust_endpoint_keys=a.insecure_trust_endpoint_keys, ca=a.ca, timeout=a.timeout,
+                      retry_for=a.retry_for)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="tfe-client", description="Private predictions from a tfe-operator endpoint")
     sub = p.add_subparsers(dest="cmd", required=True)
     pr = sub.add_parser("predict", help="secret-share an input .npy, get private predictions")
-    pr.add_argument("--endpoint", required=True, help="http(s)://host:port of the EncryptedModel's Service")
+    pr.add_argument("--endpoint", required=True, help="http(s)://host:port of the EncryptedModel's Service "
+                    "(or its Ingress/route)")
     pr.add_argument("--model", required=True, help="EncryptedModel name")
     pr.add_argument("--input", required=True, help=".npy file, shape [B, ...] or one sample")
     pr.add_argument("--output", help="write the result here (.npy); default: print JSON")
     pr.add_argument("--proba", action="store_true", help="apply the model's final activation (e.g. softmax)")
     pr.add_argument("--token-env", default="TFE_TOKEN", help="environment variable holding the bearer token")
     _add_pin_options(pr)
+    _add_transport_options(pr)
     info = sub.add_parser("info", help="show the model's public metadata (as the endpoint claims it)")
     info.add_argument("--endpoint", required=True)
     info.add_argument("--model", required=True)
     info.add_argument("--token-env", default="TFE_TOKEN")
+    _add_transport_options(info)
     keys = sub.add_parser("keys", help="pin the workers' public keys")
     ksub = keys.add_subparsers(dest="keys_cmd", required=True)
     pull = ksub.add_parser("pull", help="print a pin file from the EncryptedModel's status (Kubernetes API)")
@@ -69,13 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     show.add_argument("--endpoint", required=True)
     show.add_argument("--model", required=True)
     show.add_argument("--token-env", default="TFE_TOKEN")
+    _add_transport_options(show)
     a = p.parse_args(argv)
     try:
         if a.cmd == "keys" and a.keys_cmd == "pull":
             sys.stdout.write(Pins.from_kubernetes(parse_em_ref(a.ref), a.namespace, a.context).dumps())
             return 0
         if a.cmd in ("info", "keys"):
-            m = Client(a.endpoint, token=os.environ.get(a.token_env) or None).unverified_model_info(a.model)
+            m = Client(a.endpoint, token=os.environ.get(a.token_env) or None, ca=a.ca, timeout=a.timeout,
+                       retry_for=a.retry_for).unverified_model_info(a.model)
             if a.cmd == "info":
                 print(json.dumps({"name": m.name, "protocol": m.protocol, "shareGeneration": m.share_generation,
                                   "inputShape": list(m.input_shape), "outputShape": list(m.output_shape),

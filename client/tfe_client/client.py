@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import os
+import random
 import ssl
 import threading
+import time
 import urllib.parse
+import urllib.request
 import warnings
 from typing import Any
 
@@ -49,6 +53,35 @@ def sigmoid(z: FloatArray) -> FloatArray:
     return out
 
 
+def _is_not_ready(raw: bytes) -> bool:
+    try:
+        return wire.ErrorBody.parse(json.loads(raw)).code == "not_ready"
+    except (ValueError, ProtocolError):
+        return False
+
+
+def _proxy_for(scheme: str, host: str, proxies: dict[str, str] | None) -> urllib.parse.SplitResult | None:
+    """The proxy for this endpoint from `proxies` or HTTP(S)_PROXY/NO_PROXY (None: connect directly)."""
+    if proxies is None:
+        proxies = urllib.request.getproxies_environment()
+        if urllib.request.proxy_bypass(host):  # NO_PROXY
+            return None
+    url = proxies.get(scheme)
+    if not url:
+        return None
+    u = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
+    if u.scheme != "http" or not u.hostname:
+        raise ValueError(f"proxy {url!r}: only http:// proxies are supported")
+    return u
+
+
+def _proxy_auth(u: urllib.parse.SplitResult) -> dict[str, str]:
+    if u.username is None:
+        return {}
+    cred = f"{urllib.parse.unquote(u.username)}:{urllib.parse.unquote(u.password or '')}"
+    return {"Proxy-Authorization": "Basic " + base64.b64encode(cred.encode()).decode()}
+
+
 class Client:
     """Private predictions from a tfe-operator endpoint.
 
@@ -66,12 +99,20 @@ class Client:
 
     or build it with `Client.from_kubernetes(name, namespace)`. Without any of them, `model_info`,
     `prepare` and `predict` raise PinsRequiredError before anything is sent.
+
+    Transport: `https://` endpoints are verified against the system's CAs, or against `ca` (a PEM
+    file, e.g. the CA of a test or private issuer). HTTP(S)_PROXY / NO_PROXY from the environment
+    are honoured (HTTPS through a proxy is tunnelled with CONNECT: the proxy sees ciphertext).
+    `timeout` bounds connecting and each read. A 503 `not_ready` (the model is still loading) is
+    retried after its Retry-After, with exponential backoff, for up to `retry_for` seconds; no other
+    error is retried (a request that may have run is never sent twice).
     """
 
     def __init__(self, endpoint: str, token: str | None = None, timeout: float = 60.0,
                  expected_keys: list[str] | None = None, *, pins: str | os.PathLike[str] | Pins | None = None,
                  trust_on_first_use: str | os.PathLike[str] | None = None,
-                 insecure_trust_endpoint_keys: bool = False) -> None:
+                 insecure_trust_endpoint_keys: bool = False, ca: str | os.PathLike[str] | None = None,
+                 retry_for: float = 30.0, proxies: dict[str, str] | None = None) -> None:
         u = urllib.parse.urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
         if u.scheme not in ("http", "https") or not u.hostname:
             raise ValueError(f"endpoint must be http(s)://host[:port], got {endpoint!r}")
@@ -79,7 +120,19 @@ class Client:
         self._scheme, self._host, self._port = u.scheme, u.hostname, u.port
         self._prefix = u.path.rstrip("/")
         self._token = token
+        if timeout <= 0 or retry_for < 0:
+            raise ValueError("timeout must be > 0 and retry_for >= 0")
         self._timeout = timeout
+        self._retry_for = retry_for
+        self._ssl: ssl.SSLContext | None = None
+        if self._scheme == "https":
+            cafile = os.path.expanduser(os.fspath(ca)) if ca is not None else None
+            if cafile is not None and not os.path.isfile(cafile):
+                raise ValueError(f"CA file {cafile} does not exist")
+            self._ssl = ssl.create_default_context(cafile=cafile)
+        elif ca is not None:
+            raise ValueError(f"a CA file is only for https:// endpoints, not {endpoint!r}")
+        self._proxy = _proxy_for(self._scheme, self._host, proxies)
         given = [n for n, v in (("expected_keys", expected_keys is not None), ("pins", pins is not None),
                                 ("trust_on_first_use", trust_on_first_use is not None),
                                 ("insecure_trust_endpoint_keys", insecure_trust_endpoint_keys)) if v]
@@ -109,7 +162,8 @@ class Client:
 
     @classmethod
     def from_kubernetes(cls, name: str, namespace: str = "default", *, endpoint: str | None = None,
-                        token: str | None = None, timeout: float = 60.0, context: str | None = None) -> Client:
+                        token: str | None = None, timeout: float = 60.0, context: str | None = None,
+                        ca: str | os.PathLike[str] | None = None, retry_for: float = 30.0) -> Client:
         """A client pinned to the EncryptedModel's `.status.workers[*].publicKey`, read through the
         Kubernetes API (kubeconfig, `context`, or in-cluster credentials; needs the `kubernetes` package).
         `endpoint` defaults to `.status.endpoint` (the in-cluster Service URL): pass e.g. a port-forward
@@ -119,7 +173,7 @@ class Client:
         if not url:
             raise PinError(f"encryptedmodel {namespace}/{name} has no status.endpoint yet (not serving?): "
                            "pass endpoint=")
-        return cls(url, token=token, timeout=timeout, pins=pins)
+        return cls(url, token=token, timeout=timeout, pins=pins, ca=ca, retry_for=retry_for)
 
     @property
     def pins(self) -> Pins | None:
@@ -130,13 +184,23 @@ class Client:
     def _conn(self) -> http.client.HTTPConnection:
         c: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
         if c is None:
-            if self._scheme == "https":
-                c = http.client.HTTPSConnection(self._host, self._port, timeout=self._timeout,
-                                                context=ssl.create_default_context())
+            host, port = self._host, self._port
+            if self._proxy is not None:
+                host, port = self._proxy.hostname or "", self._proxy.port
+            if self._ssl is not None:
+                c = http.client.HTTPSConnection(host, port, timeout=self._timeout, context=self._ssl)
             else:
-                c = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+                c = http.client.HTTPConnection(host, port, timeout=self._timeout)
+            if self._proxy is not None and self._ssl is not None:  # CONNECT: TLS end to end
+                c.set_tunnel(self._host, self._port, headers=_proxy_auth(self._proxy))
             self._local.conn = c
         return c
+
+    def _target(self, path: str) -> str:
+        if self._proxy is not None and self._ssl is None:  # plain HTTP through a proxy: absolute URI
+            netloc = self._host if self._port is None else f"{self._host}:{self._port}"
+            return f"http://{netloc}{self._prefix}{path}"
+        return self._prefix + path
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         headers = {"Accept": "application/json"}
@@ -146,28 +210,59 @@ class Client:
             headers["Content-Type"] = "application/json"
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
+        if self._proxy is not None and self._ssl is None:
+            headers.update(_proxy_auth(self._proxy))
+        deadline = time.monotonic() + self._retry_for
+        delay = 0.5
+        while True:
+            status, raw, retry_after = self._send(method, path, data, headers)
+            if status != 503 or not _is_not_ready(raw):
+                break
+            wait = min(max(retry_after if retry_after is not None else delay, 0.1), 10.0)
+            wait *= 1 + random.random() / 4  # jitter: many clients do not come back in step
+            if time.monotonic() + wait > deadline:
+                break
+            time.sleep(wait)
+            delay = min(delay * 2, 10.0)
+        return self._decode(status, raw)
+
+    def _send(self, method: str, path: str, data: bytes | None,
+              headers: dict[str, str]) -> tuple[int, bytes, float | None]:
         for attempt in (0, 1):
             conn = self._conn()
             try:
-                conn.request(method, self._prefix + path, body=data, headers=headers)
+                conn.request(method, self._target(path), body=data, headers=headers)
                 resp = conn.getresponse()
                 raw = resp.read()
                 break
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                # a kept-alive connection the server closed before our request: once more, fresh
                 conn.close()
                 self._local.conn = None
                 if attempt:
                     raise
+            except OSError:
+                conn.close()
+                self._local.conn = None
+                raise
+        retry_after = resp.getheader("Retry-After")
+        try:
+            ra = float(retry_after) if retry_after is not None else None
+        except ValueError:
+            ra = None
+        return resp.status, raw, ra
+
+    def _decode(self, status: int, raw: bytes) -> dict[str, Any]:
         try:
             obj = json.loads(raw) if raw else {}
         except json.JSONDecodeError as e:
-            raise ProtocolError(f"HTTP {resp.status}: response is not JSON") from e
-        if resp.status >= 400:
+            raise ProtocolError(f"HTTP {status}: response is not JSON") from e
+        if status >= 400:
             try:
                 err = wire.ErrorBody.parse(obj)
             except ProtocolError:
-                raise RemoteError(resp.status, "error", repr(raw[:200])) from None
-            raise RemoteError(resp.status, err.code, err.message)
+                raise RemoteError(status, "error", repr(raw[:200])) from None
+            raise RemoteError(status, err.code, err.message)
         if not isinstance(obj, dict):
             raise ProtocolError("response is not a JSON object")
         return obj

@@ -505,6 +505,115 @@ class Ready:
         return cls(_bool(_field(d, "ready", "readiness"), "ready"), None if name is None else _str(name, "name", 64))
 
 
+# -- Open Inference Protocol v2 (KServe): health and metadata beside our v1 routes ------------------
+OIP_PLATFORM = "tfe_aby3"
+OIP_INPUT, OIP_OUTPUT = "input", "output"
+OIP_DATATYPES = ("FP32", "FP64")
+
+
+@dataclass(frozen=True)
+class OipLive:
+    """GET /v2/health/live: 200 while the process answers."""
+
+    live: bool = _doc("live", "true")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"live": self.live}
+
+    @classmethod
+    def parse(cls, obj: object) -> OipLive:
+        return cls(_bool(_field(_obj(obj, "live"), "live", "live"), "live"))
+
+
+@dataclass(frozen=True)
+class OipReady:
+    """GET /v2/health/ready: 200 when ready, else 400 with the same body (OIP: a 4xx means false)."""
+
+    ready: bool = _doc("ready", "the model is served and the endpoint is not draining")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ready": self.ready}
+
+    @classmethod
+    def parse(cls, obj: object) -> OipReady:
+        return cls(_bool(_field(_obj(obj, "ready"), "ready", "ready"), "ready"))
+
+
+@dataclass(frozen=True)
+class OipModelReady:
+    """GET /v2/models/{name}/ready: 200 when ready, else 400 with the same body."""
+
+    name: str = _doc("name", "the model name")
+    ready: bool = _doc("ready", "as `/v2/health/ready`, for this model")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "ready": self.ready}
+
+    @classmethod
+    def parse(cls, obj: object) -> OipModelReady:
+        d = _obj(obj, "model ready")
+        return cls(check_model_name(_field(d, "name", "model ready")),
+                   _bool(_field(d, "ready", "model ready"), "ready"))
+
+
+@dataclass(frozen=True)
+class OipTensor:
+    """One tensor of OipModelMetadata (inputs, outputs)."""
+
+    name: str = _doc("name", f"`{OIP_INPUT}` or `{OIP_OUTPUT}`")
+    datatype: str = _doc("datatype", "`FP32`: the plaintext the client encodes (the wire carries ciphertext)")
+    shape: tuple[int, ...] = _doc("shape", "`[-1, *dims]`: -1 is the batch dimension")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+    @classmethod
+    def parse(cls, obj: object) -> OipTensor:
+        d = _obj(obj, "tensor metadata")
+        dt = _field(d, "datatype", "tensor")
+        if dt not in OIP_DATATYPES:
+            raise ProtocolError(f"tensor datatype must be one of {', '.join(OIP_DATATYPES)}")
+        shape = _list(_field(d, "shape", "tensor"), "tensor shape", MAX_DIMS + 1)
+        if not shape or shape[0] != -1:
+            raise ProtocolError("tensor shape must be [-1, ...]")
+        return cls(_str(_field(d, "name", "tensor"), "tensor name", 64), dt, (-1, *_shape(shape[1:], "tensor shape",
+                                                                                          MAX_FEATURES)))
+
+
+@dataclass(frozen=True)
+class OipModelMetadata:
+    """GET /v2/models/{name}: the model's metadata in the Open Inference Protocol's terms.
+
+    Inference itself stays on `POST /v1/models/{name}:predict` (the inputs are secret-shared and
+    encrypted per worker, which OIP's tensors cannot carry); worker keys and fixed point are in
+    `GET /v1/models/{name}`."""
+
+    name: str = _doc("name", "the model name")
+    versions: tuple[str, ...] = _doc("versions", "`[\"<shareGeneration>\"]`: the share generation served")
+    platform: str = _doc("platform", f"`{OIP_PLATFORM}`")
+    inputs: tuple[OipTensor, ...] = _doc("inputs", "one OipTensor, `input`")
+    outputs: tuple[OipTensor, ...] = _doc("outputs", "one OipTensor, `output` (logits; `postprocess` in v1)")
+
+    @classmethod
+    def of(cls, info: ModelInfo) -> OipModelMetadata:
+        return cls(info.name, (str(info.share_generation),), OIP_PLATFORM,
+                   (OipTensor(OIP_INPUT, "FP32", (-1, *info.input_shape)),),
+                   (OipTensor(OIP_OUTPUT, "FP32", (-1, *info.output_shape)),))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "versions": list(self.versions), "platform": self.platform,
+                "inputs": [t.to_json() for t in self.inputs], "outputs": [t.to_json() for t in self.outputs]}
+
+    @classmethod
+    def parse(cls, obj: object) -> OipModelMetadata:
+        d = _obj(obj, "model metadata")
+        versions = tuple(_str(v, "version", 32) for v in _list(_field(d, "versions", "metadata"), "versions", 16))
+        return cls(check_model_name(_field(d, "name", "metadata")), versions,
+                   _str(_field(d, "platform", "metadata"), "platform", 64),
+                   tuple(OipTensor.parse(t) for t in _list(_field(d, "inputs", "metadata"), "inputs", 16)),
+                   tuple(OipTensor.parse(t) for t in _list(_field(d, "outputs", "metadata"), "outputs", 16)))
+
+
 # -- worker HTTP side (coordinator <-> worker; the operator reads keys and generations) -------------
 @dataclass(frozen=True)
 class PublicKeyResponse:
@@ -855,6 +964,7 @@ class ServedAck:
 # Every message type, in the order PROTOCOL.md lists them.
 MESSAGES: tuple[type, ...] = (
     PredictRequest, Bundle, PredictResponse, ModelInfo, ModelList, Status, Health, Ready, ErrorBody,
+    OipLive, OipReady, OipModelReady, OipModelMetadata, OipTensor,
     PublicKeyResponse, GenerationsResponse, Manifest, IngressRequest, IngressItem, IngressAck, ItemFailure,
     EgressRequest, EgressResponse, EgressOutput, DropResponse, ServedReport, ServedAck, ServedCounts, ServedScope,
 )

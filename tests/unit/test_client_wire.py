@@ -150,6 +150,9 @@ def _examples() -> list[Any]:
         wire.Status(False, "digits", 0, 10, True, None, True),
         wire.Health(True), wire.Ready(True, "server1"), wire.Ready(False, None),
         wire.ErrorBody("bad_request", "why"),
+        wire.OipLive(True), wire.OipReady(False), wire.OipModelReady("digits", True),
+        wire.OipModelMetadata.of(wire.ModelInfo("digits", "ABY3", 3, (8, 8, 1), (10,), "softmax", FixedPoint(), 8,
+                                                keys, "0" * 64)),
         wire.PublicKeyResponse("server2", keys[2]),
         wire.GenerationsResponse("digits", (3, 2)),
         man,
@@ -182,7 +185,8 @@ def test_every_message_type_has_an_example_and_documented_json_keys() -> None:
     from dataclasses import fields
 
     assert {type(m) for m in _examples()} >= set(wire.MESSAGES) - {wire.Bundle, wire.IngressItem, wire.ItemFailure,
-                                                                   wire.EgressOutput, wire.ServedScope}
+                                                                   wire.EgressOutput, wire.ServedScope, wire.OipTensor,
+                                                                   wire.GuardRefusal}
     for cls in wire.MESSAGES:
         for f in fields(cls):
             assert f.metadata.get("json") and f.metadata.get("doc"), f"{cls.__name__}.{f.name} is undocumented"
