@@ -6,7 +6,9 @@ import logging
 import os
 import sys
 
-USAGE = """usage: tfe-worker COMMAND [ARGS]
+from tfe_worker import logs
+
+USAGE = """usage: tfe-worker [--log-format text|json] COMMAND [ARGS]
 
 commands:
   player NAME --config F --state DIR    a TF Encrypted player (tf gRPC + HTTP side)
@@ -22,9 +24,20 @@ def main(argv: list[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if args else 2
+    if args[0].startswith("--log-format"):  # before the command: every subprocess inherits it
+        fmt = args[0].split("=", 1)[1] if "=" in args[0] else (args[1] if len(args) > 1 else "")
+        args = args[1:] if "=" in args[0] else args[2:]
+        if fmt not in logs.FORMATS or not args:
+            print(f"tfe-worker: --log-format must be one of {', '.join(logs.FORMATS)}, then a command",
+                  file=sys.stderr)
+            return 2
+        os.environ["TFE_LOG_FORMAT"] = fmt
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.basicConfig(level=os.environ.get("TFE_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        logs.setup()
+    except ValueError as e:
+        print(f"tfe-worker: TFE_LOG_FORMAT: {e}", file=sys.stderr)
+        return 2
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     cmd, rest = args[0], args[1:]
     if cmd == "player":

@@ -34,7 +34,17 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from tfe_client import wire
 from tfe_client.errors import ProtocolError
-from tfe_worker.httpapp import App, HTTPError, HTTPOptions, Reply, Req, Server, metrics_response, split_hostport
+from tfe_worker.httpapp import (
+    App,
+    HTTPError,
+    HTTPOptions,
+    Reply,
+    Req,
+    Server,
+    metrics_response,
+    split_hostport,
+    start_metrics_server,
+)
 
 log = logging.getLogger("tfe_worker.endpoint")
 
@@ -85,7 +95,7 @@ class EndpointApp:
 
     # -- checks ---------------------------------------------------------------------------------
     def _auth(self, req: Req, path: str) -> None:
-        if self.opts.token is None or not path.startswith("/v1/models"):
+        if self.opts.token is None or not path.startswith(("/v1/models", "/v2/models")):
             return
         got = req.headers.get("Authorization", "")
         if not hmac.compare_digest(got.encode(), f"Bearer {self.opts.token}".encode()):
@@ -108,6 +118,7 @@ class EndpointApp:
     def predict(self, req: Req) -> Reply:
         t0 = time.perf_counter()
         info = self._model(req.match.group(1))
+        req.note(generation=info.share_generation)
         if self.draining:
             self.m.requests.labels("draining").inc()
             raise HTTPError("draining", "the endpoint is shutting down; retry on another replica")
@@ -120,6 +131,7 @@ class EndpointApp:
             self.m.requests.labels("bad_request").inc()
             self.m.errors.labels("bad_request").inc()
             raise HTTPError("bad_request", str(e)) from None
+        req.note(request_id=pr.request_id, rows=pr.rows)
         with self.lock:
             self.inflight += 1
             self.m.inflight.set(self.inflight)
@@ -136,6 +148,8 @@ class EndpointApp:
             self.m.requests.labels(code).inc()
         else:
             self.m.requests.labels("ok").inc()
+            if isinstance(payload, wire.PredictResponse):
+                req.note(generation=payload.share_generation)
         self.m.latency.observe(time.perf_counter() - t0)
         return status, payload
 
@@ -148,13 +162,35 @@ class EndpointApp:
         ok = self.backend.ready() and not self.draining
         return (200 if ok else 503), wire.Ready(ok)
 
-    def app(self, extra: CollectorRegistry | None = None) -> App:
+    # -- Open Inference Protocol v2: health and metadata (inference stays on v1: ciphertext) ------
+    def oip_ready(self, req: Req) -> Reply:
+        ok = self.backend.ready() and not self.draining
+        return (200 if ok else 400), wire.OipReady(ok)
+
+    def oip_model(self, req: Req) -> Reply:
+        return 200, wire.OipModelMetadata.of(self._model(req.match.group(1)))
+
+    def oip_model_ready(self, req: Req) -> Reply:
+        name = req.match.group(1)
+        if name != self.name:
+            raise HTTPError("no_such_model", f"this endpoint serves model '{self.name}', not '{name[:64]}'")
+        ok = self.backend.ready() and not self.draining and self.backend.info() is not None
+        return (200 if ok else 400), wire.OipModelReady(self.name, ok)
+
+    def app(self, extra: CollectorRegistry | None = None, metrics: bool = True) -> App:
+        """The client API. metrics=False: no /metrics here (it is on a metrics port of its own)."""
         app = App(f"endpoint-{self.name}", max_body=self.opts.http.max_body_bytes)
         app.before = self._auth
+        app.access_log = True
         regs = [self.m.registry] + ([extra] if extra is not None and extra is not self.m.registry else [])
         app.route("GET", "/healthz", lambda r: (200, wire.Health(True)))
         app.route("GET", "/readyz", self.readyz)
-        app.route("GET", "/metrics", lambda r: (200, metrics_response(*regs)))
+        if metrics:
+            app.route("GET", "/metrics", lambda r: (200, metrics_response(*regs)))
+        app.route("GET", "/v2/health/live", lambda r: (200, wire.OipLive(True)))
+        app.route("GET", "/v2/health/ready", self.oip_ready)
+        app.route("GET", r"/v2/models/([^/:]+)", self.oip_model)
+        app.route("GET", r"/v2/models/([^/:]+)/ready", self.oip_model_ready)
         app.route("GET", "/v1/status", self.status)
         app.route("GET", "/v1/models", lambda r: (200, wire.ModelList((self.name,))))
         app.route("GET", r"/v1/models/([^/:]+)", self.model_info)
@@ -281,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-connections", type=int, default=1000)
     p.add_argument("--idle-timeout", type=float, default=30.0)
     p.add_argument("--max-body-bytes", type=int, default=wire.MAX_INGRESS_BODY)
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve /metrics on this port (all interfaces) instead of on the client port")
     a = p.parse_args(argv)
     token = read_token(a.token_file)
     http = HTTPOptions(threads=a.http_threads, connection_limit=a.max_connections, channel_timeout=a.idle_timeout,
@@ -288,11 +326,14 @@ def main(argv: list[str] | None = None) -> int:
     opts = EndpointOptions(a.name, token, http)
     metrics = ServeMetrics(CollectorRegistry())
     ep = EndpointApp(opts, RelayBackend(a.relay, a.name), metrics)
-    srv = Server(ep.app(), http)
+    srv = Server(ep.app(metrics=a.metrics_port is None), http)
     sock = socket.socket(fileno=a.listen_fd) if a.listen_fd is not None else None
     port = srv.start(a.host, a.port, sock)
+    servers = [srv]
+    if a.metrics_port is not None:
+        servers.append(start_metrics_server("0.0.0.0", a.metrics_port, metrics.registry))
     log.info("endpoint for model %s on port %d, relaying to %s", a.name, port, a.relay)
-    serve_until_signal([srv], [ep], threading.Event(), opts.drain_timeout)
+    serve_until_signal(servers, [ep], threading.Event(), opts.drain_timeout)
     return 0
 
 

@@ -32,6 +32,14 @@ from werkzeug.wrappers import Request, Response
 from tfe_client import wire
 
 log = logging.getLogger("tfe_worker.http")
+# One line per request of an App with access_log on: metadata only (route, status, latency, and what
+# a handler notes: request id, rows, share generation, error code), never a header, body or value.
+access_log = logging.getLogger("tfe_worker.access")
+# Routes whose lines go at DEBUG (probes and scrapes every few seconds would drown the rest).
+QUIET_ROUTES = frozenset(("/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"))
+ACCESS_FIELDS = ("request_id", "rows", "generation", "code")
+# Seconds a client should wait before trying again (the client retries only `not_ready`).
+RETRY_AFTER = {"not_ready": 1, "overloaded": 1}
 
 _WAITRESS_CODES = {400: "bad_http", 413: "too_large", 431: "headers_too_large", 500: "internal",
                    501: "not_implemented"}
@@ -78,6 +86,14 @@ class Req:
         self.max_body = max_body
         self.headers = request.headers
         self._gone = request.environ.get("waitress.client_disconnected")
+        self.notes: dict[str, Any] = request.environ.setdefault("tfe.access", {})
+
+    def note(self, **fields: Any) -> None:
+        """Metadata for this request's access-log line (ACCESS_FIELDS only; never a value)."""
+        for k in fields:
+            if k not in ACCESS_FIELDS:
+                raise ValueError(f"{k!r} is not an access-log field")
+        self.notes.update(fields)
 
     def client_gone(self) -> bool:
         """True once the client closed its connection (it no longer waits for an answer)."""
@@ -113,10 +129,19 @@ class App:
         self.name = name
         self.max_body = max_body
         self.routes: list[tuple[str, Pattern[str], Handler, int]] = []
+        self.templates: dict[str, str] = {}  # pattern -> route as logged ("/v1/models/{}:predict")
         self.before: Callable[[Req, str], None] | None = None
+        self.access_log = False
 
     def route(self, method: str, pattern: str, fn: Handler, max_body: int | None = None) -> None:
         self.routes.append((method, re.compile(f"^{pattern}$"), fn, min(max_body or self.max_body, self.max_body)))
+        self.templates[pattern] = re.sub(r"\([^)]*\)", "{}", pattern).replace("\\", "")
+
+    def _route_of(self, path: str) -> str:
+        for _, rx, _, _ in self.routes:
+            if rx.match(path):
+                return self.templates[rx.pattern[1:-1]]
+        return "-"  # an unknown path is not logged: it is whatever the client sent
 
     def _check_length(self, environ: dict[str, Any], limit: int) -> None:
         n = environ.get("CONTENT_LENGTH")
@@ -158,11 +183,30 @@ class App:
         return 404, wire.ErrorBody("not_found", f"no such path {path[:100]}")
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        t0 = time.perf_counter()
         request = Request(environ)
         status, payload = self.dispatch(request)
         body, ctype = _body(payload)
         resp = Response(body, status=status, content_type=ctype)
+        if isinstance(payload, wire.ErrorBody) and payload.code in RETRY_AFTER:
+            resp.headers["Retry-After"] = str(RETRY_AFTER[payload.code])
+        if self.access_log:
+            self._log_access(request, status, payload, time.perf_counter() - t0)
         return resp(environ, start_response)
+
+    def _log_access(self, request: Request, status: int, payload: Any, seconds: float) -> None:
+        route = self._route_of(request.path)
+        level = logging.DEBUG if route in QUIET_ROUTES else logging.INFO
+        if not access_log.isEnabledFor(level):
+            return
+        notes: dict[str, Any] = dict(request.environ.get("tfe.access") or {})
+        if isinstance(payload, wire.ErrorBody):
+            notes.setdefault("code", payload.code)
+        fields: dict[str, Any] = {"app": self.name, "method": request.method, "route": route, "status": status,
+                                  "latency_ms": round(seconds * 1000, 2)}
+        fields.update((k, notes[k]) for k in ACCESS_FIELDS if k in notes)
+        text = " ".join(f"{k}={v}" for k, v in fields.items() if k not in ("method", "route", "status"))
+        access_log.log(level, "%s %s %d %s", request.method, route, status, text, extra={"access": fields})
 
 
 class _JSONErrorTask(ErrorTask):
@@ -234,6 +278,19 @@ class Server:
         if self.thread is not None:
             self.thread.join(timeout=5)
         self.server = None
+
+
+def start_metrics_server(host: str, port: int, *registries: CollectorRegistry) -> Server:
+    """A port of its own for Prometheus: GET /metrics (and /healthz) only, nothing of the data
+    plane, so that a NetworkPolicy can admit scrapes without opening a data port."""
+    app = App("metrics", max_body=1024)
+    app.route("GET", "/metrics", lambda r: (200, metrics_response(*registries)))
+    app.route("GET", "/healthz", lambda r: (200, wire.Health(True)))
+    srv = Server(app, HTTPOptions(threads=2, connection_limit=64, channel_timeout=30.0, max_body_bytes=1024,
+                                  backlog=64))
+    bound = srv.start(host, port)
+    log.info("metrics on %s:%d", host, bound)
+    return srv
 
 
 def split_hostport(s: str) -> tuple[str, int]:

@@ -45,7 +45,17 @@ from tfe_client.crypto import Sealed, WorkerKey
 from tfe_client.errors import ProtocolError
 from tfe_client.wire import Int64Array
 from tfe_worker.config import Config
-from tfe_worker.httpapp import App, HTTPError, HTTPOptions, Reply, Req, Server, metrics_response, split_hostport
+from tfe_worker.httpapp import (
+    App,
+    HTTPError,
+    HTTPOptions,
+    Reply,
+    Req,
+    Server,
+    metrics_response,
+    split_hostport,
+    start_metrics_server,
+)
 
 log = logging.getLogger("tfe_worker.player")
 MAX_SPOOL_BYTES = 256 << 20  # one decrypted batch in the memory-backed spool
@@ -305,6 +315,7 @@ class PlayerOptions:
     http_bind: str = "0.0.0.0"
     http: HTTPOptions = field(default_factory=lambda: HTTPOptions(
         threads=4, connection_limit=100, channel_timeout=60.0, max_body_bytes=wire.MAX_INGRESS_BODY))
+    metrics_port: int | None = None  # /metrics on a port of its own (all interfaces)
 
 
 class Player:
@@ -496,6 +507,8 @@ class Player:
         srv = Server(self.app(), self.opts.http)
         _, port = split_hostport(self.me.http)
         srv.start(self.opts.http_bind, port)
+        msrv = (start_metrics_server("0.0.0.0", self.opts.metrics_port, self.registry)
+                if self.opts.metrics_port is not None else None)
         self.start_tf()
         log.info("player %s ready: tf %s, http %s:%d, state %s", self.name, self.me.tf, self.opts.http_bind, port,
                  self.state)
@@ -507,6 +520,8 @@ class Player:
                 pass
         finally:
             srv.stop(flush_timeout=2.0)
+            if msrv is not None:
+                msrv.stop(flush_timeout=1.0)
 
 
 def _model(name: str) -> str:
@@ -544,6 +559,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--state", required=True, help="share storage (PVC or emptyDir)")
     p.add_argument("--spool", default=None, help="memory-backed dir for decrypted pairs (default: /dev/shm/...)")
     p.add_argument("--http-bind", default="0.0.0.0", help="address of the HTTP side")
+    p.add_argument("--metrics-port", type=int, default=None, help="also serve /metrics on this port (all "
+                   "interfaces): Prometheus scrapes it without reaching the HTTP side")
     a = p.parse_args(argv)
     # Three players and a coordinator usually share a few cores: one intra-op thread per op and
     # two inter-op threads measured ~25% faster than TF's per-core defaults (make bench). Set
@@ -552,5 +569,5 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_NUM_INTEROP_THREADS", "2")
     cfg = Config.load(a.config)
     spool = a.spool or os.path.join("/dev/shm", f"tfe-spool-{a.name}-{os.getpid()}")
-    Player(PlayerOptions(a.name, cfg, a.state, spool, a.http_bind)).run()
+    Player(PlayerOptions(a.name, cfg, a.state, spool, a.http_bind, metrics_port=a.metrics_port)).run()
     return 0

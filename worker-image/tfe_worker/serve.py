@@ -53,7 +53,7 @@ from tfe_worker import workers
 from tfe_worker.batcher import Batch, Batcher, BatcherOptions, Rejected, Ticket
 from tfe_worker.config import Config
 from tfe_worker.endpoint import EndpointApp, EndpointOptions, ServeMetrics, read_token
-from tfe_worker.httpapp import HTTPOptions, Server, split_hostport
+from tfe_worker.httpapp import HTTPOptions, Server, split_hostport, start_metrics_server
 
 log = logging.getLogger("tfe_worker.serve")
 R = TypeVar("R")
@@ -498,6 +498,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-connections", type=int, default=1000)
     p.add_argument("--idle-timeout", type=float, default=30.0, help="close connections idle this long")
     p.add_argument("--max-body-bytes", type=int, default=wire.MAX_INGRESS_BODY)
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="also serve /metrics on this port (all interfaces), and not on the client port")
     a = p.parse_args(argv)
     if not 1 <= a.max_batch_size <= wire.MAX_BUCKET or (a.max_requests is not None and a.max_requests < 1):
         p.error(f"--max-batch-size must lie in 1..{wire.MAX_BUCKET} and --max-requests be >= 1")
@@ -523,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     apps: list[EndpointApp] = []
     if not a.relay_only:
         client = EndpointApp(EndpointOptions(a.name, read_token(a.token_file), http), coord, metrics)
-        srv = Server(client.app(), http)
+        srv = Server(client.app(metrics=a.metrics_port is None), http)
         sock = socket.socket(fileno=a.listen_fd) if a.listen_fd is not None else None
         port = srv.start(a.host, a.port, sock)
         servers.append(srv)
@@ -537,6 +539,8 @@ def main(argv: list[str] | None = None) -> int:
         servers.append(rsrv)
         apps.append(relay)
         log.info("relay API for model %s on %s:%d", a.name, a.relay_host, rport)
+    if a.metrics_port is not None:
+        servers.append(start_metrics_server("0.0.0.0", a.metrics_port, metrics.registry))
     loop = threading.Thread(target=coord.run, name="batcher", daemon=True)
     loop.start()
     stop = threading.Event()
