@@ -121,6 +121,10 @@ def issue(ca: KeyPair, identity: str, dns_names: Sequence[str] = (), days: int =
 
 # -- who may call what ----------------------------------------------------------------------------
 
+# Answered by the guard itself (tfe_client.wire.GuardRefusals): what it refused, for the operator.
+REFUSALS_PATH = "/guard/refusals"
+
+
 def grpc_rules(owner: str) -> list[dict[str, Any]]:
     """What the guard in front of `owner`'s TF gRPC server admits.
 
@@ -143,10 +147,10 @@ def http_rules(owner: str) -> list[dict[str, Any]]:
         return [{"identities": [COORDINATOR], "methods": ["*"], "paths": ["/v1/", *probes]},
                 {"identities": [SHARE_PATTERN], "methods": ["GET"], "paths": ["/readyz", "/v1/public-key"]},
                 {"identities": [OPERATOR], "methods": ["GET"],
-                 "paths": ["/v1/public-key", "/v1/models/", *probes]}]
+                 "paths": ["/v1/public-key", "/v1/models/", REFUSALS_PATH, *probes]}]
     if owner == COORDINATOR:
         return [{"identities": [ENDPOINT], "methods": ["*"], "paths": ["/"]},
-                {"identities": [OPERATOR], "methods": ["GET"], "paths": probes}]
+                {"identities": [OPERATOR], "methods": ["GET"], "paths": [REFUSALS_PATH, *probes]}]
     return []
 
 

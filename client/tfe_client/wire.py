@@ -961,12 +961,62 @@ class ServedAck:
                    _int(_field(d, "served", "served ack"), "served", 0, MAX_SERVED))
 
 
+# -- tfe-guard (the operator reads what a party's guard refused; docs/mesh.md) ---------------------
+MAX_REFUSALS = 64  # distinct refusals a guard keeps (the oldest goes)
+
+
+@dataclass(frozen=True)
+class GuardRefusal:
+    """One kind of refusal by a party's tfe-guard: who (certificate CN) was refused where and why."""
+
+    listener: str = _doc("listener", "`grpc`, `http` (inbound) or `outbound to <identity>`")
+    identity: str = _doc("identity", "the peer certificate's Subject CN, `-` if none named anyone")
+    reason: str = _doc("reason", ("e.g. `handshake: certificate has expired (not after …)`, "
+                                  "`call <method>: no rule admits it`"))
+    count: int = _doc("count", "refusals of this kind since the guard started")
+    first_seen: str = _doc("firstSeen", "RFC 3339 time of the first")
+    last_seen: str = _doc("lastSeen", "RFC 3339 time of the latest")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"listener": self.listener, "identity": self.identity, "reason": self.reason, "count": self.count,
+                "firstSeen": self.first_seen, "lastSeen": self.last_seen}
+
+    @classmethod
+    def parse(cls, obj: object) -> GuardRefusal:
+        d = _obj(obj, "refusal")
+        return cls(_str(_field(d, "listener", "refusal"), "listener", 256),
+                   _str(_field(d, "identity", "refusal"), "identity", 256),
+                   _str(_field(d, "reason", "refusal"), "reason", 1024),
+                   _int(_field(d, "count", "refusal"), "count", 1, MAX_SERVED),
+                   _str(_field(d, "firstSeen", "refusal"), "firstSeen", 64),
+                   _str(_field(d, "lastSeen", "refusal"), "lastSeen", 64))
+
+
+@dataclass(frozen=True)
+class GuardRefusals:
+    """GET /guard/refusals on a party's tfe-guard (health listener, or mTLS for `operator`): most recent first."""
+
+    identity: str = _doc("identity", "the party whose guard answers")
+    refusals: tuple[GuardRefusal, ...] = _doc("refusals", f"at most {MAX_REFUSALS} distinct refusals")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"identity": self.identity, "refusals": [r.to_json() for r in self.refusals]}
+
+    @classmethod
+    def parse(cls, obj: object) -> GuardRefusals:
+        d = _obj(obj, "refusals")
+        items = _list(_field(d, "refusals", "refusals"), "refusals", MAX_REFUSALS)
+        return cls(_str(_field(d, "identity", "refusals"), "identity", 256),
+                   tuple(GuardRefusal.parse(r) for r in items))
+
+
 # Every message type, in the order PROTOCOL.md lists them.
 MESSAGES: tuple[type, ...] = (
     PredictRequest, Bundle, PredictResponse, ModelInfo, ModelList, Status, Health, Ready, ErrorBody,
     OipLive, OipReady, OipModelReady, OipModelMetadata, OipTensor,
     PublicKeyResponse, GenerationsResponse, Manifest, IngressRequest, IngressItem, IngressAck, ItemFailure,
     EgressRequest, EgressResponse, EgressOutput, DropResponse, ServedReport, ServedAck, ServedCounts, ServedScope,
+    GuardRefusals, GuardRefusal,
 )
 GENERATED_BEGIN = "<!-- BEGIN GENERATED from tfe_client.wire: python -m tfe_client.wire > section -->"
 GENERATED_END = "<!-- END GENERATED -->"

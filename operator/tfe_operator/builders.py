@@ -312,11 +312,12 @@ MESH_PKI = {
 }
 # What the guard's plain health listener passes on (GET only): probes and the public key
 # (the operator's proxy-mode read goes through the API server, which holds no certificate).
-HEALTH_PATHS = ("/healthz", "/readyz", "/v1/public-key")
+# The guard answers its own /guard/refusals (who it refused and why: status.mesh.refused).
+HEALTH_PATHS = ("/healthz", "/readyz", "/v1/public-key", mesh_mod.REFUSALS_PATH)
 # The coordinator's (in front of its relay API): probes, the status the operator reads
 # (requestsServed, limitReached) and the coordinator-side metrics. All of it was public on
 # the client port before the endpoint split; predictions and model info are not here.
-COORDINATOR_HEALTH_PATHS = ("/healthz", "/readyz", "/v1/status", "/metrics")
+COORDINATOR_HEALTH_PATHS = ("/healthz", "/readyz", "/v1/status", "/metrics", mesh_mod.REFUSALS_PATH)
 
 
 def mesh_host(ctx: Context, party: str) -> str:

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+from tfe_client import mesh as mesh_mod
 
 from . import api, builders, metrics, observe, pki
 from .builders import Context
@@ -368,7 +369,46 @@ def observe_model(
         k = _public_key(kube, ctx, i, mesh)
         if k:
             keys[i] = k
-    return dataclasses.replace(base, serve_status=serve_status, public_keys=keys)
+    refused: list[observe.Refusal] = []
+    if not external:
+        parties: list[tuple[Mapping[str, Any], str]] = []
+        for worker in pods:
+            w = observe.worker_pod(worker)
+            if w is not None and w.ready:
+                parties.append((worker, mesh_mod.SERVERS[w.index]))
+        if serve_pod is not None:
+            parties.append((serve_pod, mesh_mod.COORDINATOR))
+        for party_pod, party in parties:
+            refused += _refusals(kube, ctx, party_pod, party)
+    return dataclasses.replace(
+        base, serve_status=serve_status, public_keys=keys, refusals=tuple(refused)
+    )
+
+
+def _guard_health_get(kube: Kube, ctx: Context, pod: Mapping[str, Any], path: str) -> Any:
+    """GET a public path of a party's guard health listener: through the API server's proxy
+    (proxy mode) or straight to the pod (the NetworkPolicies admit the operator there)."""
+    name = str(pod["metadata"]["name"])
+    if RUNTIME.use_proxy():
+        return kube.proxy_get(ctx.namespace, "pods", name, api.PORT_GUARD_HEALTH, path)
+    ip = (pod.get("status", {}) or {}).get("podIP")
+    if not ip:
+        raise OSError(f"pod {name} has no IP yet")
+    return http_get_json(
+        f"http://{ip}:{api.PORT_GUARD_HEALTH}{path}", RUNTIME.settings.http_timeout_seconds
+    )
+
+
+def _refusals(
+    kube: Kube, ctx: Context, pod: Mapping[str, Any], party: str
+) -> list[observe.Refusal]:
+    """What this party's guard refused lately (status.mesh.refused names who and why)."""
+    try:
+        doc = _guard_health_get(kube, ctx, pod, mesh_mod.REFUSALS_PATH)
+    except (ApiError, OSError, ValueError) as e:
+        log.info("%s/%s: refusals of %s unavailable: %s", ctx.namespace, ctx.name, party, e)
+        return []
+    return list(observe.refusals(doc, party))
 
 
 def _source_missing(kube: Kube, ctx: Context) -> str | None:

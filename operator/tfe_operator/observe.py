@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from tfe_client import wire
+from tfe_client.errors import ProtocolError
+
 from . import api
 
 JobPhase = Literal["active", "succeeded", "failed"]
@@ -86,6 +89,18 @@ class ServeStatus:
 
 
 @dataclass(frozen=True)
+class Refusal:
+    """Something a party's tfe-guard refused (GET /guard/refusals): who, where, why, how often."""
+
+    party: str  # the refusing party: server<i> or coordinator
+    listener: str
+    identity: str  # the peer's certificate CN, "-" if it named nobody
+    reason: str
+    count: int
+    last_seen: datetime | None
+
+
+@dataclass(frozen=True)
 class Observed:
     worker_pods: tuple[WorkerPod, ...] = ()
     statefulset: bool = False
@@ -101,6 +116,7 @@ class Observed:
     pvcs: tuple[str, ...] = ()
     public_keys: Mapping[int, str] = field(default_factory=dict)
     source_missing: str | None = None
+    refusals: tuple[Refusal, ...] = ()
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -321,3 +337,22 @@ def public_key(doc: Any, index: int) -> str | None:
         return None
     key = doc.get("publicKey")
     return key if isinstance(key, str) and key else None
+
+
+def refusals(doc: Any, party: str) -> tuple[Refusal, ...]:
+    """GET <party's guard>/guard/refusals (tfe_client.wire.GuardRefusals); () if unreadable or if
+    another party answered."""
+    try:
+        parsed = wire.GuardRefusals.parse(doc)
+    except ProtocolError:
+        return ()
+    if parsed.identity != party:
+        return ()
+    out = []
+    for r in parsed.refusals:
+        try:
+            seen: datetime | None = datetime.fromisoformat(r.last_seen)
+        except ValueError:
+            seen = None
+        out.append(Refusal(party, r.listener, r.identity, r.reason, r.count, seen))
+    return tuple(out)

@@ -13,12 +13,12 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from . import api, builders
 from .builders import Context, Manifest
-from .observe import JobState, Observed, WorkerPod
+from .observe import JobState, Observed, Refusal, WorkerPod
 
 EventType = Literal["Normal", "Warning"]
 
@@ -56,6 +56,46 @@ class Plan:
     events: list[Event] = field(default_factory=list)
     share_durations: list[tuple[str, float]] = field(default_factory=list)
     time_to_serving: float | None = None
+
+
+# status.mesh.refused: what the parties' guards refused in the last hour, newest first.
+REFUSALS_WINDOW = timedelta(hours=1)
+MAX_STATUS_REFUSALS = 10
+
+
+def mesh_refusals(
+    observed: Sequence[Refusal], previous: Sequence[Mapping[str, Any]], now: datetime
+) -> tuple[list[dict[str, Any]], list[Event]]:
+    """status.mesh.refused from what the guards report, and a Warning Event for each refusal
+    that is new or has happened again since the last status (so each appears once per change)."""
+    recent = [
+        r for r in observed if r.last_seen is not None and now - r.last_seen <= REFUSALS_WINDOW
+    ]
+    recent.sort(key=lambda r: (r.last_seen, r.party, r.identity), reverse=True)
+    before = {
+        tuple(str(p.get(k)) for k in ("party", "listener", "identity", "reason")): p.get("count")
+        for p in previous
+        if isinstance(p, Mapping)
+    }
+    rows: list[dict[str, Any]] = []
+    events: list[Event] = []
+    for r in recent[:MAX_STATUS_REFUSALS]:
+        assert r.last_seen is not None
+        rows.append(
+            {
+                "party": r.party,
+                "identity": r.identity,
+                "listener": r.listener,
+                "reason": r.reason,
+                "count": r.count,
+                "lastSeen": _ts(r.last_seen),
+            }
+        )
+        if before.get((r.party, r.listener, r.identity, r.reason)) != r.count:
+            who = "a caller without a certificate" if r.identity == "-" else r.identity
+            message = f"{r.party} refused {who} ({r.listener}): {r.reason}"
+            events.append(Event("Warning", "MeshRefused", message))
+    return rows, events
 
 
 def _ts(now: datetime) -> str:
@@ -284,7 +324,10 @@ def reconcile(res: Resource, status: Mapping[str, Any], obs: Observed, now: date
 
     # Bookkeeping common to every path.
     if res.mesh is not None:
-        new["mesh"] = dict(res.mesh)
+        previous = (status.get("mesh") or {}).get("refused") or []
+        refused, refusal_events = mesh_refusals(obs.refusals, previous, now)
+        new["mesh"] = {**res.mesh, "refused": refused}
+        plan.events += refusal_events
     else:
         new.pop("mesh", None)
     # A share Job's identity goes with its Job.

@@ -33,6 +33,7 @@ from clusterlib import (
     WORKER_IMAGE,
     InProcessOperator,
     dump,
+    em_status,
     get_json,
     kubectl,
     model_configmap,
@@ -633,3 +634,17 @@ def test_certificate_from_another_ca_and_expired_certificate_are_refused(model: 
     handshakes = [ln for ln in log.splitlines() if "refused handshake" in ln]
     assert any("unknown authority" in ln for ln in handshakes), log[-3000:]
     assert any("expired" in ln for ln in handshakes), log[-3000:]
+
+    # The status says which identity failed and why (the operator reads each guard's refusals),
+    # and each new refusal is a Warning Event.
+    def refused() -> list[dict[str, Any]] | None:
+        rows = (em_status(ns, MODEL).get("mesh") or {}).get("refused") or []
+        mine = [r for r in rows if r.get("party") == "server1" and r.get("identity") == "coordinator"]
+        reasons = " | ".join(str(r.get("reason")) for r in mine)
+        return mine if "certificate has expired" in reasons and "unknown authority" in reasons else None
+
+    rows = wait_for("status.mesh.refused names coordinator's expired and foreign certificates", refused, 60)
+    print(json.dumps(rows, indent=1))
+    events = kubectl("get", "events", "-n", ns, "--field-selector", "reason=MeshRefused", "-o", "json")
+    messages = [e["message"] for e in json.loads(events)["items"]]
+    assert any(m.startswith("server1 refused coordinator") and "expired" in m for m in messages), messages

@@ -7,10 +7,12 @@ network namespace of its own behind tfe-guard) it must fail; against the insecur
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -18,8 +20,8 @@ import threading
 import pytest
 from conftest import relay
 
-from tfe_client import mesh
-from tfe_worker.local import TF_PORTS, free_ports, new_stack
+from tfe_client import mesh, wire
+from tfe_worker.local import TF_PORTS, _UnixTLSConnection, free_ports, new_stack
 
 ATTACK = os.path.join(os.path.dirname(__file__), "mesh_attack.py")
 READY_TIMEOUT = 300.0
@@ -130,6 +132,37 @@ def test_without_the_guard_tf_does_not_check_who_asks_for_a_tensor(insecure):
     verdict = run([sys.executable, ATTACK, "recv-tensor", insecure.config.players[2].tf, "0"])
     assert not verdict.startswith("CODE PERMISSION_DENIED"), verdict
     assert "incarnation" in verdict, verdict  # TF's only objection, and it names the number it wants
+
+
+def _refusals(stack, i: int) -> list[dict]:
+    """What worker i's guard reports having refused (read as `operator`, as the operator does)."""
+    code, body = stack.worker_get(i, mesh.REFUSALS_PATH)
+    assert code == 200, (code, body)
+    return wire.GuardRefusals.parse(body).to_json()["refusals"]
+
+
+def test_expired_and_wrong_identity_certificates_are_refused_and_reported(secure, tmp_path):
+    """The guard names the identity and the reason; the operator copies this into status.mesh.refused."""
+    ca_dir = os.path.dirname(secure.pki("server1")["ca"])
+    with open(os.path.join(ca_dir, "ca.crt"), "rb") as f, open(os.path.join(ca_dir, "ca.key"), "rb") as g:
+        ca = mesh.KeyPair(f.read(), g.read())
+    old = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=10)
+    expired = mesh.issue(ca, "server1", ["server1"], days=1, now=old)
+    (tmp_path / "e.crt").write_bytes(expired.cert)
+    (tmp_path / "e.key").write_bytes(expired.key)
+    pki = {"ca": secure.pki("server1")["ca"], "cert": str(tmp_path / "e.crt"), "key": str(tmp_path / "e.key")}
+    conn = _UnixTLSConnection(secure.mesh.dial("server2", "http")[len("unix:"):], pki, "server2", 10.0)
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        conn.request("GET", "/v1/public-key")
+        conn.getresponse().read()
+    conn.close()
+    # a valid certificate, but server1 may not use worker 2's HTTP side at all
+    code, body = secure.call("server2", "GET", "/v1/public-key", identity="server1")
+    assert code == 403, (code, body)
+    seen = {(r["identity"], r["reason"].split(" (")[0]) for r in _refusals(secure, 2)}
+    assert ("server1", "handshake: certificate has expired") in seen, seen
+    assert ("server1", "request GET /v1/public-key: no rule admits it") in seen, seen
+    assert not any(r["identity"] == "operator" for r in _refusals(secure, 2))  # its own reads are admitted
 
 
 def _forward(unix_path: str) -> int:

@@ -165,6 +165,8 @@ def _examples() -> list[Any]:
         wire.ServedReport("maxRequests=3", "ef" * 6, 2, 5),
         wire.ServedAck("digits", "unlimited", 7),
         wire.ServedCounts("digits", (wire.ServedScope("unlimited", 7), wire.ServedScope("maxRequests=3", 3))),
+        wire.GuardRefusals("server2", (wire.GuardRefusal("grpc", "server1", "call /x: no rule admits it", 3,
+                                                         "2026-11-26T23:00:00Z", "2026-11-26T23:01:00.5Z"),)),
         wire.ServedCounts("digits", ()),
     ]
 
@@ -185,7 +187,8 @@ def test_every_message_type_has_an_example_and_documented_json_keys() -> None:
     from dataclasses import fields
 
     assert {type(m) for m in _examples()} >= set(wire.MESSAGES) - {wire.Bundle, wire.IngressItem, wire.ItemFailure,
-                                                                   wire.EgressOutput, wire.ServedScope, wire.OipTensor}
+                                                                   wire.EgressOutput, wire.ServedScope, wire.OipTensor,
+                                                                   wire.GuardRefusal}
     for cls in wire.MESSAGES:
         for f in fields(cls):
             assert f.metadata.get("json") and f.metadata.get("doc"), f"{cls.__name__}.{f.name} is undocumented"
@@ -246,3 +249,14 @@ def test_error_codes_have_statuses_and_error_bodies_are_bounded() -> None:
         wire.ErrorBody.parse({"error": {"code": "x", "message": "m" * 5000}})
     with pytest.raises(ProtocolError):
         wire.ErrorBody.parse({"error": {"code": True, "message": "m"}})
+
+
+def test_the_guard_serves_refusals_where_the_mesh_rules_say() -> None:
+    """One path, two languages: tfe-guard answers mesh.REFUSALS_PATH itself (wire.GuardRefusals)."""
+    import pathlib
+
+    from tfe_client import mesh
+
+    go = (pathlib.Path(__file__).parents[2] / "worker-image" / "guard" / "refusals.go").read_text()
+    assert f'const RefusalsPath = "{mesh.REFUSALS_PATH}"' in go
+    assert '`json:"firstSeen"`' in go and '`json:"lastSeen"`' in go

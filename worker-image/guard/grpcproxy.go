@@ -131,6 +131,7 @@ func (g *grpcInbound) allowed(identity, method string) bool {
 
 func (g *grpcInbound) deny(identity, method, reason string) error {
 	slog.Warn("refused call", "listener", g.name, "identity", identity, "method", method, "reason", reason)
+	refusals.record("grpc", identity, fmt.Sprintf("call %s: %s", method, reason))
 	return status.Errorf(codes.PermissionDenied, "tfe-guard %s: identity %s may not call %s: %s", g.cfg.Identity, identity, method, reason)
 }
 

@@ -57,17 +57,18 @@ func (h *Health) validate() error {
 }
 
 type healthServer struct {
-	h       *Health
+	h        *Health
+	identity string
 	backend Addr
 	paths   map[string]bool
 	client  *http.Client
 	server  *http.Server
 }
 
-func newHealth(h *Health) *healthServer {
+func newHealth(h *Health, identity string) *healthServer {
 	backend, _ := parseAddr(h.Backend)
 	dialer := &net.Dialer{Timeout: 2 * time.Second}
-	s := &healthServer{h: h, backend: backend, paths: map[string]bool{}}
+	s := &healthServer{h: h, identity: identity, backend: backend, paths: map[string]bool{}}
 	for _, p := range h.Paths {
 		s.paths[p] = true
 	}
@@ -102,6 +103,10 @@ func (s *healthServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if !s.paths[r.URL.Path] || r.URL.RawQuery != "" {
 		writeJSONError(w, http.StatusForbidden, "forbidden", "tfe-guard health: not a health path")
+		return
+	}
+	if r.URL.Path == RefusalsPath {
+		refusals.serve(w, s.identity)
 		return
 	}
 	host := "localhost"

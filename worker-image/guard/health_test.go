@@ -39,7 +39,7 @@ func TestHealthPassesOnlyListedGETs(t *testing.T) {
 	}))
 	defer backend.Close()
 	addr := strings.TrimPrefix(backend.URL, "http://")
-	s := newHealth(&Health{Listen: "tcp:127.0.0.1:0", Backend: addr, Paths: []string{"/healthz", "/v1/public-key"}})
+	s := newHealth(&Health{Listen: "tcp:127.0.0.1:0", Backend: addr, Paths: []string{"/healthz", "/v1/public-key"}}, "server0")
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -143,8 +143,13 @@ func (h *httpInbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if reason != "" {
 		slog.Warn("refused request", "listener", h.name, "identity", identity, "method", r.Method, "path", r.URL.Path, "reason", reason)
+		refusals.record("http", identity, fmt.Sprintf("request %s %s: %s", r.Method, r.URL.Path, reason))
 		writeJSONError(w, http.StatusForbidden, "forbidden",
 			fmt.Sprintf("tfe-guard %s: identity %s may not %s %s: %s", h.cfg.Identity, identity, r.Method, r.URL.Path, reason))
+		return
+	}
+	if r.URL.Path == RefusalsPath && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+		refusals.serve(w, h.cfg.Identity)
 		return
 	}
 	// Read the request body whole before proxying. Streamed, the backend can answer as soon as it

@@ -115,7 +115,7 @@ func Start(cfg *Loaded, errc chan<- error) (*Guard, error) {
 		}
 	}
 	if h := cfg.Health; h != nil {
-		if err := add("health "+h.Listen+" -> "+h.Backend, h.Listen, newHealth(h)); err != nil {
+		if err := add("health "+h.Listen+" -> "+h.Backend, h.Listen, newHealth(h, cfg.Identity)); err != nil {
 			g.close()
 			return nil, err
 		}

@@ -122,6 +122,7 @@ func (o *outbound) handle(local net.Conn) {
 			identity = "-"
 		}
 		slog.Warn("refused handshake", "listener", o.name, "expect", o.out.Expect, "identity", identity, "reason", reason)
+		refusals.record("outbound to "+o.out.Expect, identity, "handshake: "+reason)
 		return
 	}
 	cancel()

@@ -138,6 +138,15 @@ func logRefusedHandshake(listener string, remote net.Addr, err error) {
 		identity = "-"
 	}
 	slog.Warn("refused handshake", "listener", listener, "remote", addrString(remote), "identity", identity, "reason", reason)
+	refusals.record(listenerKind(listener), identity, "handshake: "+reason)
+}
+
+// listenerKind is the first word of a listener's name ("grpc", "http"): what the status shows.
+func listenerKind(name string) string {
+	if f := strings.Fields(name); len(f) > 0 {
+		return f[0]
+	}
+	return name
 }
 
 func addrString(a net.Addr) string {

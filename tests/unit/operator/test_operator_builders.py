@@ -1012,7 +1012,7 @@ def test_endpoint_and_coordinator_guard_configs() -> None:
         assert co["health"] == {
             "listen": "tcp:0.0.0.0:5444",
             "backend": "127.0.0.1:8090",
-            "paths": ["/healthz", "/readyz", "/v1/status", "/metrics"],
+            "paths": ["/healthz", "/readyz", "/v1/status", "/metrics", "/guard/refusals"],
         }
         # no party other than the endpoint reaches the relay; the endpoint reaches nothing else
         assert all("endpoint" not in r["identities"] for i in co["inbound"] if i["kind"] == "grpc" for r in i["rules"])

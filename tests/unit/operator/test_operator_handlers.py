@@ -136,7 +136,7 @@ def test_first_reconcile_creates_base_objects_and_status(api: FakeApi) -> None:
     assert patch["status"]["phase"] == "Provisioning"
     assert memo["status"]["phase"] == "Provisioning"
     assert api.events == [("Normal", "MeshCertificatesIssued"), ("Normal", "Provisioning")]  # type: ignore[attr-defined]
-    assert set(patch["status"]["mesh"]) == {"caNotAfter", "notAfter", "rotation", "caSHA256"}
+    assert set(patch["status"]["mesh"]) == {"caNotAfter", "notAfter", "rotation", "caSHA256", "refused"}
     assert metrics.PHASES.counts()["Provisioning"] >= 1
 
 

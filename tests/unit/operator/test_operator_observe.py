@@ -264,3 +264,15 @@ def test_pick_serve_pod() -> None:
     gone = serve_pod("g", "1", True)
     gone["metadata"]["deletionTimestamp"] = "2025-01-01T00:00:00Z"
     assert observe.pick_serve_pod([gone]) is None
+
+
+def test_refusals_parse_the_guards_answer_and_ignore_anything_else() -> None:
+    doc = {"identity": "server1", "refusals": [
+        {"listener": "grpc", "identity": "share-g3", "reason": "handshake: certificate has expired (not after Y)",
+         "count": 4, "firstSeen": "2026-11-26T23:00:00.123456789Z", "lastSeen": "2026-11-26T23:01:02.5Z"}]}
+    (r,) = observe.refusals(doc, "server1")
+    assert r == observe.Refusal("server1", "grpc", "share-g3", "handshake: certificate has expired (not after Y)",
+                                4, datetime(2026, 11, 26, 23, 1, 2, 500000, tzinfo=UTC))
+    assert observe.refusals(doc, "server2") == ()  # another party answered
+    assert observe.refusals({"identity": "server1", "refusals": [{"count": True}]}, "server1") == ()
+    assert observe.refusals("<html>", "server1") == ()

@@ -10,7 +10,15 @@ import pytest
 from operator_testlib import BASE_SPEC, make_ctx
 
 from tfe_operator import builders
-from tfe_operator.observe import EndpointDeployment, JobState, Observed, ServeDeployment, ServeStatus, WorkerPod
+from tfe_operator.observe import (
+    EndpointDeployment,
+    JobState,
+    Observed,
+    Refusal,
+    ServeDeployment,
+    ServeStatus,
+    WorkerPod,
+)
 from tfe_operator.reconcile import Plan, Ref, Resource, condition, keys_to_fetch, reconcile
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -548,7 +556,7 @@ MESH_STATUS = {
 def test_mesh_status_comes_from_the_pki_plan() -> None:
     r = dataclasses.replace(res(), mesh=MESH_STATUS)
     plan = reconcile(r, serving_status(mesh={"caNotAfter": "old"}), SERVING_OBS, NOW)
-    assert plan.status["mesh"] == MESH_STATUS
+    assert plan.status["mesh"] == {**MESH_STATUS, "refused": []}
     # no mesh (external workers): no stale mesh status either
     plan = reconcile(res(), serving_status(mesh=MESH_STATUS), SERVING_OBS, NOW)
     assert "mesh" not in plan.status
@@ -598,3 +606,45 @@ def test_serve_slot_kept_while_the_template_is_unchanged_and_flipped_when_it_cha
     # not hold, i.e. the one the Deployment is about to scale down.
     spec3 = {**BASE_SPEC, "serving": {"maxRequests": 60}}
     assert _slot_of(reconcile(res(spec3, generation=3), serving_status(), rolling, NOW)) == 0
+
+
+def _refusal(party: str, identity: str, reason: str, count: int, ago: timedelta) -> Refusal:
+    return Refusal(party, "grpc", identity, reason, count, NOW - ago)
+
+
+def test_refused_identities_are_in_status_with_one_event_per_change() -> None:
+    expired = _refusal("server2", "server1", "handshake: certificate has expired (not after X)", 2,
+                       timedelta(seconds=5))
+    denied = _refusal("server0", "server2", "call /tensorflow.eager.EagerService/CreateContext: no rule admits it",
+                      1, timedelta(minutes=3))
+    stale = _refusal("server1", "-", "handshake: client presented no certificate", 9, timedelta(hours=2))
+    obs = dataclasses.replace(SERVING_OBS, refusals=(denied, stale, expired))
+    r = dataclasses.replace(res(), mesh=MESH_STATUS)
+    plan = reconcile(r, serving_status(mesh=MESH_STATUS), obs, NOW)
+    assert plan.status["mesh"]["refused"] == [
+        {"party": "server2", "identity": "server1", "listener": "grpc",
+         "reason": "handshake: certificate has expired (not after X)", "count": 2,
+         "lastSeen": (NOW - timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%SZ")},
+        {"party": "server0", "identity": "server2", "listener": "grpc",
+         "reason": "call /tensorflow.eager.EagerService/CreateContext: no rule admits it", "count": 1,
+         "lastSeen": (NOW - timedelta(minutes=3)).strftime("%Y-%m-%dT%H:%M:%SZ")},
+    ]  # newest first; older than an hour left out
+    warnings = [e for e in plan.events if e.reason == "MeshRefused"]
+    assert [e.message for e in warnings] == [
+        "server2 refused server1 (grpc): handshake: certificate has expired (not after X)",
+        "server0 refused server2 (grpc): call /tensorflow.eager.EagerService/CreateContext: no rule admits it",
+    ]
+    assert all(e.type == "Warning" for e in warnings)
+    # the next reconcile with nothing new posts nothing; a count that grew posts again
+    again = reconcile(r, plan.status, obs, NOW)
+    assert [e for e in again.events if e.reason == "MeshRefused"] == []
+    more = dataclasses.replace(obs, refusals=(denied, dataclasses.replace(expired, count=3)))
+    third = reconcile(r, plan.status, more, NOW)
+    assert [e.message.split(" (")[0] for e in third.events if e.reason == "MeshRefused"] == ["server2 refused server1"]
+
+
+def test_refusals_are_capped_in_status() -> None:
+    many = tuple(_refusal("server0", f"id{i}", "r", 1, timedelta(seconds=i)) for i in range(25))
+    r = dataclasses.replace(res(), mesh=MESH_STATUS)
+    plan = reconcile(r, serving_status(), dataclasses.replace(SERVING_OBS, refusals=many), NOW)
+    assert [x["identity"] for x in plan.status["mesh"]["refused"]] == [f"id{i}" for i in range(10)]
