@@ -44,6 +44,13 @@ PORT_SERVE: Final = 8000
 PORT_GUARD_GRPC: Final = 5440
 PORT_GUARD_HTTP: Final = 5443
 PORT_GUARD_HEALTH: Final = 5444
+# Prometheus /metrics of every worker, serve and endpoint process (all interfaces; nothing else
+# is served there): NetworkPolicies admit scrapes on it from anywhere.
+PORT_METRICS: Final = 9090
+# serving.tls: the endpoint pod's guard terminates client TLS here (the endpoint listens on
+# loopback only) with the Secret mounted at SERVING_TLS_DIR.
+PORT_SERVE_TLS: Final = 8443
+SERVING_TLS_DIR: Final = "/var/run/tfe-serving-tls"
 # Raw ports that only loopback may reach inside a party's pod (iptables, set by mesh-init).
 RAW_PORT_RANGES: Final = ("4440:4460", "8081:8090")
 CONFIG_KEY: Final = "tfe.json"

@@ -58,6 +58,7 @@ class Context:
     image: str
     image_pull_policy: str
     operator_pod_labels: Mapping[str, str] = field(default_factory=dict)
+    log_format: str = "text"  # json: TFE_LOG_FORMAT=json in the player, serve and endpoint pods
     share_backoff_limit: int = 3
     share_deadline_seconds: int = 3600
     # Digest of the mesh CA and long-lived certificates (pki.plan_mesh): in the pod templates,
@@ -82,6 +83,7 @@ class Context:
             image=spec.workers.image or settings.worker_image,
             image_pull_policy=spec.workers.image_pull_policy or settings.image_pull_policy,
             operator_pod_labels=dict(settings.operator_pod_labels),
+            log_format=settings.log_format,
             share_backoff_limit=settings.share_backoff_limit,
             share_deadline_seconds=settings.share_deadline_seconds,
             mesh_hash=mesh_hash,
@@ -164,7 +166,24 @@ def pvc_names(m: str) -> list[str]:
 
 
 def endpoint(ctx: Context) -> str:
-    return f"http://{client_service_name(ctx.name)}.{ctx.namespace}.svc:{api.PORT_SERVE}"
+    """The in-cluster URL of Service ``m`` (https with serving.tls)."""
+    s = ctx.spec.serving
+    scheme = "https" if s.tls is not None and not ctx.spec.external else "http"
+    return f"{scheme}://{client_service_name(ctx.name)}.{ctx.namespace}.svc:{s.service_port}"
+
+
+def serving_tls(ctx: Context) -> bool:
+    """TLS on the client port: the endpoint pod's guard terminates it (mesh only)."""
+    return ctx.spec.serving.tls is not None and not ctx.spec.external
+
+
+def _metrics_port() -> dict[str, Any]:
+    return {"name": "metrics", "containerPort": api.PORT_METRICS, "protocol": "TCP"}
+
+
+def _log_env(ctx: Context) -> list[dict[str, Any]]:
+    return [{"name": "TFE_LOG_FORMAT", "value": "json"}] if ctx.log_format == "json" else []
+
 
 
 # ---------------------------------------------------------------- common pieces
@@ -369,6 +388,13 @@ def guard_config(ctx: Context, identity: str, slot: int = 0) -> dict[str, Any]:
     elif identity == mesh_mod.ENDPOINT:
         for out in cfg["outbound"]:
             out["dial"] = f"tcp:{relay_host(ctx)}:{api.PORT_GUARD_HTTP}"
+        if serving_tls(ctx):
+            cfg["public"] = {
+                "listen": f"tcp:0.0.0.0:{api.PORT_SERVE_TLS}",
+                "backend": f"127.0.0.1:{api.PORT_SERVE}",
+                "cert": f"{api.SERVING_TLS_DIR}/tls.crt",
+                "key": f"{api.SERVING_TLS_DIR}/tls.key",
+            }
     return cfg
 
 
@@ -551,6 +577,7 @@ PLAYER_SCRIPT = (
     'exec tfe-worker player "server${POD_NAME##*-}"'
     f" --config {_CONFIG_FILE} --state {api.STATE_DIR} --spool {api.SPOOL_DIR}"
     " --http-bind 127.0.0.1"
+    f" --metrics-port {api.PORT_METRICS}"
 )
 WORKER_GUARD_SCRIPT = f'exec tfe-guard --config "{MESH_CONFIG_DIR}/server${{POD_NAME##*-}}.json"'
 
@@ -598,7 +625,12 @@ def worker_statefulset(ctx: Context) -> Manifest:
         "image": ctx.image,
         "imagePullPolicy": ctx.image_pull_policy,
         "command": ["/bin/sh", "-c", PLAYER_SCRIPT],
-        "env": [_field_env("POD_NAME", "metadata.name"), {"name": "HOME", "value": "/tmp"}],
+        "env": [
+            _field_env("POD_NAME", "metadata.name"),
+            {"name": "HOME", "value": "/tmp"},
+            *_log_env(ctx),
+        ],
+        "ports": [_metrics_port()],
         "startupProbe": _http_probe("/healthz", health, 2, 90),
         "readinessProbe": _http_probe("/readyz", health, 2, 3),
         "livenessProbe": _http_probe("/healthz", health, 10, 3),
@@ -843,6 +875,7 @@ def serve_command(ctx: Context, generation: int, slot: int = 0) -> list[str]:
         "--protocol", ctx.spec.protocol,
         "--max-batch-size", str(s.max_batch_size),
         "--max-wait-ms", str(s.max_wait_ms),
+        "--metrics-port", str(api.PORT_METRICS),
     ]  # fmt: skip
     if s.max_requests is not None:
         # Linger: a Deployment must not restart the process into serving N more.
@@ -888,7 +921,7 @@ def serve_deployment(ctx: Context, generation: int, slot: int = 0, _hash: bool =
     external = ctx.spec.external
     volumes: list[dict[str, Any]] = [_config_volume(ctx), dict(_TMP_VOLUME)]
     mounts: list[dict[str, Any]] = [dict(_CONFIG_MOUNT), dict(_TMP_MOUNT)]
-    env = [{"name": "HOME", "value": "/tmp"}]
+    env = [{"name": "HOME", "value": "/tmp"}, *_log_env(ctx)]
     container: dict[str, Any] = {
         "name": "serve",
         "image": ctx.image,
@@ -904,11 +937,13 @@ def serve_deployment(ctx: Context, generation: int, slot: int = 0, _hash: bool =
         container["ports"] = [
             {"name": "http", "containerPort": api.PORT_SERVE, "protocol": "TCP"},
             {"name": "coordinator", "containerPort": api.PORT_COORDINATOR, "protocol": "TCP"},
+            _metrics_port(),
         ]
         probe_port: int | str = "http"
     else:
         # No client port: the relay API answers on loopback only; the kubelet probes it
         # through the guard's plain health listener.
+        container["ports"] = [_metrics_port()]
         probe_port = api.PORT_GUARD_HEALTH
     container.update(
         {
@@ -986,7 +1021,10 @@ def endpoint_command(ctx: Context) -> list[str]:
         "--relay", f"127.0.0.1:{mesh_mod.RELAY_PORT}",
         "--name", ctx.name,
         "--port", str(api.PORT_SERVE),
+        "--metrics-port", str(api.PORT_METRICS),
     ]  # fmt: skip
+    if serving_tls(ctx):  # plain HTTP on loopback only: clients come through the guard's TLS
+        cmd += ["--host", "127.0.0.1"]
     if ctx.spec.serving.token_secret is not None:
         cmd += ["--token-file", f"{api.TOKEN_DIR}/token"]
     return cmd
@@ -1010,29 +1048,40 @@ def endpoint_deployment(ctx: Context) -> Manifest:
     token_volumes, token_mounts = _token_volume(ctx)
     volumes += token_volumes
     mounts += token_mounts
+    tls = serving_tls(ctx)
+    ports = [_metrics_port()]
+    if not tls:
+        ports.insert(0, {"name": "http", "containerPort": api.PORT_SERVE, "protocol": "TCP"})
     container: dict[str, Any] = {
         "name": "endpoint",
         "image": ctx.image,
         "imagePullPolicy": ctx.image_pull_policy,
         "command": endpoint_command(ctx),
-        "env": [{"name": "HOME", "value": "/tmp"}],
-        "ports": [{"name": "http", "containerPort": api.PORT_SERVE, "protocol": "TCP"}],
-        "startupProbe": _http_probe("/healthz", "http", 2, 60),
+        "env": [{"name": "HOME", "value": "/tmp"}, *_log_env(ctx)],
+        "ports": ports,
+        # With TLS the probes go the clients' way: through the guard's TLS port to the endpoint.
+        "startupProbe": _endpoint_probe("/healthz", tls, 2, 60),
         # Ready when the relay answers ready (a coordinator behind m-relay is ready).
-        "readinessProbe": _http_probe("/readyz", "http", 2, 3),
-        "livenessProbe": _http_probe("/healthz", "http", 10, 3),
+        "readinessProbe": _endpoint_probe("/readyz", tls, 2, 3),
+        "livenessProbe": _endpoint_probe("/healthz", tls, 10, 3),
         "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
         "resources": dict(ENDPOINT_RESOURCES),
         "securityContext": container_security_context(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": mounts,
     }
+    guard_mounts = [dict(_MESH_CONFIG_MOUNT), dict(_MESH_PKI_MOUNT)]
+    if tls:
+        guard_mounts.append(dict(_SERVING_TLS_MOUNT))
+        volumes.append(serving_tls_volume(ctx))
     guard = guard_container(
         ctx,
         ["tfe-guard", "--config", f"{MESH_CONFIG_DIR}/{ENDPOINT_GUARD_FILE}"],
-        [dict(_MESH_CONFIG_MOUNT), dict(_MESH_PKI_MOUNT)],
+        guard_mounts,
         inbound=False,
     )
+    if tls:
+        guard["ports"] = [{"name": "https", "containerPort": api.PORT_SERVE_TLS, "protocol": "TCP"}]
     guard_hash = hashlib.sha256(
         _guard_json(guard_config(ctx, mesh_mod.ENDPOINT)).encode()
     ).hexdigest()[:16]
@@ -1070,6 +1119,31 @@ def endpoint_deployment(ctx: Context) -> Manifest:
     }
 
 
+def _endpoint_probe(path: str, tls: bool, period: int, failures: int) -> dict[str, Any]:
+    if not tls:
+        return _http_probe(path, "http", period, failures)
+    probe = _http_probe(path, api.PORT_SERVE_TLS, period, failures)
+    probe["httpGet"]["scheme"] = "HTTPS"  # the kubelet does not verify the certificate
+    return probe
+
+
+_SERVING_TLS_MOUNT = {"name": "serving-tls", "mountPath": api.SERVING_TLS_DIR, "readOnly": True}
+
+
+def serving_tls_volume(ctx: Context) -> dict[str, Any]:
+    """serving.tls.secretName (kubernetes.io/tls; e.g. a cert-manager Certificate's Secret):
+    the kubelet updates the files when the Secret changes, and the guard reloads them."""
+    assert ctx.spec.serving.tls is not None
+    return {
+        "name": "serving-tls",
+        "secret": {
+            "secretName": ctx.spec.serving.tls.secret_name,
+            "defaultMode": _SECRET_MODE,
+            "items": [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}],
+        },
+    }
+
+
 def relay_service(ctx: Context) -> Manifest:
     """The coordinators' guard HTTP port (mTLS; it admits identity ``endpoint`` to the relay
     API), for the endpoint pods. A ClusterIP Service, so only ready serve pods receive new
@@ -1095,19 +1169,28 @@ def relay_service(ctx: Context) -> Manifest:
 
 
 def client_service(ctx: Context) -> Manifest:
-    """``m``: the client port of the endpoint pods (external workers: of the serve pod)."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": metadata(ctx, client_service_name(ctx.name), ENDPOINT),
-        "spec": {
-            "type": "ClusterIP",
-            "selector": selector(ctx, SERVE if ctx.spec.external else ENDPOINT),
-            "ports": [
-                {"name": "http", "port": api.PORT_SERVE, "targetPort": "http", "protocol": "TCP"}
-            ],
-        },
+    """``m``: the client port of the endpoint pods (external workers: of the serve pod), as
+    serving.service says (type, annotations, port, nodePort); with serving.tls the port is the
+    guard's TLS port (named https)."""
+    svc = ctx.spec.serving.service
+    name = "https" if serving_tls(ctx) else "http"
+    port: dict[str, Any] = {
+        "name": name,
+        "port": ctx.spec.serving.service_port,
+        "targetPort": name,
+        "protocol": "TCP",
     }
+    if svc.node_port is not None:
+        port["nodePort"] = svc.node_port
+    spec: dict[str, Any] = {
+        "type": svc.type,
+        "selector": selector(ctx, SERVE if ctx.spec.external else ENDPOINT),
+        "ports": [port],
+    }
+    if svc.load_balancer_source_ranges:
+        spec["loadBalancerSourceRanges"] = list(svc.load_balancer_source_ranges)
+    meta = metadata(ctx, client_service_name(ctx.name), ENDPOINT, annotations=svc.annotations)
+    return {"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": spec}
 
 
 # ---------------------------------------------------------------- network
@@ -1143,6 +1226,10 @@ def _from_operator(ctx: Context, *ports: int) -> list[dict[str, Any]]:
     ]
 
 
+# Prometheus, from anywhere, on the metrics port only (it serves /metrics and nothing else).
+METRICS_SCRAPE: dict[str, Any] = {"ports": [{"protocol": "TCP", "port": api.PORT_METRICS}]}
+
+
 def worker_network_policy(ctx: Context) -> Manifest:
     """Workers: the guard's mTLS ports only, from this model's workers, share Job and serve pod
     (never the endpoint pods); the mTLS HTTP and the plain health port also from the operator
@@ -1153,6 +1240,7 @@ def worker_network_policy(ctx: Context) -> Manifest:
         {"from": [peers], "ports": _tcp(api.PORT_GUARD_GRPC, api.PORT_GUARD_HTTP)}
     ]
     ingress += _from_operator(ctx, api.PORT_GUARD_HTTP, api.PORT_GUARD_HEALTH)
+    ingress.append(METRICS_SCRAPE)
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -1187,6 +1275,7 @@ def coordinator_network_policy(ctx: Context) -> Manifest:
                     "ports": _tcp(api.PORT_GUARD_HTTP),
                 },
                 *_from_operator(ctx, api.PORT_GUARD_HEALTH),
+                METRICS_SCRAPE,
             ],
         },
     }
@@ -1202,7 +1291,10 @@ def endpoint_network_policy(ctx: Context) -> Manifest:
         "spec": {
             "podSelector": {"matchLabels": selector(ctx, ENDPOINT)},
             "policyTypes": ["Ingress", "Egress"],
-            "ingress": [{"ports": _tcp(api.PORT_SERVE)}],
+            "ingress": [
+                {"ports": _tcp(api.PORT_SERVE_TLS if serving_tls(ctx) else api.PORT_SERVE)},
+                METRICS_SCRAPE,
+            ],
             "egress": [
                 {
                     "to": [{"podSelector": {"matchLabels": selector(ctx, SERVE)}}],

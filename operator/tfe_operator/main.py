@@ -3,14 +3,34 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+from typing import Any
 
 import kopf
 import prometheus_client
 
 from . import __version__
 from .settings import Settings
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line (TFE_OPERATOR_LOG_FORMAT=json, the chart's logFormat: json)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        k8s = getattr(record, "k8s_ref", None)  # kopf's per-object loggers
+        if isinstance(k8s, dict):
+            out["object"] = {k: k8s.get(k) for k in ("kind", "namespace", "name") if k8s.get(k)}
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, separators=(",", ":"), default=str)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,11 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=__version__)
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
+    settings = Settings.from_env()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    settings = Settings.from_env()
+    if settings.log_format == "json":
+        for h in logging.getLogger().handlers:
+            h.setFormatter(JSONFormatter())
     from . import handlers  # noqa: F401  # registers the handlers
 
     prometheus_client.start_http_server(settings.metrics_port, addr=settings.metrics_host)

@@ -29,6 +29,12 @@ def _parse_list(text: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
+def _log_format(v: str) -> str:
+    if v not in ("text", "json"):
+        raise ValueError(f"TFE_OPERATOR_LOG_FORMAT={v!r}: want text or json")
+    return v
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the operator can be told. Defaults suit an in-cluster install."""
@@ -58,6 +64,8 @@ class Settings:
     watch_client_timeout: int = 90
     watch_connect_timeout: int = 10
     # Listen addresses: Prometheus /metrics and kopf's liveness /healthz.
+    # Log lines of the operator and of the worker, serve and endpoint pods: text or json.
+    log_format: str = "text"
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 8080
     liveness_host: str = "0.0.0.0"
@@ -98,6 +106,7 @@ class Settings:
             watch_server_timeout=integer("WATCH_SERVER_TIMEOUT", d.watch_server_timeout),
             watch_client_timeout=integer("WATCH_CLIENT_TIMEOUT", d.watch_client_timeout),
             watch_connect_timeout=integer("WATCH_CONNECT_TIMEOUT", d.watch_connect_timeout),
+            log_format=_log_format(get("LOG_FORMAT") or d.log_format),
             metrics_host=get("METRICS_HOST") or d.metrics_host,
             metrics_port=integer("METRICS_PORT", d.metrics_port),
             liveness_host=get("LIVENESS_HOST") or d.liveness_host,

@@ -60,6 +60,30 @@ class ModelSource:
     url: UrlSource | None = None
 
 
+ServiceType = Literal["ClusterIP", "NodePort", "LoadBalancer"]
+SERVICE_TYPES: tuple[ServiceType, ...] = ("ClusterIP", "NodePort", "LoadBalancer")
+DEFAULT_SERVICE_PORT = 8000
+DEFAULT_TLS_SERVICE_PORT = 443
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """serving.service: how clients reach the endpoint (Service ``m``)."""
+
+    type: ServiceType = "ClusterIP"
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    port: int | None = None  # None: 8000, or 443 with TLS
+    node_port: int | None = None
+    load_balancer_source_ranges: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ServingTLS:
+    """serving.tls: the endpoint's certificate, a kubernetes.io/tls Secret (tls.crt, tls.key)."""
+
+    secret_name: str
+
+
 @dataclass(frozen=True)
 class Serving:
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
@@ -69,6 +93,14 @@ class Serving:
     resources: Mapping[str, Any] = field(default_factory=dict)
     # Replicas of the client-facing endpoint Deployment (m-endpoint; not with external workers).
     endpoint_replicas: int = DEFAULT_ENDPOINT_REPLICAS
+    service: ServiceSpec = field(default_factory=ServiceSpec)
+    tls: ServingTLS | None = None
+
+    @property
+    def service_port(self) -> int:
+        if self.service.port is not None:
+            return self.service.port
+        return DEFAULT_TLS_SERVICE_PORT if self.tls is not None else DEFAULT_SERVICE_PORT
 
 
 @dataclass(frozen=True)
@@ -174,6 +206,43 @@ def parse_model(raw: Mapping[str, Any]) -> ModelSource:
     )
 
 
+def _port(d: Mapping[str, Any], key: str, lo: int, hi: int) -> int | None:
+    v = d.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise SpecError(f"serving.service.{key} must be an integer in {lo}..{hi}")
+    return v
+
+
+def parse_service(d: Mapping[str, Any]) -> ServiceSpec:
+    type_ = d.get("type", "ClusterIP")
+    if type_ not in SERVICE_TYPES:
+        raise SpecError(
+            f"serving.service.type must be one of {', '.join(SERVICE_TYPES)}, not {type_!r}"
+        )
+    ann = _obj(d, "annotations")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in ann.items()):
+        raise SpecError("serving.service.annotations must map strings to strings")
+    node_port = _port(d, "nodePort", 1, 65535)
+    if node_port is not None and type_ == "ClusterIP":
+        raise SpecError("serving.service.nodePort needs type NodePort or LoadBalancer")
+    ranges = d.get("loadBalancerSourceRanges") or []
+    if not isinstance(ranges, list) or not all(isinstance(r, str) and r for r in ranges):
+        raise SpecError("serving.service.loadBalancerSourceRanges must be a list of CIDRs")
+    return ServiceSpec(
+        type=type_,
+        annotations=dict(ann),
+        port=_port(d, "port", 1, 65535),
+        node_port=node_port,
+        load_balancer_source_ranges=tuple(ranges),
+    )
+
+
+def parse_serving_tls(d: Mapping[str, Any]) -> ServingTLS:
+    return ServingTLS(secret_name=_str(d, "secretName", "serving.tls"))
+
+
 def parse_spec(raw: Mapping[str, Any]) -> EncryptedModelSpec:
     """Parse spec (a dict as the API server returns it) into typed values, with defaults."""
     raw_model = _obj(raw, "model")
@@ -197,6 +266,8 @@ def parse_spec(raw: Mapping[str, Any]) -> EncryptedModelSpec:
         ),
         resources=dict(_obj(s, "resources")),
         endpoint_replicas=_int(s, "endpointReplicas", DEFAULT_ENDPOINT_REPLICAS, "serving", 1),
+        service=parse_service(_obj(s, "service")),
+        tls=None if s.get("tls") is None else parse_serving_tls(_obj(s, "tls")),
     )
     if serving.endpoint_replicas > MAX_ENDPOINT_REPLICAS:
         raise SpecError(f"serving.endpointReplicas must be <= {MAX_ENDPOINT_REPLICAS}")

@@ -117,6 +117,9 @@ MESH_INIT = {
     },
     "terminationMessagePolicy": "FallbackToLogsOnError",
 }
+# Every worker, serve and endpoint pod: /metrics on a port of its own, scrapes admitted from anywhere.
+METRICS_PORT = {"name": "metrics", "containerPort": 9090, "protocol": "TCP"}
+METRICS_SCRAPE = {"ports": [{"protocol": "TCP", "port": 9090}]}
 MESH_PORTS = [
     {"name": "mesh-grpc", "containerPort": 5440, "protocol": "TCP"},
     {"name": "mesh-http", "containerPort": 5443, "protocol": "TCP"},
@@ -264,6 +267,7 @@ def expected_statefulset() -> dict[str, Any]:
                                         'exec tfe-worker player "server${POD_NAME##*-}"'
                                         " --config /etc/tfe/tfe.json --state /var/lib/tfe --spool /spool"
                                         " --http-bind 127.0.0.1"
+                                        " --metrics-port 9090"
                                     ),
                                 ],
                                 "env": [
@@ -273,6 +277,7 @@ def expected_statefulset() -> dict[str, Any]:
                                     },
                                     {"name": "HOME", "value": "/tmp"},
                                 ],
+                                "ports": [METRICS_PORT],
                                 # probed through the guard's plain health listener
                                 "startupProbe": probe("/healthz", 5444, 2, 90),
                                 "readinessProbe": probe("/readyz", 5444, 2, 3),
@@ -750,10 +755,13 @@ def expected_deployment(generation: int = 1, slot: int = 0) -> dict[str, Any]:
                                     "32",
                                     "--max-wait-ms",
                                     "5",
+                                    "--metrics-port",
+                                    "9090",
                                     "--count-scope",
                                     "uid-1:unlimited",
                                 ],
                                 "env": [{"name": "HOME", "value": "/tmp"}],
+                                "ports": [METRICS_PORT],
                                 # the relay through the guard's plain health listener
                                 "startupProbe": probe("/healthz", 5444, 2, 150),
                                 "readinessProbe": probe("/readyz", 5444, 2, 3),
@@ -868,6 +876,7 @@ def test_serve_deployment_external_workers_uses_external_config() -> None:
     c["ports"] = [
         {"name": "http", "containerPort": 8000, "protocol": "TCP"},
         {"name": "coordinator", "containerPort": 4450, "protocol": "TCP"},
+        METRICS_PORT,
     ]
     c["startupProbe"] = probe("/healthz", "http", 2, 150)
     c["readinessProbe"] = probe("/readyz", "http", 2, 3)
@@ -936,9 +945,14 @@ def expected_endpoint(ctx: Any, replicas: int = 1) -> dict[str, Any]:
                                 "digits",
                                 "--port",
                                 "8000",
+                                "--metrics-port",
+                                "9090",
                             ],
                             "env": [{"name": "HOME", "value": "/tmp"}],
-                            "ports": [{"name": "http", "containerPort": 8000, "protocol": "TCP"}],
+                            "ports": [
+                                {"name": "http", "containerPort": 8000, "protocol": "TCP"},
+                                METRICS_PORT,
+                            ],
                             "startupProbe": probe("/healthz", "http", 2, 60),
                             "readinessProbe": probe("/readyz", "http", 2, 3),
                             "livenessProbe": probe("/healthz", "http", 10, 3),
@@ -1091,6 +1105,7 @@ def test_worker_network_policy(operator_labels: bool) -> None:
                 "ports": [{"protocol": "TCP", "port": 5443}, {"protocol": "TCP", "port": 5444}],
             }
         )
+    ingress.append(METRICS_SCRAPE)
     assert builders.worker_network_policy(make_ctx(settings=settings)) == {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -1125,6 +1140,7 @@ def test_coordinator_network_policy(operator_labels: bool) -> None:
     ]
     if operator_labels:
         ingress.append({"from": [OPERATOR_PEER], "ports": [{"protocol": "TCP", "port": 5444}]})
+    ingress.append(METRICS_SCRAPE)
     assert builders.coordinator_network_policy(make_ctx(settings=settings)) == {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -1154,7 +1170,7 @@ def test_endpoint_network_policy() -> None:
         "spec": {
             "podSelector": {"matchLabels": sel("endpoint")},
             "policyTypes": ["Ingress", "Egress"],
-            "ingress": [{"ports": [{"protocol": "TCP", "port": 8000}]}],
+            "ingress": [{"ports": [{"protocol": "TCP", "port": 8000}]}, METRICS_SCRAPE],
             "egress": [
                 {
                     "to": [{"podSelector": {"matchLabels": sel("serve")}}],
@@ -1226,3 +1242,92 @@ def test_builders_are_pure() -> None:
     a["spec"]["template"]["spec"]["volumes"].append({"name": "x"})
     a["metadata"]["labels"]["x"] = "y"
     assert builders.worker_statefulset(ctx) == b
+
+
+# ---------------------------------------------------------------- serving.service, serving.tls (issue 10)
+from operator_testlib import BASE_SPEC  # noqa: E402
+
+TLS_SPEC = {
+    **BASE_SPEC,
+    "serving": {
+        "service": {"type": "LoadBalancer", "annotations": {"lb.example/internal": "true"}, "nodePort": 30443,
+                    "loadBalancerSourceRanges": ["10.0.0.0/8"]},
+        "tls": {"secretName": "digits-tls"},
+    },
+}
+
+
+def test_endpoint_deployment_with_tls() -> None:
+    """serving.tls: the guard terminates TLS on 8443 with the Secret's files; the endpoint listens
+    on loopback only and declares no client port; the probes go through TLS like the clients."""
+    ctx = make_ctx(TLS_SPEC, mesh_hash="meshhash")
+    expected = expected_endpoint(ctx)
+    pod = expected["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    c["command"] += ["--host", "127.0.0.1"]
+    c["ports"] = [METRICS_PORT]
+    for name, path, period, failures in (("startupProbe", "/healthz", 2, 60), ("readinessProbe", "/readyz", 2, 3),
+                                         ("livenessProbe", "/healthz", 10, 3)):
+        c[name] = probe(path, 8443, period, failures)
+        c[name]["httpGet"]["scheme"] = "HTTPS"
+    g = pod["initContainers"][0]
+    g["volumeMounts"].append({"name": "serving-tls", "mountPath": "/var/run/tfe-serving-tls", "readOnly": True})
+    g["ports"] = [{"name": "https", "containerPort": 8443, "protocol": "TCP"}]
+    pod["volumes"].append({
+        "name": "serving-tls",
+        "secret": {"secretName": "digits-tls", "defaultMode": 0o440,
+                   "items": [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}]},
+    })
+    assert builders.endpoint_deployment(ctx) == expected
+    # its guard config carries the public listener (and the pod template hash follows it)
+    cfg = builders.guard_config(ctx, "endpoint")
+    assert cfg["public"] == {"listen": "tcp:0.0.0.0:8443", "backend": "127.0.0.1:8000",
+                             "cert": "/var/run/tfe-serving-tls/tls.crt", "key": "/var/run/tfe-serving-tls/tls.key"}
+    assert "public" not in builders.guard_config(make_ctx(), "endpoint")
+    assert (builders.endpoint_deployment(ctx)["spec"]["template"]["metadata"]["annotations"]["tfe.dev/config-hash"]
+            != builders.endpoint_deployment(make_ctx())["spec"]["template"]["metadata"]["annotations"]
+            ["tfe.dev/config-hash"])
+
+
+def test_client_service_from_serving_service_with_tls() -> None:
+    ctx = make_ctx(TLS_SPEC)
+    m = meta("digits", "endpoint")
+    m["annotations"] = {"lb.example/internal": "true"}
+    assert builders.client_service(ctx) == {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": m,
+        "spec": {
+            "type": "LoadBalancer",
+            "selector": sel("endpoint"),
+            "ports": [{"name": "https", "port": 443, "targetPort": "https", "protocol": "TCP", "nodePort": 30443}],
+            "loadBalancerSourceRanges": ["10.0.0.0/8"],
+        },
+    }
+    assert builders.endpoint(ctx) == "https://digits.ml.svc:443"
+    nodeport = make_ctx({**BASE_SPEC, "serving": {"service": {"type": "NodePort", "port": 8080}}})
+    svc = builders.client_service(nodeport)
+    assert svc["spec"]["type"] == "NodePort" and "annotations" not in svc["metadata"]
+    assert svc["spec"]["ports"] == [{"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}]
+    assert builders.endpoint(nodeport) == "http://digits.ml.svc:8080"
+
+
+def test_endpoint_network_policy_with_tls_admits_the_tls_port_only() -> None:
+    pol = builders.endpoint_network_policy(make_ctx(TLS_SPEC))
+    assert pol["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": 8443}]}, METRICS_SCRAPE]
+
+
+def test_json_logs_setting_reaches_the_pods() -> None:
+    ctx = make_ctx(settings=Settings(worker_image=IMAGE, log_format="json"))
+    env = {"name": "TFE_LOG_FORMAT", "value": "json"}
+    assert env in builders.worker_statefulset(ctx)["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert env in builders.serve_deployment(ctx, 1)["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert env in builders.endpoint_deployment(ctx)["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert env not in builders.endpoint_deployment(make_ctx())["spec"]["template"]["spec"]["containers"][0]["env"]
+
+
+def test_serving_service_parser_refuses_a_node_port_on_cluster_ip() -> None:
+    from tfe_operator.spec import SpecError, parse_spec
+
+    with pytest.raises(SpecError, match="nodePort needs type NodePort"):
+        parse_spec({**BASE_SPEC, "serving": {"service": {"nodePort": 30000}}})

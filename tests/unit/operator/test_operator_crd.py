@@ -213,6 +213,22 @@ VALID: list[tuple[str, dict[str, Any]]] = [
             },
         },
     ),
+    (
+        "service-tls",
+        {
+            **BASE_SPEC,
+            "serving": {
+                "service": {
+                    "type": "LoadBalancer",
+                    "annotations": {"service.beta.kubernetes.io/aws-load-balancer-type": "nlb"},
+                    "port": 443,
+                    "nodePort": 30443,
+                    "loadBalancerSourceRanges": ["10.0.0.0/8"],
+                },
+                "tls": {"secretName": "digits-tls"},
+            },
+        },
+    ),
 ]
 
 
@@ -261,6 +277,10 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("pvc-dotdot", {"model": {"pvc": {"claimName": "c", "path": "a/../../b"}}}, "relative"),
     ("key-chars", {"model": {"configMap": {"name": "m", "key": "a/b"}}}, "does not match"),
     ("gpu-quantity", _with("workers.resources", {"limits": {"nvidia.com/gpu": "one"}}), "does not match"),
+    ("service-type", _with("serving.service", {"type": "Ingress"}), "'Ingress' is not one of"),
+    ("service-port", _with("serving.service", {"port": 0}), "0 is less than the minimum of 1"),
+    ("service-annotation", _with("serving.service", {"annotations": {"a": 1}}), "1 is not of type 'string'"),
+    ("tls-no-secret", _with("serving.tls", {}), "'secretName' is a required property"),
 ]
 
 
@@ -296,6 +316,10 @@ PARSER_REFUSES = [
     "retain",
     "pvc-abs",
     "pvc-dotdot",
+    "service-type",
+    "service-port",
+    "service-annotation",
+    "tls-no-secret",
 ]
 
 
