@@ -22,6 +22,10 @@ LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
 LABEL_PART_OF: Final = "app.kubernetes.io/part-of"
 ANNOTATION_MODEL_HASH: Final = f"{GROUP}/model-hash"
 ANNOTATION_CONFIG_HASH: Final = f"{GROUP}/config-hash"
+# On share Jobs: share (from the model), recovery or refresh (from a generation, docs/recovery.md).
+ANNOTATION_SHARE_KIND: Final = f"{GROUP}/share-kind"
+# On the EncryptedModel: a new value asks for a proactive refresh of the shares.
+ANNOTATION_REFRESH_SHARES: Final = f"{GROUP}/refresh-shares"
 # The party mesh (docs/mesh.md): a new value on the EncryptedModel asks for a new CA and
 # certificates; the pods' template carries the hash of the certificates they mount.
 ANNOTATION_ROTATE_MESH: Final = f"{GROUP}/rotate-mesh"

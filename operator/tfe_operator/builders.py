@@ -351,6 +351,11 @@ def mesh(ctx: Context) -> mesh_mod.Mesh:
     ports = mesh_mod.Ports(
         tf=(api.PORT_TF, api.PORT_TF + 1, api.PORT_TF + 2),
         http=(api.PORT_HTTP, api.PORT_HTTP + 1, api.PORT_HTTP + 2),
+def generations_path(ctx: Context) -> str:
+    """The share generations a worker holds (public; read every resync, docs/recovery.md)."""
+    return f"/v1/models/{ctx.name}/generations"
+
+
         coordinators=tuple(
             mesh_mod.COORDINATOR_TF_PORT + k for k in range(len(COORDINATOR_PARTIES))
         ),
@@ -377,7 +382,7 @@ def guard_config(ctx: Context, identity: str, slot: int = 0) -> dict[str, Any]:
         cfg["health"] = {
             "listen": health,
             "backend": f"127.0.0.1:{api.PORT_HTTP + i}",
-            "paths": list(HEALTH_PATHS),
+            "paths": [*HEALTH_PATHS, generations_path(ctx)],
         }
     elif identity == mesh_mod.COORDINATOR:
         cfg["health"] = {
@@ -752,22 +757,49 @@ def share_guard_config(ctx: Context, generation: int) -> dict[str, Any]:
     return guard_config(ctx, mesh_mod.share_identity(generation))
 
 
-def share_job(ctx: Context, generation: int) -> Manifest:
-    volumes, mounts, model_args = model_volume(ctx)
+@dataclass(frozen=True)
+class Reshare:
+    """A share Job that derives its generation from `source` without the model
+    (docs/recovery.md): `lost` (0..2) recovers that worker from its peers, None refreshes."""
+
+    source: int
+    lost: int | None = None
+
+    @property
+    def kind(self) -> str:
+        return "refresh" if self.lost is None else "recovery"
+
+
+def share_job(ctx: Context, generation: int, reshare: Reshare | None = None) -> Manifest:
+    volumes, mounts, model_args = model_volume(ctx) if reshare is None else ([], [], [])
     job_labels = {api.LABEL_GENERATION: str(generation)}
     external = ctx.spec.external
     coordinator = (
         f"$(POD_IP):{api.PORT_COORDINATOR}" if external else f"127.0.0.1:{mesh_mod.SHARE_TF_PORT}"
     )
-    command = [
-        "tfe-worker", "share",
-        "--config", _CONFIG_FILE,
-        *model_args,
-        "--name", ctx.name,
-        "--generation", str(generation),
-        "--coordinator-address", coordinator,
-        "--protocol", ctx.spec.protocol,
-    ]  # fmt: skip
+    if reshare is None:
+        command = [
+            "tfe-worker", "share",
+            "--config", _CONFIG_FILE,
+            *model_args,
+            "--name", ctx.name,
+            "--generation", str(generation),
+            "--coordinator-address", coordinator,
+            "--protocol", ctx.spec.protocol,
+        ]  # fmt: skip
+    else:
+        mode = (
+            ["--refresh"] if reshare.lost is None else ["--recover", mesh_mod.SERVERS[reshare.lost]]
+        )
+        command = [
+            "tfe-worker", "reshare",
+            "--config", _CONFIG_FILE,
+            "--name", ctx.name,
+            "--from-generation", str(reshare.source),
+            "--generation", str(generation),
+            *mode,
+            "--coordinator-address", coordinator,
+        ]  # fmt: skip
     container: dict[str, Any] = {
         "name": "share",
         "image": ctx.image,
@@ -827,7 +859,10 @@ def share_job(ctx: Context, generation: int) -> Manifest:
             share_job_name(ctx.name, generation),
             SHARE,
             extra_labels=job_labels,
-            annotations={api.ANNOTATION_MODEL_HASH: ctx.spec.model_hash},
+            annotations={
+                api.ANNOTATION_MODEL_HASH: ctx.spec.model_hash,
+                api.ANNOTATION_SHARE_KIND: "share" if reshare is None else reshare.kind,
+            },
         ),
         "spec": {
             "backoffLimit": ctx.share_backoff_limit,

@@ -173,6 +173,9 @@ def _reconcile(
             generation=int(meta.get("generation", 1) or 1),
             created=observe.parse_time(meta.get("creationTimestamp")),
             mesh=mesh.status if mesh is not None else None,
+            refresh_request=str(
+                (meta.get("annotations") or {}).get(api.ANNOTATION_REFRESH_SHARES, "")
+            ),
         )
         try:
             obs = observe_model(kube, res, current, mesh)
@@ -369,6 +372,12 @@ def observe_model(
         k = _public_key(kube, ctx, i, mesh)
         if k:
             keys[i] = k
+    gens: dict[int, tuple[int, ...]] = {}
+    for i in keys_to_fetch(res, status, base):  # the ready workers
+        g = _generations(kube, ctx, i, mesh)
+        if g is not None:
+            gens[i] = g
+    base = dataclasses.replace(base, worker_generations=gens)
     refused: list[observe.Refusal] = []
     if not external:
         parties: list[tuple[Mapping[str, Any], str]] = []
@@ -471,3 +480,29 @@ def _public_key(kube: Kube, ctx: Context, i: int, mesh: pki.MeshPlan | None) -> 
         log.info("%s/%s: public key of server%d unavailable: %s", ctx.namespace, ctx.name, i, e)
         return None
     return observe.public_key(doc, i)
+
+
+def _generations(
+    kube: Kube, ctx: Context, i: int, mesh: pki.MeshPlan | None
+) -> tuple[int, ...] | None:
+    """The complete share generations worker i holds (docs/recovery.md), read like its key."""
+    timeout = RUNTIME.settings.http_timeout_seconds
+    path = builders.generations_path(ctx)
+    server = f"server{i}"
+    try:
+        if ctx.spec.external:
+            http = builders.players(ctx)[i]["http"]
+            doc = http_get_json(f"http://{http}{path}", timeout)
+        elif RUNTIME.use_proxy():
+            pod = builders.worker_pod_name(ctx.name, i)
+            doc = kube.proxy_get(ctx.namespace, "pods", pod, api.PORT_GUARD_HEALTH, path)
+        else:
+            if mesh is None:
+                return None
+            sc = operator_tls(mesh.ca, datetime.now(UTC))
+            host = builders.mesh_host(ctx, server)
+            doc = json.loads(pki.mtls_get(host, api.PORT_GUARD_HTTP, path, sc, server, timeout))
+    except (ApiError, OSError, ValueError) as e:
+        log.info("%s/%s: generations of server%d unavailable: %s", ctx.namespace, ctx.name, i, e)
+        return None
+    return observe.generations(doc, ctx.name)

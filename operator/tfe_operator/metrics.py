@@ -18,6 +18,11 @@ MODELS = Gauge(
     "EncryptedModels by phase.",
     ["phase"],
 )
+MODEL_PHASE = Gauge(
+    "tfe_operator_encryptedmodel_phase",
+    "1 for each EncryptedModel's current phase (the dashboard's phase per model).",
+    ["namespace", "name", "phase"],
+)
 TIME_TO_SERVING = Histogram(
     "tfe_operator_time_to_serving_seconds",
     "Seconds from an EncryptedModel's creation to its first phase Serving.",
@@ -34,21 +39,39 @@ SHARE_JOB_DURATION = Histogram(
 class PhaseTracker:
     """Phase of each known EncryptedModel; keeps the by-phase gauge exact."""
 
-    def __init__(self, gauge: Gauge = MODELS) -> None:
+    def __init__(self, gauge: Gauge = MODELS, per_model: Gauge | None = MODEL_PHASE) -> None:
         self._gauge = gauge
+        self._per_model = per_model
         self._phases: dict[str, str] = {}
         self._lock = threading.Lock()
         self._publish()
 
     def set(self, key: str, phase: str) -> None:
         with self._lock:
+            old = self._phases.get(key)
             self._phases[key] = phase
+            if old is not None and old != phase:
+                self._drop(key, old)
+            if self._per_model is not None:
+                ns, _, name = key.partition("/")
+                self._per_model.labels(namespace=ns, name=name, phase=phase).set(1)
             self._publish()
 
     def forget(self, key: str) -> None:
         with self._lock:
-            self._phases.pop(key, None)
+            old = self._phases.pop(key, None)
+            if old is not None:
+                self._drop(key, old)
             self._publish()
+
+    def _drop(self, key: str, phase: str) -> None:
+        if self._per_model is None:
+            return
+        ns, _, name = key.partition("/")
+        try:
+            self._per_model.remove(ns, name, phase)
+        except KeyError:
+            pass
 
     def counts(self) -> dict[str, int]:
         out = dict.fromkeys(api.PHASES, 0)

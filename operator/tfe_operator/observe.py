@@ -51,6 +51,7 @@ class JobState:
     message: str = ""
     start: datetime | None = None
     end: datetime | None = None
+    kind: str = "share"  # share (from the model), recovery or refresh (docs/recovery.md)
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,9 @@ class Observed:
     pvcs: tuple[str, ...] = ()
     public_keys: Mapping[int, str] = field(default_factory=dict)
     source_missing: str | None = None
+    # Complete share generations of this model on each worker that answered (GET
+    # /v1/models/NAME/generations); a worker that did not answer is absent.
+    worker_generations: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
     refusals: tuple[Refusal, ...] = ()
 
 
@@ -229,6 +233,7 @@ def job_state(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]] = ()) ->
         message=message,
         start=parse_time(status.get("startTime")),
         end=end,
+        kind=str(annotations.get(api.ANNOTATION_SHARE_KIND) or "share"),
     )
 
 
@@ -356,3 +361,15 @@ def refusals(doc: Any, party: str) -> tuple[Refusal, ...]:
             seen = None
         out.append(Refusal(party, r.listener, r.identity, r.reason, r.count, seen))
     return tuple(out)
+
+
+def generations(doc: Any, model: str) -> tuple[int, ...] | None:
+    """GET <worker>/v1/models/NAME/generations -> {"model": NAME, "generations": [newest, ...]}."""
+    if not isinstance(doc, Mapping) or doc.get("model") != model:
+        return None
+    gens = doc.get("generations")
+    if not isinstance(gens, list):
+        return None
+    if not all(isinstance(g, int) and not isinstance(g, bool) for g in gens):
+        return None
+    return tuple(sorted(gens, reverse=True))

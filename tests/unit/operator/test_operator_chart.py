@@ -172,3 +172,70 @@ def test_service_monitor_optional() -> None:
     assert not by_kind(render(), "ServiceMonitor")
     (sm,) = by_kind(render("metrics.serviceMonitor.enabled=true"), "ServiceMonitor")
     assert sm["spec"]["endpoints"] == [{"port": "metrics", "interval": "30s"}]
+
+
+def test_pod_monitor_optional_scrapes_the_models_metrics_port() -> None:
+    assert not by_kind(render(), "PodMonitor")
+    (pm,) = by_kind(render("metrics.podMonitor.enabled=true", "metrics.podMonitor.labels.release=prom"), "PodMonitor")
+    assert pm["metadata"]["labels"]["release"] == "prom"
+    spec = pm["spec"]
+    assert spec["namespaceSelector"] == {"any": True}
+    assert spec["selector"]["matchLabels"] == {"app.kubernetes.io/name": "encryptedmodel",
+                                              "app.kubernetes.io/managed-by": "tfe-operator"}
+    assert spec["selector"]["matchExpressions"] == [
+        {"key": "app.kubernetes.io/component", "operator": "In", "values": ["worker", "serve", "endpoint"]}]
+    (ep,) = spec["podMetricsEndpoints"]
+    assert (ep["port"], ep["path"], ep["interval"]) == ("metrics", "/metrics", "30s")
+    assert {r["targetLabel"] for r in ep["relabelings"]} == {"model", "component", "namespace", "pod"}
+    # the pods it selects: labels and the port name of what the operator builds
+    ctx = make_ctx()
+    for pod in (builders.worker_statefulset(ctx), builders.serve_deployment(ctx, 1), builders.endpoint_deployment(ctx)):
+        tmpl = pod["spec"]["template"]
+        assert spec["selector"]["matchLabels"].items() <= tmpl["metadata"]["labels"].items()
+        assert tmpl["metadata"]["labels"]["app.kubernetes.io/component"] in ("worker", "serve", "endpoint")
+        ports = {p["name"]: p["containerPort"] for c in tmpl["spec"]["containers"] for p in c.get("ports", [])}
+        assert ports["metrics"] == api.PORT_METRICS
+    namespaced = by_kind(render("metrics.podMonitor.enabled=true", "rbac.clusterWide=false",
+                                "watchNamespaces={a,b}"), "PodMonitor")
+    assert namespaced[0]["spec"]["namespaceSelector"] == {"matchNames": ["a", "b"]}
+
+
+def _defined_metric_names() -> set[str]:
+    """Every Prometheus series the code defines (Counter/Gauge/Histogram first argument)."""
+    import re
+
+    names: set[str] = set()
+    sources = [*(REPO / "worker-image" / "tfe_worker").glob("*.py"), *(REPO / "operator" / "tfe_operator").glob("*.py")]
+    for src in sources:
+        names |= set(re.findall(r'(?:Counter|Gauge|Histogram)\(\s*"(tfe_[a-z0-9_]+)"', src.read_text()))
+    return names
+
+
+def test_dashboard_ships_in_the_chart_and_uses_metrics_that_exist() -> None:
+    import json
+    import re
+
+    assert not [d for d in by_kind(render(), "ConfigMap") if d["metadata"]["name"].endswith("-dashboard")]
+    (cm,) = by_kind(render("metrics.dashboard.enabled=true"), "ConfigMap")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dash = json.loads(cm["data"]["tfe-operator.json"])
+    assert dash == json.loads((CHART / "dashboards" / "tfe-operator.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    used = {re.sub(r"_(bucket|sum|count)$", "", m) for e in exprs for m in re.findall(r"\b(tfe_[a-z0-9_]+)", e)}
+    defined = _defined_metric_names()
+    counters = {f"{n}_total" for n in defined}
+    assert used and not (used - defined - counters), f"dashboard uses undefined series: {used - defined - counters}"
+    titles = " ".join(p["title"] for p in dash["panels"]).lower()
+    for what in ("p50", "stage", "queue depth", "batch", "reconnects", "phase per model"):
+        assert what in titles, what
+    assert {"tfe_serve_stage_seconds", "tfe_serve_queue_depth", "tfe_serve_batch_rows", "tfe_serve_reconnects_total",
+            "tfe_operator_encryptedmodel_phase", "tfe_serve_request_seconds"} <= used
+
+
+def test_log_format_value() -> None:
+    (dep,) = by_kind(render("logFormat=json"), "Deployment")
+    env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["TFE_OPERATOR_LOG_FORMAT"] == "json"
+    assert Settings.from_env({"TFE_OPERATOR_LOG_FORMAT": "json"}).log_format == "json"
+    proc = helm("template", "rel", str(CHART), "--set", "logFormat=xml")
+    assert proc.returncode != 0

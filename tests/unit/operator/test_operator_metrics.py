@@ -24,7 +24,8 @@ def test_documented_series_are_exported() -> None:
 def test_phase_tracker_counts_every_phase() -> None:
     registry = CollectorRegistry()
     gauge = Gauge("phases", "test", ["phase"], registry=registry)
-    t = metrics.PhaseTracker(gauge)
+    per_model = Gauge("phase", "test", ["namespace", "name", "phase"], registry=registry)
+    t = metrics.PhaseTracker(gauge, per_model)
     t.set("a/x", "Serving")
     t.set("a/y", "Serving")
     t.set("a/y", "Stopped")
@@ -33,3 +34,16 @@ def test_phase_tracker_counts_every_phase() -> None:
     assert t.counts() == {**dict.fromkeys(api.PHASES, 0), "Stopped": 1}
     assert registry.get_sample_value("phases", {"phase": "Stopped"}) == 1
     assert registry.get_sample_value("phases", {"phase": "Serving"}) == 0
+
+
+def test_phase_per_model_follows_each_model() -> None:
+    registry = CollectorRegistry()
+    per_model = Gauge("phase", "test", ["namespace", "name", "phase"], registry=registry)
+    t = metrics.PhaseTracker(Gauge("phases", "test", ["phase"], registry=registry), per_model)
+    t.set("ml/digits", "Sharing")
+    t.set("ml/digits", "Serving")
+    t.set("ml/other", "Failed")
+    assert registry.get_sample_value("phase", {"namespace": "ml", "name": "digits", "phase": "Serving"}) == 1
+    assert registry.get_sample_value("phase", {"namespace": "ml", "name": "digits", "phase": "Sharing"}) is None
+    t.forget("ml/other")
+    assert registry.get_sample_value("phase", {"namespace": "ml", "name": "other", "phase": "Failed"}) is None
