@@ -339,6 +339,11 @@ HEALTH_PATHS = ("/healthz", "/readyz", "/v1/public-key", mesh_mod.REFUSALS_PATH)
 COORDINATOR_HEALTH_PATHS = ("/healthz", "/readyz", "/v1/status", "/metrics", mesh_mod.REFUSALS_PATH)
 
 
+def generations_path(ctx: Context) -> str:
+    """The share generations a worker holds (public; read every resync, docs/recovery.md)."""
+    return f"/v1/models/{ctx.name}/generations"
+
+
 def mesh_host(ctx: Context, party: str) -> str:
     """The stable DNS name of a party's pod (server<i>, coordinator, coordinator-1, share)."""
     m, ns, svc = ctx.name, ctx.namespace, workers_service_name(ctx.name)
@@ -351,11 +356,6 @@ def mesh(ctx: Context) -> mesh_mod.Mesh:
     ports = mesh_mod.Ports(
         tf=(api.PORT_TF, api.PORT_TF + 1, api.PORT_TF + 2),
         http=(api.PORT_HTTP, api.PORT_HTTP + 1, api.PORT_HTTP + 2),
-def generations_path(ctx: Context) -> str:
-    """The share generations a worker holds (public; read every resync, docs/recovery.md)."""
-    return f"/v1/models/{ctx.name}/generations"
-
-
         coordinators=tuple(
             mesh_mod.COORDINATOR_TF_PORT + k for k in range(len(COORDINATOR_PARTIES))
         ),
