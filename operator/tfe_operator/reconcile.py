@@ -32,6 +32,8 @@ class Resource:
     created: datetime | None
     # status.mesh from pki.plan_mesh (None: no mesh, e.g. external workers)
     mesh: Mapping[str, Any] | None = None
+    # the tfe.dev/refresh-shares annotation ("" when absent): a new value asks for a refresh
+    refresh_request: str = ""
 
 
 @dataclass(frozen=True)
@@ -190,12 +192,9 @@ def keys_to_fetch(res: Resource, status: Mapping[str, Any], obs: Observed) -> li
     old = {i: w for i, w in enumerate(status.get("workers", []) or [])}
     if res.ctx.spec.external:
         return [i for i in range(3) if not (old.get(i) or {}).get("publicKey")]
-    out = []
-    for p in obs.worker_pods:
-        o = old.get(p.index) or {}
-        if p.ready and (not o.get("publicKey") or o.get("podUID") != p.uid):
-            out.append(p.index)
-    return out
+    # Every ready worker, every round: a worker whose volume was replaced has a new key even
+    # when its pod did not change (docs/recovery.md); the status must never pin a stale one.
+    return [p.index for p in obs.worker_pods if p.ready]
 
 
 def workers_status(res: Resource, status: Mapping[str, Any], obs: Observed) -> list[dict[str, Any]]:
@@ -220,8 +219,73 @@ def workers_status(res: Resource, status: Mapping[str, Any], obs: Observed) -> l
                     key = o.get("publicKey")
         if key:
             entry["publicKey"] = key
+        gens = obs.worker_generations.get(i)
+        if gens is None and o.get("podUID") == entry.get("podUID"):
+            gens = o.get("generations")
+        if gens is not None:
+            entry["generations"] = list(gens)
         out.append(entry)
     return out
+
+
+def key_changes(status: Mapping[str, Any], workers: Sequence[Mapping[str, Any]]) -> list[Event]:
+    """WorkerKeyChanged for each worker whose public key differs from the one in the status."""
+    old = {i: w for i, w in enumerate(status.get("workers", []) or [])}
+    events = []
+    for i, w in enumerate(workers):
+        before = (old.get(i) or {}).get("publicKey")
+        after = w.get("publicKey")
+        if before and after and before != after:
+            events.append(Event(
+                "Warning", "WorkerKeyChanged",
+                f"{w.get('name')} has a new public key (its volume was replaced?): "
+                f"status.workers[{i}].publicKey updated; clients pinned to the old key are "
+                "refused until they re-pin from the status",
+            ))  # fmt: skip
+    return events
+
+
+@dataclass(frozen=True)
+class SharesAssessment:
+    """Which observed workers hold the serving generation (one that did not answer: neither)."""
+
+    holders: tuple[int, ...]
+    missing: tuple[int, ...]
+
+    def names(self, idx: Sequence[int]) -> str:
+        names = [f"server{i}" for i in idx]
+        return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def assess_shares(generation: int, obs: Observed) -> SharesAssessment:
+    if generation <= 0:
+        return SharesAssessment((), ())
+    gens = obs.worker_generations
+    return SharesAssessment(
+        tuple(i for i in sorted(gens) if generation in gens[i]),
+        tuple(i for i in sorted(gens) if generation not in gens[i]),
+    )
+
+
+def refresh_due(res: Resource, status: Mapping[str, Any], now: datetime) -> str | None:
+    """Why a proactive refresh should start now (the annotation or the interval), or None."""
+    seen = status.get("refreshRequest")
+    if seen is not None and res.refresh_request and res.refresh_request != seen:
+        return f"requested ({api.ANNOTATION_REFRESH_SHARES}={res.refresh_request})"
+    interval = res.ctx.spec.shares.refresh_interval_seconds
+    made = _parse_ts(status.get("shareGenerationTime"))
+    if interval and made is not None and (now - made).total_seconds() >= interval:
+        return f"refreshInterval {interval}s elapsed"
+    return None
+
+
+def _parse_ts(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
 
 
 def serve_slot(ctx: Context, generation: int, obs: Observed) -> int:
@@ -341,6 +405,7 @@ def reconcile(res: Resource, status: Mapping[str, Any], obs: Observed, now: date
     plan.delete = deletes
     new["observedGeneration"] = res.generation
     new["workers"] = workers_status(res, new, obs)
+    plan.events.extend(key_changes(old, new["workers"]))
     if new.get("phase") == "Serving" and not old.get("firstServingTime"):
         new["firstServingTime"] = _ts(now)
         if res.created is not None:
@@ -472,8 +537,67 @@ def _run(
         )
     serving_gen = int(new.get("shareGeneration", 0) or 0) if shares_valid else 0
     need_share = not (shares_valid and new.get("modelHash") == model_hash)
+    if "shareGenerationTime" not in new and serving_gen > 0:
+        new["shareGenerationTime"] = _ts(now)  # a refresh interval counts from here
+    # The annotation's value when this model is first seen is no request; a later change is.
+    new.setdefault("refreshRequest", res.refresh_request)
+
+    # Do the workers still hold what is served? (docs/recovery.md)
+    shares = assess_shares(serving_gen, obs)
+    lost: str | None = None  # two or more lost and no model source: Failed with this
+    reshare_msg: str | None = None
+    if serving_gen > 0 and not need_share and failure is None:
+        if len(shares.missing) >= 2:
+            what = (
+                f"shares lost on {shares.names(shares.missing)}: recovery from peers needs two "
+                f"workers that hold generation {serving_gen}"
+            )
+            _drop_reshare(new, obs, plan)
+            if obs.source_missing is None:
+                plan.events.append(
+                    Event("Warning", "SharesLost", f"{what}; sharing the model again")
+                )
+                new["sharesStored"] = False
+                need_share = True
+                serving_gen = 0
+            else:
+                lost = f"{what}, and the model source is gone ({obs.source_missing})"
+        elif len(shares.missing) == 1 and len(shares.holders) == 2 and workers.ready:
+            done, reshare_msg = _reshare(res, new, obs, plan, now,
+                                         builders.Reshare(serving_gen, shares.missing[0]))
+            if done:
+                serving_gen = int(new["shareGeneration"])
+                shares = assess_shares(serving_gen, obs)
+        elif not shares.missing and workers.ready and len(shares.holders) == 3:
+            r = new.get("resharing") or {}
+            why = refresh_due(res, new, now)
+            if r.get("kind") == "refresh" or why is not None:
+                if why is not None and r.get("kind") != "refresh":
+                    new["refreshRequest"] = res.refresh_request
+                    plan.events.append(Event("Normal", "RefreshRequested", why))
+                done, reshare_msg = _reshare(res, new, obs, plan, now,
+                                             builders.Reshare(serving_gen, None))
+                if done:
+                    serving_gen = int(new["shareGeneration"])
+                    shares = assess_shares(serving_gen, obs)
+            elif r:
+                _drop_reshare(new, obs, plan)
+        failure = new.get("failure")
+    elif new.get("resharing"):
+        _drop_reshare(new, obs, plan)
 
     shared_reason, shared_msg = "Shared", f"generation {serving_gen} shared"
+    if lost is not None:
+        shared_reason, shared_msg = "SharesLost", lost
+    elif shares.missing:
+        shared_reason = "SharesMissing"
+        shared_msg = f"{shares.names(shares.missing)} lacks generation {serving_gen}"
+        if reshare_msg:
+            shared_msg += f"; {reshare_msg}"
+        elif not workers.ready:
+            shared_msg += "; recovery from its peers starts when the other workers are ready"
+    elif reshare_msg:
+        shared_msg += f"; {reshare_msg}"
     if need_share and failure is None:
         shared_reason, shared_msg = _share(res, new, obs, plan, workers.ready)
         failure = new.get("failure")
@@ -501,7 +625,7 @@ def _run(
         )
         # The mesh: clients reach the coordinator through the endpoint pods only.
         endpoint_ready = spec.external or (obs.endpoint is not None and obs.endpoint.ready)
-        serve_ready = coordinator_ready and endpoint_ready
+        serve_ready = coordinator_ready and endpoint_ready and not shares.missing
         if coordinator_ready and not endpoint_ready:
             starting = f"endpoint deployment starting (generation {serving_gen})"
     else:
@@ -511,12 +635,15 @@ def _run(
         if obs.endpoint is not None:
             plan.delete.append(Ref("apps/v1", "Deployment", builders.endpoint_deployment_name(m)))
 
-    conds = set_condition(conds, "ModelShared", not need_share, shared_reason, shared_msg, now, g)
+    shared_ok = not need_share and not shares.missing and lost is None
+    conds = set_condition(conds, "ModelShared", shared_ok, shared_reason, shared_msg, now, g)
     if serve_ready:
         conds = set_condition(
             conds, "Serving", True, "Serving",
             f"generation {serving_gen} at {builders.endpoint(ctx)}", now, g,
         )  # fmt: skip
+    elif serving_gen > 0 and (shares.missing or lost is not None):
+        conds = set_condition(conds, "Serving", False, "SharesMissing", shared_msg, now, g)
     elif serving_gen > 0:
         conds = set_condition(conds, "Serving", False, "Starting", starting, now, g)
     else:
@@ -527,13 +654,15 @@ def _run(
         phase, message = "Failed", str(failure.get("message"))
         if serve_ready:
             message += f" (generation {serving_gen} keeps serving)"
+    elif lost is not None:
+        phase, message = "Failed", lost
     elif serve_ready and not need_share and workers.ready:
         phase, message = "Serving", f"generation {serving_gen} at {builders.endpoint(ctx)}"
     elif need_share and obs.source_missing:
         phase, message = "Pending", obs.source_missing
     elif not workers.ready:
         phase, message = "Provisioning", workers.message
-    elif need_share:
+    elif need_share or shares.missing:
         phase, message = "Sharing", shared_msg
     else:
         phase, message = "Provisioning", starting
@@ -541,6 +670,104 @@ def _run(
     new["message"] = message
     new.setdefault("shareGeneration", 0)
     new.setdefault("requestsServed", 0)
+
+
+MAX_RESHARE_ATTEMPTS = 3
+
+
+def _next_generation(new: Mapping[str, Any], obs: Observed) -> int:
+    """A generation number no Job, status entry or worker disk has used."""
+    known = [
+        int(new.get("shareGeneration", 0) or 0),
+        int((new.get("sharing") or {}).get("generation", 0) or 0),
+        int((new.get("resharing") or {}).get("generation", 0) or 0),
+    ]
+    known += [j.generation for j in obs.jobs]
+    known += [g for gens in obs.worker_generations.values() for g in gens]
+    return max(known) + 1
+
+
+def _drop_reshare(new: dict[str, Any], obs: Observed, plan: Plan) -> None:
+    """Forget a recovery/refresh that no longer applies (and delete its Job)."""
+    r = new.pop("resharing", None)
+    if r:
+        job = _job_for(obs, int(r.get("generation", 0) or 0))
+        if job is not None:
+            plan.delete.append(Ref("batch/v1", "Job", job.name))
+
+
+def _reshare(
+    res: Resource, new: dict[str, Any], obs: Observed, plan: Plan, now: datetime,
+    want: builders.Reshare,
+) -> tuple[bool, str]:  # fmt: skip
+    """Drive a recovery or refresh Job (docs/recovery.md). Returns (done, what it is doing)."""
+    ctx = res.ctx
+    worker = f"server{want.lost}" if want.lost is not None else None
+    r = dict(new.get("resharing") or {})
+    same = (r.get("kind"), r.get("from"), r.get("worker")) == (want.kind, want.source, worker)
+    if r and not same:
+        _drop_reshare(new, obs, plan)
+        r = {}
+    if not r:
+        gen = _next_generation(new, obs)
+        r = {"generation": gen, "from": want.source, "kind": want.kind, "attempts": 1}
+        if want.lost is not None:
+            r["worker"] = f"server{want.lost}"
+            a, b = ((want.lost + 1) % 3, (want.lost + 2) % 3)
+            plan.events.append(Event(
+                "Normal", "RecoveryStarted",
+                f"{worker} lacks generation {want.source}: server{a} and server{b} give it fresh "
+                f"shares as generation {gen} (no model file needed)",
+            ))  # fmt: skip
+        else:
+            plan.events.append(Event(
+                "Normal", "RefreshStarted",
+                f"re-randomizing the shares of generation {want.source} as generation {gen}",
+            ))  # fmt: skip
+    new["resharing"] = r
+    gen = int(r["generation"])
+    job = _job_for(obs, gen)
+    doing = (
+        f"recovering {worker} from its peers as generation {gen}"
+        if worker is not None
+        else f"refreshing the shares as generation {gen}"
+    )
+    if job is None or job.phase == "active":
+        plan.apply.append(builders.share_job(ctx, gen, want))
+        return False, doing
+    seconds = _duration(job)
+    took = f" in {seconds:.0f}s" if seconds is not None else ""
+    if job.phase == "succeeded":
+        new["shareGeneration"] = gen
+        new["shareGenerationTime"] = _ts(now)
+        new["sharesStored"] = True
+        new["shareWorkerUIDs"] = [p.uid for p in obs.worker_pods]
+        new.pop("resharing", None)
+        reason = "SharesRecovered" if worker is not None else "SharesRefreshed"
+        what = f"{worker} recovered from its peers" if worker is not None else "shares refreshed"
+        plan.events.append(
+            Event("Normal", reason, f"generation {gen} from generation {want.source}: {what}{took}")
+        )
+        for j in obs.jobs:
+            if j.generation != gen:
+                plan.delete.append(Ref("batch/v1", "Job", j.name))
+        return True, doing
+    # Failed: try again as a new generation, a few times.
+    attempts = int(r.get("attempts", 1) or 1)
+    plan.delete.append(Ref("batch/v1", "Job", job.name))
+    message = job.message or f"job {job.name} failed"
+    if attempts >= MAX_RESHARE_ATTEMPTS:
+        new.pop("resharing", None)
+        reason = "RecoveryFailed" if worker is not None else "RefreshFailed"
+        new["failure"] = {
+            "generation": res.generation,
+            "reason": reason,
+            "message": f"{doing} failed {attempts} times: {message}",
+        }
+        return False, new["failure"]["message"]
+    plan.events.append(Event("Warning", "ReshareJobFailed", f"{doing}: {message}; trying again"))
+    new["resharing"] = {**r, "generation": _next_generation(new, obs), "attempts": attempts + 1}
+    return False, doing
 
 
 def _share(
@@ -572,6 +799,7 @@ def _share(
         adopt = [
             j for j in obs.jobs
             if j.model_hash == model_hash and j.generation > shared_gen and j.phase != "failed"
+            and j.kind == "share"
         ]  # fmt: skip
         if adopt:
             gen = max(j.generation for j in adopt)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -132,12 +133,32 @@ class Workers:
 
 
 @dataclass(frozen=True)
+class Shares:
+    # A proactive refresh every this many seconds (docs/recovery.md); None: off.
+    refresh_interval_seconds: int | None = None
+
+
+MIN_REFRESH_INTERVAL_SECONDS = 60
+_DURATION = re.compile(r"^([0-9]{1,9})(s|m|h|d)$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: Any, where: str) -> int:
+    """'90s', '30m', '24h', '7d' -> seconds."""
+    m = _DURATION.match(value) if isinstance(value, str) else None
+    if m is None:
+        raise SpecError(f"{where} must be a duration such as 90s, 30m, 24h or 7d")
+    return int(m.group(1)) * _UNIT[m.group(2)]
+
+
+@dataclass(frozen=True)
 class EncryptedModelSpec:
     model: ModelSource
     protocol: Protocol = DEFAULT_PROTOCOL
     serving: Serving = field(default_factory=Serving)
     workers: Workers = field(default_factory=Workers)
     shutdown: bool = False
+    shares: Shares = field(default_factory=Shares)
     # The raw spec.model, for the model digest.
     raw_model: Mapping[str, Any] = field(default_factory=dict)
 
@@ -312,7 +333,16 @@ def parse_spec(raw: Mapping[str, Any]) -> EncryptedModelSpec:
         ),
         external=external,
     )
+    sh = _obj(raw, "shares")
+    interval = None
+    if sh.get("refreshInterval") is not None:
+        interval = parse_duration(sh.get("refreshInterval"), "shares.refreshInterval")
+        if interval < MIN_REFRESH_INTERVAL_SECONDS:
+            raise SpecError(
+                f"shares.refreshInterval must be at least {MIN_REFRESH_INTERVAL_SECONDS}s"
+            )
     return EncryptedModelSpec(
+        shares=Shares(refresh_interval_seconds=interval),
         model=model,
         protocol=protocol,
         serving=serving,

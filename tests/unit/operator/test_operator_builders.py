@@ -456,7 +456,7 @@ def expected_job(generation: int = 1) -> dict[str, Any]:
                 "namespace": "ml",
                 "labels": {**labels("share"), "tfe.dev/share-generation": str(generation)},
                 "ownerReferences": [OWNER],
-                "annotations": {"tfe.dev/model-hash": ctx.spec.model_hash},
+                "annotations": {"tfe.dev/model-hash": ctx.spec.model_hash, "tfe.dev/share-kind": "share"},
             },
             "spec": {
                 "backoffLimit": 3,
