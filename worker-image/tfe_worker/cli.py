@@ -13,6 +13,8 @@ USAGE = """usage: tfe-worker [--log-format text|json] COMMAND [ARGS]
 commands:
   player NAME --config F --state DIR    a TF Encrypted player (tf gRPC + HTTP side)
   share --config F --model M --name N   secret-share a Keras model across the players
+  reshare --config F --name N --from-generation G --generation N (--recover serverL | --refresh)
+                                        a new share generation from an existing one, without the model
   serve --config F --name N --port P    the coordinator and client endpoint (--relay-port: relay API)
   endpoint --relay H:P --name N --port P  the client endpoint alone (no TF), relaying to serve
   local --model M --name N --port P     all of the above on this machine
@@ -44,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         from tfe_worker.player import main as run
     elif cmd == "share":
         from tfe_worker.share import main as run
+    elif cmd == "reshare":
+        from tfe_worker.reshare import main as run
     elif cmd == "serve":
         from tfe_worker.serve import main as run
     elif cmd == "endpoint":

@@ -303,6 +303,22 @@ class Stack:
             if os.path.exists(os.path.join(self.state, f"{key}.model")):
                 os.unlink(os.path.join(self.state, f"{key}.model"))
 
+    def reshare(self, source: int, generation: int, lost: int | None = None) -> int:
+        """A new generation from `source` without the model: `lost` recovers that player's pairs
+        from its two peers, None refreshes all three (docs/recovery.md). The exit code."""
+        key = f"reshare-{self.name}-g{generation}"
+        addr = self.coordinator() if not self.tls else f"127.0.0.1:{SHARE_PORTS[self._slot('share', key)]}"
+        mode = ["--refresh"] if lost is None else ["--recover", PLAYER_NAMES[lost]]
+        cmd = worker_cmd("reshare", "--config", self.config_path(), "--name", self.name, "--from-generation",
+                         str(source), "--generation", str(generation), *mode, "--coordinator-address", addr,
+                         "--termination-log", os.path.join(self.state, "reshare.termination-log"))
+        if self.tls:
+            cmd = self.party_cmd(mesh_mod.share_identity(generation), cmd, self._slot("share", key))
+        try:
+            return self._spawn(key, cmd).wait()
+        finally:
+            self.release("share", key)
+
     def start_serve(self, port: int, extra: list[str], listen_fd: int | None = None,
                     split: bool | None = None) -> subprocess.Popen:  # type: ignore[type-arg]
         """The model's client endpoint on 127.0.0.1:`port` (returned: the client-facing process).
