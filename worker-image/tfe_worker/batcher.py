@@ -211,6 +211,17 @@ class Batcher(Generic[T]):
             self.cond.notify_all()
 
     # -- forming batches ----------------------------------------------------------------------
+    def reject_queued(self, status: int, payload: Any) -> int:
+        """Answer every queued request now with (status, payload); how many were answered."""
+        with self.cond:
+            n = 0
+            while self.queue:
+                t = self.queue.popleft()
+                if t.state != DONE:
+                    self._finish(t, status, payload)
+                    n += 1
+            return n
+
     def _expire(self, now: float) -> None:
         for t in [t for t in self.queue if now >= t.deadline]:
             self.queue.remove(t)

@@ -34,6 +34,7 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +62,7 @@ log = logging.getLogger("tfe_worker.player")
 MAX_SPOOL_BYTES = 256 << 20  # one decrypted batch in the memory-backed spool
 BATCH_TTL_S = 120.0
 KEEP_GENERATIONS = 2
+PRUNE_IDLE_S = 120.0  # an older generation nobody read for this long goes (serve pods drain in 140 s)
 
 
 def load_or_create_key(state: str) -> WorkerKey:
@@ -90,19 +92,25 @@ def generations(state: str, model: str) -> list[int]:
     return sorted(out, reverse=True)
 
 
-def prune(state: str) -> list[str]:
-    """Keep the newest KEEP_GENERATIONS complete generations of each model; drop older ones."""
+def prune(state: str, idle_since: Callable[[str, int], float] | None = None, now: float = 0.0,
+          idle: float = PRUNE_IDLE_S) -> list[str]:
+    """Drop old share generations of each model (docs/recovery.md): below the newest KEEP_GENERATIONS
+    complete ones always; with `idle_since(model, generation)` (when it was last read here) also any
+    generation older than the newest complete one that nobody read for `idle` seconds, so that the
+    pairs a refresh replaced leave the disk once the new generation serves."""
     removed: list[str] = []
     root = os.path.join(state, "models")
     if not os.path.isdir(root):
         return removed
     for model in os.listdir(root):
         complete = generations(state, model)
-        if len(complete) < KEEP_GENERATIONS:
+        if not complete:
             continue
-        floor = complete[KEEP_GENERATIONS - 1]
+        floor = complete[KEEP_GENERATIONS - 1] if len(complete) >= KEEP_GENERATIONS else 0
         for g in os.listdir(os.path.join(root, model)):
-            if g.isdigit() and int(g) < floor:
+            if not g.isdigit() or int(g) >= complete[0]:
+                continue
+            if int(g) < floor or (idle_since is not None and now - idle_since(model, int(g)) >= idle):
                 shutil.rmtree(os.path.join(root, model, g), ignore_errors=True)
                 removed.append(f"{model}/{g}")
     return removed
@@ -137,17 +145,28 @@ class KeyStore:
 class ShareStore:
     """Share generations and their public manifests on this worker's disk."""
 
-    def __init__(self, state: str) -> None:
+    def __init__(self, state: str, clock: Callable[[], float] = time.monotonic) -> None:
         self.state = state
+        self.clock = clock
+        self.started = clock()
+        self.used: dict[tuple[str, int], float] = {}  # last manifest read (a coordinator loading, ingress)
 
     def generations(self, model: str) -> list[int]:
         return generations(self.state, model)
+
+    def last_used(self, model: str, generation: int) -> float:
+        return self.used.get((model, generation), self.started)
+
+    def prune(self, idle: float = PRUNE_IDLE_S) -> list[str]:
+        return prune(self.state, self.last_used, self.clock(), idle)
 
     def manifest(self, model: str, generation: int) -> wire.Manifest:
         path = os.path.join(self.state, "models", model, str(generation), "manifest.json")
         try:
             with open(path) as f:
-                return wire.Manifest.parse(json.load(f))
+                man = wire.Manifest.parse(json.load(f))
+            self.used[(model, generation)] = self.clock()  # only generations on disk: bounded
+            return man
         except FileNotFoundError:
             raise HTTPError("no_such_generation",
                             f"model {model} has no complete generation {generation} here") from None
@@ -498,7 +517,7 @@ class Player:
         while not self.stop_event.wait(10.0):
             self.spool.expire(time.monotonic())
             self.m_inflight.set(len(self.spool))
-            for r in prune(self.state):
+            for r in self.shares.prune():
                 log.info("removed old share generation %s", r)
 
     def run(self) -> None:

@@ -63,6 +63,12 @@ class WorkerFailure(Exception):
     """A player did not do its part (unreachable, restarted, lost the batch, 5xx, TF error)."""
 
 
+class GenerationGone(Exception):
+    """A player no longer holds the served share generation (it lost its disk, or a newer
+    generation replaced it: docs/recovery.md). Requests get 503 not_ready until a coordinator
+    serves a generation all three hold (the operator rolls the serve Deployment to it)."""
+
+
 class WorkerRefused(Exception):
     """A player answered 4xx about a whole batch message: a coordinator/worker mismatch, not a failure."""
 
@@ -202,6 +208,7 @@ class Coordinator:
         self._recorder = ThreadPoolExecutor(1, thread_name_prefix="served-count")  # in order, off the hot path
         self.stop = threading.Event()
         self.is_ready = False
+        self.gone: str | None = None  # set while the served generation is missing on a player
         self.fatal: str | None = None
         self.manifest: wire.Manifest | None = None
         self._info: wire.ModelInfo | None = None
@@ -238,6 +245,8 @@ class Coordinator:
                            self.batcher.draining)
 
     def predict(self, req: wire.PredictRequest, gone: Callable[[], bool]) -> tuple[int, Any]:
+        if self.gone is not None:
+            return 503, wire.ErrorBody("not_ready", self.gone)
         try:
             t = self.batcher.submit(req.request_id, req.rows, req)
         except Rejected as e:
@@ -257,7 +266,12 @@ class Coordinator:
         gen = self.opts.generation
         if gen is None:
             gen = workers.latest_generation(self.config, self.name)
-        man = workers.manifest_msg(self.config, self.name, gen)
+        try:
+            man = workers.manifest_msg(self.config, self.name, gen)
+        except workers.HTTPStatusError as e:
+            if e.status == 404:  # no_such_generation on a player
+                self._generation_gone(f"a worker lacks share generation {gen}")
+            raise
         need = max_ingress_body(self.opts.batch.max_batch, man.input_shape)
         if need > wire.MAX_INGRESS_BODY:
             self.fatal = (f"--max-batch-size {self.opts.batch.max_batch} is too large for input "
@@ -280,8 +294,19 @@ class Coordinator:
         self.m_gen.set(gen)
         log.info("model %s generation %d loaded from worker shares; %d bucket(s) %s warm in %.1fs", self.name, gen,
                  len(self.buckets), list(self.buckets), time.monotonic() - t0)
+        self.gone = None
         self.is_ready = True
         self.m_ready.set(1)
+
+    def _generation_gone(self, why: str) -> None:
+        """Stop serving: every request gets 503 not_ready (clients retry) until a coordinator on a
+        generation all three players hold takes over, or this one reconnects to it."""
+        if self.gone is None:
+            log.warning("%s: the model moves to another share generation; answering 503 not_ready", why)
+        self.gone = f"the model is moving to another share generation ({why}); retry shortly"
+        self.is_ready = False
+        self.m_ready.set(0)
+        self.engine = None
 
     def _load_served(self) -> None:
         """Start from the largest served count of this scope any worker recorded."""
@@ -379,6 +404,8 @@ class Coordinator:
                     if self.fatal:
                         log.error("%s", self.fatal)
                         return
+                    if self.gone is not None:  # nothing queued can run here: clients retry elsewhere
+                        self.batcher.reject_queued(503, wire.ErrorBody("not_ready", self.gone))
                     log.warning("reconnect failed: %s", _short(e))
                     self.stop.wait(2.0)
                 continue
@@ -389,6 +416,13 @@ class Coordinator:
             try:
                 answers = self._process(batch)
                 self._answer(answers)
+            except GenerationGone as e:
+                self._generation_gone(str(e))
+                err = wire.ErrorBody("not_ready", self.gone or str(e))
+                for t in batch.tickets:
+                    self.batcher.complete(t, 503, err)
+                self.batcher.reject_queued(503, err)
+                continue
             except Exception as e:  # noqa: BLE001 - transport, worker 5xx or TF error: a worker failed
                 log.warning("batch of %d request(s) failed (%s); reconnecting and retrying", len(batch.tickets),
                             _short(e))
@@ -434,6 +468,9 @@ class Coordinator:
                 for stage, dt in (("ingress", t1 - t0), ("graph", t2 - t1), ("egress", time.perf_counter() - t2)):
                     self.m_stage.labels(stage).observe(dt)
         except WorkerRefused as e:  # an ingress refused as a whole: this batch fails, nothing else
+            self.pool.drop(bid)
+            if e.err.code == "no_such_generation":
+                raise GenerationGone(f"{e.worker} lacks share generation {man.generation}") from None
             log.error("batch %s refused: %s", bid, e)
             self.pool.drop(bid)
             err = wire.ErrorBody("worker_refused", f"{e.worker} refused the batch: {e.err.code}")

@@ -18,6 +18,14 @@ from tfe_worker.config import Config
 from tfe_worker.httpapp import split_hostport
 
 
+class HTTPStatusError(OSError):
+    """A worker answered, with an HTTP status other than 200."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def get_json(addr: str, path: str, timeout: float = 5.0) -> Any:
     """One GET against a host:port; OSError unless it answers 200 with JSON."""
     host, port = split_hostport(addr)
@@ -27,7 +35,7 @@ def get_json(addr: str, path: str, timeout: float = 5.0) -> Any:
         r = c.getresponse()
         data = r.read(wire.MAX_INGRESS_BODY)
         if r.status != 200:
-            raise OSError(f"GET {addr}{path}: HTTP {r.status}")
+            raise HTTPStatusError(f"GET {addr}{path}: HTTP {r.status}", r.status)
         try:
             return json.loads(data)
         except ValueError as e:
