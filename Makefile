@@ -16,7 +16,7 @@ export PIP_CACHE_DIR ?= $(CACHE)/pip
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help setup lint test unit integration demo bench clean helm-bin
+.PHONY: help setup lint test unit integration demo bench clean helm-bin s3-bin
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z0-9_.-]+:.*## ' $(MAKEFILE_LIST) | sort | \
@@ -47,12 +47,15 @@ lint: $(VENV)/.stamp $(WVENV)/.stamp ## ruff; mypy --strict on operator/, client
 helm-bin: ## build helm from its Go module into ~/.cache/tfe-operator (cached; the chart tests need it)
 	hack/cluster/build.sh helm
 
+s3-bin: ## build gofakes3 (an S3-compatible test server) from its Go module into ~/.cache/tfe-operator (cached)
+	hack/cluster/build.sh gofakes3
+
 unit: setup helm-bin guard ## pure unit tests (no processes, no cluster), helm lint/template of the chart, go test of tfe-guard
 	TFE_HELM=$$(hack/cluster/build.sh path)/helm $(VENV)/bin/pytest -q -rs tests/unit
 	$(WVENV)/bin/pytest -q tests/worker_unit
 	$(MAKE) --no-print-directory guard-test
 
-integration: setup guard ## three real TFE players behind tfe-guard (mTLS), share, serve, client over HTTP (private network namespaces)
+integration: setup guard s3-bin ## three real TFE players behind tfe-guard (mTLS), share, serve, client over HTTP (private network namespaces)
 	TFE_GUARD=$(CURDIR)/build/tfe-guard $(WPY) -m tfe_worker.netns $(WVENV)/bin/pytest -q tests/integration
 
 test: lint unit integration ## lint, then every test that needs no cluster

@@ -2,7 +2,9 @@
 # Build the cluster's Go binaries from their Go modules into a cache outside the checkout:
 #   $CLUSTER_CACHE/bin-<k8s>/ : kube-apiserver kube-controller-manager kube-scheduler kubelet
 #                               kube-proxy kubectl coredns helm crictl
-# Idempotent: binaries already present are not rebuilt. Usage: build.sh [k8s|coredns|helm|crictl|all|path]
+#                               registry-<v> (distribution) gofakes3-<v> (S3 test server)
+# Idempotent: binaries already present are not rebuilt.
+# Usage: build.sh [k8s|coredns|helm|crictl|registry|gofakes3|all|path]
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/versions.sh"
@@ -50,7 +52,13 @@ case $what in
           "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" ;;
   crictl) build_mod crictl sigs.k8s.io/cri-tools "$CRICTL_VERSION" sigs.k8s.io/cri-tools/cmd/crictl \
           "-X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION" ;;
-  all) "$0" k8s; "$0" coredns; "$0" helm; "$0" crictl ;;
+  # versioned names: these two are not part of the directory's name
+  registry) build_mod "registry-$REGISTRY_VERSION" github.com/distribution/distribution/v3 "$REGISTRY_VERSION" \
+              github.com/distribution/distribution/v3/cmd/registry \
+              "-X github.com/distribution/distribution/v3/version.version=$REGISTRY_VERSION" ;;
+  gofakes3) build_mod "gofakes3-$GOFAKES3_VERSION" github.com/johannesboyne/gofakes3 "$GOFAKES3_VERSION" \
+              github.com/johannesboyne/gofakes3/cmd/gofakes3 "" ;;
+  all) "$0" k8s; "$0" coredns; "$0" helm; "$0" crictl; "$0" registry ;;
   path) echo "$BIN" ;;
-  *) echo "usage: $0 [k8s|coredns|helm|crictl|all|path]" >&2; exit 2 ;;
+  *) echo "usage: $0 [k8s|coredns|helm|crictl|registry|gofakes3|all|path]" >&2; exit 2 ;;
 esac

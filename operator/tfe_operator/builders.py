@@ -57,6 +57,7 @@ class Context:
     spec: EncryptedModelSpec
     image: str
     image_pull_policy: str
+    image_pull_secrets: tuple[str, ...] = ()
     operator_pod_labels: Mapping[str, str] = field(default_factory=dict)
     log_format: str = "text"  # json: TFE_LOG_FORMAT=json in the player, serve and endpoint pods
     share_backoff_limit: int = 3
@@ -82,6 +83,11 @@ class Context:
             spec=spec,
             image=spec.workers.image or settings.worker_image,
             image_pull_policy=spec.workers.image_pull_policy or settings.image_pull_policy,
+            image_pull_secrets=(
+                settings.image_pull_secrets
+                if spec.workers.image_pull_secrets is None
+                else spec.workers.image_pull_secrets
+            ),
             operator_pod_labels=dict(settings.operator_pod_labels),
             log_format=settings.log_format,
             share_backoff_limit=settings.share_backoff_limit,
@@ -249,6 +255,13 @@ def container_security_context() -> dict[str, Any]:
         "readOnlyRootFilesystem": True,
         "capabilities": {"drop": ["ALL"]},
     }
+
+
+def image_pull_secrets(ctx: Context) -> dict[str, Any]:
+    """The pod spec's imagePullSecrets (none: the key is left out)."""
+    if not ctx.image_pull_secrets:
+        return {}
+    return {"imagePullSecrets": [{"name": n} for n in ctx.image_pull_secrets]}
 
 
 def _config_volume(ctx: Context) -> dict[str, Any]:
@@ -661,6 +674,7 @@ def worker_statefulset(ctx: Context) -> Manifest:
     )
     pod_spec: dict[str, Any] = {
         "enableServiceLinks": False,
+        **image_pull_secrets(ctx),
         "automountServiceAccountToken": False,
         "securityContext": pod_security_context(),
         "terminationGracePeriodSeconds": 10,
@@ -741,8 +755,38 @@ def model_volume(ctx: Context) -> tuple[list[dict[str, Any]], list[dict[str, Any
             "persistentVolumeClaim": {"claimName": p.claim_name, "readOnly": True},
         }
         return [vol], [mount], ["--model", f"{api.MODEL_DIR}/{p.path}"]
+    if src.s3 is not None:
+        s3 = src.s3
+        args = ["--model", f"s3://{s3.bucket}/{s3.key}", "--sha256", s3.sha256]
+        args += ["--s3-region", s3.region]
+        if s3.endpoint:
+            args += ["--s3-endpoint", s3.endpoint]
+        return [], [], args
     assert src.url is not None
     return [], [], ["--model", src.url.url, "--sha256", src.url.sha256]
+
+
+def model_env(ctx: Context) -> list[dict[str, Any]]:
+    """Environment of the share container for its model source: S3 credentials from their
+    Secret (read by the share process only, never logged)."""
+    s3 = ctx.spec.model.s3
+    if s3 is None or s3.credentials is None:
+        return []
+    c = s3.credentials
+
+    def ref(env: str, key: str, optional: bool = False) -> dict[str, Any]:
+        sel: dict[str, Any] = {"name": c.secret_name, "key": key}
+        if optional:
+            sel["optional"] = True
+        return {"name": env, "valueFrom": {"secretKeyRef": sel}}
+
+    env = [
+        ref("AWS_ACCESS_KEY_ID", c.access_key_id_key),
+        ref("AWS_SECRET_ACCESS_KEY", c.secret_access_key_key),
+    ]
+    if c.session_token_key:
+        env.append(ref("AWS_SESSION_TOKEN", c.session_token_key))
+    return env
 
 
 # The share Job's guard config is per generation (its identity is share-g<N>): it travels in
@@ -813,6 +857,8 @@ def share_job(ctx: Context, generation: int, reshare: Reshare | None = None) -> 
         ]
     else:
         container["env"] = [{"name": "HOME", "value": "/tmp"}]
+    if model_args:
+        container["env"] = [*container["env"], *model_env(ctx)]
     container.update(
         {
             "resources": dict(ctx.spec.serving.resources),
@@ -825,6 +871,7 @@ def share_job(ctx: Context, generation: int, reshare: Reshare | None = None) -> 
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "enableServiceLinks": False,
+        **image_pull_secrets(ctx),
         "automountServiceAccountToken": False,
         "securityContext": pod_security_context(),
         "containers": [container],
@@ -994,6 +1041,7 @@ def serve_deployment(ctx: Context, generation: int, slot: int = 0, _hash: bool =
     )
     pod_spec: dict[str, Any] = {
         "enableServiceLinks": False,
+        **image_pull_secrets(ctx),
         "automountServiceAccountToken": False,
         "securityContext": pod_security_context(),
         "terminationGracePeriodSeconds": DRAIN_GRACE_SECONDS,
@@ -1142,6 +1190,7 @@ def endpoint_deployment(ctx: Context) -> Manifest:
                 },
                 "spec": {
                     "enableServiceLinks": False,
+                    **image_pull_secrets(ctx),
                     "automountServiceAccountToken": False,
                     "securityContext": pod_security_context(),
                     "terminationGracePeriodSeconds": DRAIN_GRACE_SECONDS,

@@ -44,6 +44,8 @@ class Settings:
     # Default image for workers, the share Job and the serve pod.
     worker_image: str = f"tfe-operator/worker:{__version__}"
     image_pull_policy: str = "IfNotPresent"
+    # imagePullSecrets (Secret names) of every pod the operator makes, unless the model has its own.
+    image_pull_secrets: tuple[str, ...] = ()
     # How often each EncryptedModel's observed state is read (seconds).
     resync_seconds: float = 5.0
     # Share Job: retries for transient errors and a deadline.
@@ -95,6 +97,7 @@ class Settings:
             namespaces=_parse_list(get("NAMESPACES") or ""),
             worker_image=get("WORKER_IMAGE") or d.worker_image,
             image_pull_policy=get("IMAGE_PULL_POLICY") or d.image_pull_policy,
+            image_pull_secrets=_parse_list(get("IMAGE_PULL_SECRETS") or ""),
             resync_seconds=num("RESYNC_SECONDS", d.resync_seconds),
             share_backoff_limit=integer("SHARE_BACKOFF_LIMIT", d.share_backoff_limit),
             share_deadline_seconds=integer("SHARE_DEADLINE_SECONDS", d.share_deadline_seconds),

@@ -29,6 +29,7 @@ DEFAULT_MEDIUM: Medium = "PersistentVolumeClaim"
 DEFAULT_STORAGE_SIZE = "1Gi"
 DEFAULT_RETAIN_POLICY: RetainPolicy = "Retain"
 DEFAULT_EXTERNAL_HTTP_PORT = 8081
+DEFAULT_S3_REGION = "us-east-1"
 
 
 class SpecError(ValueError):
@@ -54,11 +55,35 @@ class UrlSource:
 
 
 @dataclass(frozen=True)
+class S3Credentials:
+    """A Secret in the model's namespace with the access key pair (and an STS session token)."""
+
+    secret_name: str
+    access_key_id_key: str = "AWS_ACCESS_KEY_ID"
+    secret_access_key_key: str = "AWS_SECRET_ACCESS_KEY"
+    session_token_key: str | None = None
+
+
+@dataclass(frozen=True)
+class S3Source:
+    """An object in an S3-compatible store. No endpoint = AWS (virtual-hosted style); with an
+    endpoint, path-style requests to it (MinIO, Ceph RGW, SeaweedFS, ...)."""
+
+    bucket: str
+    key: str
+    sha256: str
+    endpoint: str | None = None
+    region: str = DEFAULT_S3_REGION
+    credentials: S3Credentials | None = None
+
+
+@dataclass(frozen=True)
 class ModelSource:
     config_map: KeyRef | None = None
     secret: KeyRef | None = None
     pvc: PvcPath | None = None
     url: UrlSource | None = None
+    s3: S3Source | None = None
 
 
 ServiceType = Literal["ClusterIP", "NodePort", "LoadBalancer"]
@@ -123,6 +148,8 @@ class ExternalWorker:
 class Workers:
     image: str | None = None
     image_pull_policy: str | None = None
+    # Secret names for the pods' imagePullSecrets; None = the operator's default list.
+    image_pull_secrets: tuple[str, ...] | None = None
     resources: Mapping[str, Any] = field(default_factory=dict)
     node_selector: Mapping[str, str] = field(default_factory=dict)
     tolerations: tuple[Mapping[str, Any], ...] = ()
@@ -208,9 +235,9 @@ def _key_ref(d: Mapping[str, Any], where: str, default_key: str | None = None) -
 
 
 def parse_model(raw: Mapping[str, Any]) -> ModelSource:
-    sources = [k for k in ("configMap", "secret", "pvc", "url") if raw.get(k) is not None]
+    sources = [k for k in ("configMap", "secret", "pvc", "url", "s3") if raw.get(k) is not None]
     if len(sources) != 1:
-        raise SpecError("exactly one model source must be set: configMap, secret, pvc or url")
+        raise SpecError("exactly one model source must be set: configMap, secret, pvc, url or s3")
     (kind,) = sources
     d = _obj(raw, kind)
     if kind == "configMap":
@@ -222,8 +249,42 @@ def parse_model(raw: Mapping[str, Any]) -> ModelSource:
         if path.startswith("/") or ".." in path.split("/"):
             raise SpecError("model.pvc.path must be relative and must not contain '..'")
         return ModelSource(pvc=PvcPath(claim_name=_str(d, "claimName", "model.pvc"), path=path))
+    if kind == "s3":
+        return ModelSource(s3=parse_s3(d))
     return ModelSource(
         url=UrlSource(url=_str(d, "url", "model.url"), sha256=_str(d, "sha256", "model.url"))
+    )
+
+
+def parse_s3(d: Mapping[str, Any]) -> S3Source:
+    sha256 = _str(d, "sha256", "model.s3").lower()
+    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        raise SpecError("model.s3.sha256 must be 64 hex digits")
+    endpoint = d.get("endpoint") or None
+    if endpoint is not None and (
+        not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://"))
+    ):
+        raise SpecError("model.s3.endpoint must start with http:// or https://")
+    region = d.get("region") or DEFAULT_S3_REGION
+    if not isinstance(region, str):
+        raise SpecError("model.s3.region must be a string")
+    creds = _obj(d, "credentialsSecretRef")
+    credentials = None
+    if d.get("credentialsSecretRef") is not None:
+        token_key = creds.get("sessionTokenKey") or None
+        credentials = S3Credentials(
+            secret_name=_str(creds, "name", "model.s3.credentialsSecretRef"),
+            access_key_id_key=str(creds.get("accessKeyIdKey") or "AWS_ACCESS_KEY_ID"),
+            secret_access_key_key=str(creds.get("secretAccessKeyKey") or "AWS_SECRET_ACCESS_KEY"),
+            session_token_key=str(token_key) if token_key else None,
+        )
+    return S3Source(
+        bucket=_str(d, "bucket", "model.s3"),
+        key=_str(d, "key", "model.s3"),
+        sha256=sha256,
+        endpoint=endpoint.rstrip("/") if endpoint else None,
+        region=region,
+        credentials=credentials,
     )
 
 
@@ -262,6 +323,18 @@ def parse_service(d: Mapping[str, Any]) -> ServiceSpec:
 
 def parse_serving_tls(d: Mapping[str, Any]) -> ServingTLS:
     return ServingTLS(secret_name=_str(d, "secretName", "serving.tls"))
+
+
+def _pull_secrets(w: Mapping[str, Any]) -> tuple[str, ...] | None:
+    raw = w.get("imagePullSecrets")
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        raise SpecError("workers.imagePullSecrets must be a list of {name: ...}")
+    return tuple(
+        _str(r if isinstance(r, Mapping) else {}, "name", f"workers.imagePullSecrets[{i}]")
+        for i, r in enumerate(raw)
+    )
 
 
 def parse_spec(raw: Mapping[str, Any]) -> EncryptedModelSpec:
@@ -320,6 +393,7 @@ def parse_spec(raw: Mapping[str, Any]) -> EncryptedModelSpec:
     workers = Workers(
         image=w.get("image") or None,
         image_pull_policy=w.get("imagePullPolicy") or None,
+        image_pull_secrets=_pull_secrets(w),
         resources=dict(_obj(w, "resources")),
         node_selector=dict(_obj(w, "nodeSelector")),
         tolerations=tuple(dict(t) for t in (w.get("tolerations") or [])),

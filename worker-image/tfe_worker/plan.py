@@ -275,7 +275,23 @@ def _json(raw: bytes | str, what: str) -> object:
         raise ModelError(f"{what} is not valid JSON: {str(e)[:200]}") from None
 
 
+# How to get a file this TF 2.9.1 (Keras 2.9) can load, from Keras 3 (TensorFlow >= 2.16 saves
+# .keras archives, and its .h5 files carry Keras 3 configs).
+KERAS2_HOWTO = ("save the model as a Keras 2 HDF5 file instead: with TensorFlow <= 2.15, model.save('model.h5'); "
+                "with TensorFlow >= 2.16 (Keras 3), pip install tf_keras, set TF_USE_LEGACY_KERAS=1 before importing "
+                "TensorFlow, build or load the model with tf.keras and model.save('model.h5') (see docs/operator.md, "
+                "Model sources)")
+
+
+def _attr_text(v: object) -> str:
+    return v.decode(errors="replace") if isinstance(v, bytes) else str(v)
+
+
 def _h5_config(f: Any, base: str) -> object:
+    version = _attr_text(f.attrs.get("keras_version", ""))
+    if version.startswith("3."):
+        raise ModelError(f"{base} was saved by Keras {version} (Keras 3), whose configs TF 2.9.1 cannot load; "
+                         + KERAS2_HOWTO)
     raw = f.attrs.get("model_config")
     if raw is None:
         raise ModelError(f"{base} has no model_config: it holds weights only (save the whole model with "
@@ -357,6 +373,20 @@ def inspect_model(path: str) -> str:
     raise ModelError(f"{base} is neither an HDF5 Keras model (.h5), a .keras archive nor a SavedModel directory")
 
 
+def _keras_archive_version(path: str) -> str:
+    """' (Keras 3.3.3)' from a .keras archive's metadata.json, or ''."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            info = z.getinfo("metadata.json")
+            if info.file_size > MAX_CONFIG_BYTES:
+                return ""
+            meta = json.loads(z.read(info))
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile):
+        return ""
+    version = meta.get("keras_version") if isinstance(meta, dict) else None
+    return f" (Keras {version})" if isinstance(version, str) and len(version) < 32 else ""
+
+
 def load_keras(path: str) -> Any:
     """Inspect (see inspect_model), then load an HDF5 file or a SavedModel directory without compiling it.
 
@@ -367,8 +397,8 @@ def load_keras(path: str) -> Any:
     fmt = inspect_model(path)
     base = os.path.basename(path.rstrip("/")) or path
     if fmt == "keras":
-        raise ModelError(f"{base} is a Keras v3 .keras archive, which TF 2.9.1 cannot load; save the model as "
-                         f"HDF5 (model.save('model.h5'))")
+        raise ModelError(f"{base} is a Keras v3 .keras archive{_keras_archive_version(path)}, which TF 2.9.1 cannot "
+                         "load; " + KERAS2_HOWTO)
     try:
         if fmt == "h5":
             with h5py.File(path, "r") as f:

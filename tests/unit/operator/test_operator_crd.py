@@ -36,7 +36,12 @@ def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
 
 CEL_MIRROR: dict[str, Callable[[Any], bool]] = {
     "(has(self.configMap) ? 1 : 0) + (has(self.secret) ? 1 : 0) + (has(self.pvc) ? 1 : 0)"
-    " + (has(self.url) ? 1 : 0) == 1": lambda s: sum(k in s for k in ("configMap", "secret", "pvc", "url")) == 1,
+    " + (has(self.url) ? 1 : 0) + (has(self.s3) ? 1 : 0) == 1": lambda s: (
+        sum(k in s for k in ("configMap", "secret", "pvc", "url", "s3")) == 1
+    ),
+    "!has(self.endpoint) || self.endpoint.startsWith('https://') || self.endpoint.startsWith('http://')": lambda s: (
+        "endpoint" not in s or s["endpoint"].startswith(("https://", "http://"))
+    ),
     "!self.path.startsWith('/') && !self.path.matches('(^|/)[.][.](/|$)')": lambda s: (
         not s["path"].startswith("/") and not re.search(r"(^|/)[.][.](/|$)", s["path"])
     ),
@@ -175,6 +180,23 @@ VALID: list[tuple[str, dict[str, Any]]] = [
     ("secret", {"model": {"secret": {"name": "s", "key": "model.keras"}}}),
     ("pvc", {"model": {"pvc": {"claimName": "c", "path": "models/a.h5"}}}),
     ("url", {"model": {"url": {"url": "https://x.example/m.h5", "sha256": SHA}}}),
+    ("s3-aws-public", {"model": {"s3": {"bucket": "b", "key": "models/m.h5", "sha256": SHA}}}),
+    (
+        "s3-compatible",
+        {
+            "model": {
+                "s3": {
+                    "bucket": "b",
+                    "key": "m.h5",
+                    "sha256": SHA,
+                    "endpoint": "http://minio.storage:9000",
+                    "region": "eu-west-1",
+                    "credentialsSecretRef": {"name": "s3", "sessionTokenKey": "token"},
+                }
+            },
+            "workers": {"imagePullSecrets": [{"name": "regcred"}, {"name": "other"}]},
+        },
+    ),
     (
         "everything",
         {
@@ -273,6 +295,20 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("sha", {"model": {"url": {"url": "https://x/m", "sha256": "abc"}}}, "does not match"),
     ("url-scheme", {"model": {"url": {"url": "ftp://x/m.h5", "sha256": SHA}}}, "http:// or https://"),
+    ("s3-and-url", _with("model.s3", {"bucket": "b", "key": "k", "sha256": SHA}), "exactly one model source"),
+    ("s3-no-sha", {"model": {"s3": {"bucket": "b", "key": "k"}}}, "'sha256' is a required property"),
+    ("s3-sha", {"model": {"s3": {"bucket": "b", "key": "k", "sha256": "ABC"}}}, "does not match"),
+    (
+        "s3-endpoint",
+        {"model": {"s3": {"bucket": "b", "key": "k", "sha256": SHA, "endpoint": "minio:9000"}}},
+        "s3.endpoint must start with http:// or https://",
+    ),
+    (
+        "s3-creds-no-name",
+        {"model": {"s3": {"bucket": "b", "key": "k", "sha256": SHA, "credentialsSecretRef": {}}}},
+        "'name' is a required property",
+    ),
+    ("pull-secret-no-name", _with("workers.imagePullSecrets", [{}]), "'name' is a required property"),
     ("pvc-abs", {"model": {"pvc": {"claimName": "c", "path": "/etc/passwd"}}}, "relative"),
     ("pvc-dotdot", {"model": {"pvc": {"claimName": "c", "path": "a/../../b"}}}, "relative"),
     ("key-chars", {"model": {"configMap": {"name": "m", "key": "a/b"}}}, "does not match"),
@@ -304,6 +340,12 @@ def test_invalid_names(schema: dict[str, Any], name: str) -> None:
 # that predate a rule).
 PARSER_REFUSES = [
     "two-sources",
+    "s3-and-url",
+    "s3-no-sha",
+    "s3-sha",
+    "s3-endpoint",
+    "s3-creds-no-name",
+    "pull-secret-no-name",
     "no-source",
     "protocol",
     "batch-zero",

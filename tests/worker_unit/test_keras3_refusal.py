@@ -1,0 +1,64 @@
+"""Keras 3 files (TensorFlow >= 2.16 saves .keras archives by default, and its .h5 files carry
+Keras 3 configs) are refused before anything is loaded, with a message that says how to save a
+file this TF 2.9.1 can load. Through the share job's own entry point, as a user meets it."""
+
+import json
+import zipfile
+
+import h5py
+import pytest
+import tensorflow as tf
+
+from tfe_worker import share
+from tfe_worker.config import Config
+from tfe_worker.plan import ModelError, build_plan, inspect_model, load_keras
+
+L = tf.keras.layers
+HOWTO = "TF_USE_LEGACY_KERAS=1"
+
+
+def share_main(tmp_path, model):
+    cfg = tmp_path / "tfe.json"
+    cfg.write_text(Config.loopback([1, 2, 3], [4, 5, 6]).to_json())
+    term = tmp_path / "termination-log"
+    rc = share.main(["--config", str(cfg), "--model", str(model), "--name", "m", "--coordinator-address",
+                     "127.0.0.1:1", "--ready-timeout", "0.1", "--termination-log", str(term)])
+    return rc, term.read_text() if term.exists() else ""
+
+
+def keras3_archive(path, version="3.3.3"):
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("config.json", tf.keras.Sequential([L.Dense(2, input_shape=(3,))]).to_json())
+        z.writestr("metadata.json", json.dumps({"keras_version": version, "date_saved": "2026-01-01@00:00:00"}))
+        z.writestr("model.weights.h5", b"")
+
+
+def test_keras3_archive_is_refused_with_how_to_save_a_compatible_file(tmp_path):
+    path = tmp_path / "model.keras"
+    keras3_archive(path)
+    rc, msg = share_main(tmp_path, path)
+    assert rc == share.EXIT_INVALID
+    assert msg.startswith("model rejected: model.keras is a Keras v3 .keras archive (Keras 3.3.3), which TF 2.9.1 "
+                          "cannot load; save the model as a Keras 2 HDF5 file instead"), msg
+    assert "model.save('model.h5')" in msg and HOWTO in msg and "pip install tf_keras" in msg
+
+
+def test_keras3_archive_as_a_suffixless_configmap_key(tmp_path):
+    path = tmp_path / "model"  # ConfigMap keys carry no extension: recognised by content
+    keras3_archive(path)
+    assert inspect_model(str(path)) == "keras"
+    with pytest.raises(ModelError, match=HOWTO):
+        load_keras(str(path))
+
+
+def test_keras3_h5_is_refused_before_its_config_is_read(tmp_path):
+    path = tmp_path / "model.h5"
+    tf.keras.Sequential([L.Dense(2, input_shape=(3,))]).save(path)
+    assert build_plan(load_keras(str(path)), "x").layers  # a Keras 2 file loads
+    with h5py.File(path, "r+") as f:
+        f.attrs["keras_version"] = "3.6.0"  # what Keras 3's model.save("model.h5") writes
+    rc, msg = share_main(tmp_path, path)
+    assert rc == share.EXIT_INVALID
+    assert msg.startswith("model rejected: model.h5 was saved by Keras 3.6.0 (Keras 3), whose configs TF 2.9.1 "
+                          "cannot load; save the model as a Keras 2 HDF5 file instead"), msg
+    assert HOWTO in msg
