@@ -123,6 +123,9 @@ def issue(ca: KeyPair, identity: str, dns_names: Sequence[str] = (), days: int =
 
 # Answered by the guard itself (tfe_client.wire.GuardRefusals): what it refused, for the operator.
 REFUSALS_PATH = "/guard/refusals"
+# Answered by the guard itself: gRPC calls and message bytes per caller identity and method
+# (docs/mesh.md); `make bench` reads rounds and bytes per party from it.
+STATS_PATH = "/guard/stats"
 
 
 def grpc_rules(owner: str) -> list[dict[str, Any]]:
@@ -147,10 +150,10 @@ def http_rules(owner: str) -> list[dict[str, Any]]:
         return [{"identities": [COORDINATOR], "methods": ["*"], "paths": ["/v1/", *probes]},
                 {"identities": [SHARE_PATTERN], "methods": ["GET"], "paths": ["/readyz", "/v1/public-key"]},
                 {"identities": [OPERATOR], "methods": ["GET"],
-                 "paths": ["/v1/public-key", "/v1/models/", REFUSALS_PATH, *probes]}]
+                 "paths": ["/v1/public-key", "/v1/models/", REFUSALS_PATH, STATS_PATH, *probes]}]
     if owner == COORDINATOR:
         return [{"identities": [ENDPOINT], "methods": ["*"], "paths": ["/"]},
-                {"identities": [OPERATOR], "methods": ["GET"], "paths": [REFUSALS_PATH, *probes]}]
+                {"identities": [OPERATOR], "methods": ["GET"], "paths": [REFUSALS_PATH, STATS_PATH, *probes]}]
     return []
 
 

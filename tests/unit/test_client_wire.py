@@ -260,3 +260,6 @@ def test_the_guard_serves_refusals_where_the_mesh_rules_say() -> None:
     go = (pathlib.Path(__file__).parents[2] / "worker-image" / "guard" / "refusals.go").read_text()
     assert f'const RefusalsPath = "{mesh.REFUSALS_PATH}"' in go
     assert '`json:"firstSeen"`' in go and '`json:"lastSeen"`' in go
+    stats = (pathlib.Path(__file__).parents[2] / "worker-image" / "guard" / "stats.go").read_text()
+    assert f'const StatsPath = "{mesh.STATS_PATH}"' in stats
+    assert mesh.STATS_PATH in mesh.http_rules("server0")[-1]["paths"]  # the operator's rule

@@ -9,6 +9,7 @@ import (
 	"math"
 	"net"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -206,6 +207,12 @@ func (g *grpcInbound) handle(_ any, ss grpc.ServerStream) error {
 		}
 	}
 
+	// Message bytes each way, counted by the two copying goroutines and recorded when the call ends.
+	var reqBytes, respBytes int64
+	defer func() {
+		callStatsAll.add(g.name, identity, method, atomic.LoadInt64(&reqBytes), atomic.LoadInt64(&respBytes))
+	}()
+
 	ctx, cancel := context.WithCancel(ss.Context())
 	defer cancel()
 	if md, ok := metadata.FromIncomingContext(ss.Context()); ok {
@@ -223,6 +230,7 @@ func (g *grpcInbound) handle(_ any, ss grpc.ServerStream) error {
 	upErr := make(chan error, 1)
 	go func() {
 		if first != nil {
+			atomic.AddInt64(&reqBytes, int64(first.data.Len()))
 			if err := cs.SendMsg(first); err != nil {
 				first.free()
 				upErr <- sendErr(err)
@@ -247,6 +255,7 @@ func (g *grpcInbound) handle(_ any, ss grpc.ServerStream) error {
 					return
 				}
 			}
+			atomic.AddInt64(&reqBytes, int64(f.data.Len()))
 			if err := cs.SendMsg(f); err != nil {
 				f.free()
 				upErr <- sendErr(err)
@@ -270,6 +279,7 @@ func (g *grpcInbound) handle(_ any, ss grpc.ServerStream) error {
 				downErr <- err
 				return
 			}
+			atomic.AddInt64(&respBytes, int64(f.data.Len()))
 			if err := ss.SendMsg(f); err != nil {
 				f.free()
 				downErr <- err

@@ -59,10 +59,10 @@ func (h *Health) validate() error {
 type healthServer struct {
 	h        *Health
 	identity string
-	backend Addr
-	paths   map[string]bool
-	client  *http.Client
-	server  *http.Server
+	backend  Addr
+	paths    map[string]bool
+	client   *http.Client
+	server   *http.Server
 }
 
 func newHealth(h *Health, identity string) *healthServer {
@@ -107,6 +107,10 @@ func (s *healthServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if r.URL.Path == RefusalsPath {
 		refusals.serve(w, s.identity)
+		return
+	}
+	if r.URL.Path == StatsPath {
+		callStatsAll.serve(w, s.identity)
 		return
 	}
 	host := "localhost"

@@ -152,6 +152,10 @@ func (h *httpInbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		refusals.serve(w, h.cfg.Identity)
 		return
 	}
+	if r.URL.Path == StatsPath && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+		callStatsAll.serve(w, h.cfg.Identity)
+		return
+	}
 	// Read the request body whole before proxying. Streamed, the backend can answer as soon as it
 	// has Content-Length bytes; the proxy then writes the response header, which closes the
 	// incoming body before the transport's final read has seen EOF, and the transport, taking that

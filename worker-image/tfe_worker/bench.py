@@ -4,6 +4,12 @@ own serving path, on the same three local players. Writes a JSON results file an
 Measured per model (digits MLP 64-128-10, Net-A 784-128-128-10 with random weights, a small
 CNN on digits): batch-1 latency through the endpoint (sequential client: p50, p99), and
 predictions/s with 8 concurrent clients (16 rows per request, dynamic batching).
+
+Communication per batch-1 inference: `protocol` holds the rounds, messages and bytes of the
+graph serve runs (tfe_worker.rounds, per party and per layer); with TLS on, `private_http.wire`
+holds what the parties' tfe-guards counted during the batch-1 run (GET /guard/stats before and
+after, divided by the number of requests): RecvTensor calls and tensor bytes each party sent
+to each other party, and the coordinator's calls on each player.
 """
 
 from __future__ import annotations
@@ -95,6 +101,50 @@ def queue_baseline(stack: Stack, name: str, m: Any, n: int, tmp: str) -> dict[st
     return {"batch1": stats(lat)}
 
 
+GUARDED = ("server0", "server1", "server2")
+
+
+def guard_stats(stack: Stack, name: str) -> dict[tuple[str, str, str], tuple[int, int, int]]:
+    """{(party, caller, method): (calls, request bytes, response bytes)} from every guard with a
+    gRPC inbound (the players and the model's coordinator), read as the `operator`."""
+    from tfe_client import mesh
+
+    out: dict[tuple[str, str, str], tuple[int, int, int]] = {}
+    for party in (*GUARDED, f"coordinator:{name}"):
+        status, body = stack.call(party, "GET", mesh.STATS_PATH)
+        if status != 200 or not isinstance(body, dict):
+            raise RuntimeError(f"GET {mesh.STATS_PATH} on {party}: {status}")
+        for row in body["calls"]:
+            if not row["listener"].startswith("grpc"):
+                continue
+            k = (party.split(":")[0], row["identity"], row["method"])
+            c, q, r = out.get(k, (0, 0, 0))
+            out[k] = (c + row["calls"], q + row["requestBytes"], r + row["responseBytes"])
+    return out
+
+
+def wire_per_inference(before: dict[tuple[str, str, str], tuple[int, int, int]],
+                       after: dict[tuple[str, str, str], tuple[int, int, int]], n: int) -> dict[str, Any]:
+    """Counted by the guards over n batch-1 requests, per request. `sent[P]`: RecvTensor answers
+    party P gave (the tensors it sent), in total and per receiver; `calls[P]`: every other method
+    called on P, per caller (the coordinator's eager calls that start each graph)."""
+    sent: dict[str, Any] = {}
+    calls: dict[str, dict[str, float]] = {}
+    for k, (c1, _q1, r1) in sorted(after.items()):
+        c0, _q0, r0 = before.get(k, (0, 0, 0))
+        party, caller, method = k
+        if c1 == c0:
+            continue
+        if method.endswith("/RecvTensor"):
+            row = sent.setdefault(party, {"messages": 0.0, "bytes": 0.0, "to": {}})
+            row["messages"] += (c1 - c0) / n
+            row["bytes"] += (r1 - r0) / n
+            row["to"][caller] = {"messages": (c1 - c0) / n, "bytes": (r1 - r0) / n}
+        else:
+            calls.setdefault(party, {})[f"{caller} {method.rsplit('/', 1)[-1]}"] = (c1 - c0) / n
+    return {"requests": n, "sent": sent, "calls": calls}
+
+
 def private_http(stack: Stack, name: str, x: np.ndarray[Any, Any], n: int, seconds: float) -> dict[str, Any]:
     from tfe_client import Client
 
@@ -109,12 +159,14 @@ def private_http(stack: Stack, name: str, x: np.ndarray[Any, Any], n: int, secon
         c = Client(url, pins=pins)
         for k in range(10):
             c.predict(name, x[k:k + 1])
+        before = guard_stats(stack, name) if stack.tls else None
         ts = []
         for k in range(n):
             row = x[k % len(x):k % len(x) + 1]
             t = time.perf_counter()
             c.predict(name, row)
             ts.append(time.perf_counter() - t)
+        wire = wire_per_inference(before, guard_stats(stack, name), n) if before is not None else None
         rows_done = [0] * 8
         stop = time.monotonic() + seconds
 
@@ -133,10 +185,21 @@ def private_http(stack: Stack, name: str, x: np.ndarray[Any, Any], n: int, secon
         for th in threads:
             th.join(timeout=seconds + 120)
         elapsed = time.perf_counter() - t0
-        return {"batch1": stats(ts), "predictions_per_s": sum(rows_done) / elapsed,
-                "concurrency": {"clients": 8, "rows_per_request": 16, "seconds": elapsed}}
+        out = {"batch1": stats(ts), "predictions_per_s": sum(rows_done) / elapsed,
+               "concurrency": {"clients": 8, "rows_per_request": 16, "seconds": elapsed}}
+        if wire is not None:
+            out["wire"] = wire
+        return out
     finally:
         s.kill(f"serve-{name}", signal.SIGTERM)  # and its coordinator
+
+
+def protocol(m: Any) -> dict[str, Any]:
+    """Rounds, messages and bytes of one batch-1 inference, from the graph (tfe_worker.rounds)."""
+    from tfe_worker import rounds
+    from tfe_worker.plan import build_plan
+
+    return rounds.of_manifest(build_plan(m, "bench").public(), 1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tfe-bench-") as tmp:
         models = {k: v for k, v in build_models(tmp).items() if not a.models or k in a.models}
         for name, m in models.items():
-            results["models"][name] = {"plaintext": plaintext(m["keras"], m["x"], a.n)}
+            results["models"][name] = {"plaintext": plaintext(m["keras"], m["x"], a.n),
+                                       "protocol": protocol(m["keras"])}
         # TLS off first (also TF Encrypted's own serving path, which has no TLS), then the default:
         # mutual TLS through tfe-guard, every party in a namespace of its own, endpoint split off.
         for tls in (False, True):
@@ -167,13 +231,13 @@ def main(argv: list[str] | None = None) -> int:
                         raise RuntimeError(f"share of {name} failed (TLS {'on' if tls else 'off'})")
                     if not tls:
                         r["tfe_queue"] = queue_baseline(stack, name, m["keras"], min(a.n, 100), tmp)
-                    r["private_http" if tls else "private_http_tls_off"] = private_http(stack, name, m["x"], a.n,
+                    r["private_http" if tls else "private_http_insecure"] = private_http(stack, name, m["x"], a.n,
                                                                                       a.seconds)
                     print(f"  {name} (TLS {'on' if tls else 'off'}): done", flush=True)
             finally:
                 stack.stop()
         for r in results["models"].values():
-            on, off = r["private_http"]["batch1"], r["private_http_tls_off"]["batch1"]
+            on, off = r["private_http"]["batch1"], r["private_http_insecure"]["batch1"]
             r["ratios"] = {
                 "p50_vs_plaintext": on["p50_ms"] / r["plaintext"]["batch1"]["p50_ms"],
                 "p50_vs_tfe_queue": on["p50_ms"] / r["tfe_queue"]["batch1"]["p50_ms"],
@@ -192,13 +256,32 @@ def table(results: dict[str, Any]) -> str:
     rows = [head, "|---|---|---|---|---|---|---|---|"]
     for name, r in results["models"].items():
         pl, q = r["plaintext"], r["tfe_queue"]["batch1"]
-        off, on = r["private_http_tls_off"], r["private_http"]
+        off, on = r["private_http_insecure"], r["private_http"]
         rows.append(f"| {name} | {pl['batch1']['p50_ms']:.2f} / {pl['batch1']['p99_ms']:.2f} "
                     f"| {q['p50_ms']:.1f} / {q['p99_ms']:.1f} "
                     f"| {off['batch1']['p50_ms']:.1f} / {off['batch1']['p99_ms']:.1f} "
                     f"| {on['batch1']['p50_ms']:.1f} / {on['batch1']['p99_ms']:.1f} "
                     f"| {r['ratios']['p50_tls_on_vs_off']:.2f}x | {r['ratios']['p50_vs_tfe_queue']:.2f}x "
                     f"| {off['predictions_per_s']:,.0f} / {on['predictions_per_s']:,.0f} |")
+    rows += ["", ("Communication per batch-1 inference (graph: tfe_worker.rounds; measured: the guards' counts, "
+                  "mTLS run)"), "",
+             ("| model | rounds (graph) | rounds per layer (graph) | messages sent s0/s1/s2 (graph / measured) "
+              "| KiB sent s0/s1/s2 (graph / measured) | coordinator calls per player (measured) |"),
+             "|---|---|---|---|---|---|"]
+    for name, r in results["models"].items():
+        pr = r.get("protocol")
+        if pr is None:
+            continue
+        wire = r.get("private_http", {}).get("wire", {})
+        ws = wire.get("sent", {})
+        g_msg = "/".join(str(pr["sent"][p]["messages"]) for p in GUARDED)
+        g_kib = "/".join(f"{pr['sent'][p]['bytes'] / 1024:.1f}" for p in GUARDED)
+        m_msg = "/".join(f"{ws.get(p, {}).get('messages', 0):.1f}" for p in GUARDED) if ws else "-"
+        m_kib = "/".join(f"{ws.get(p, {}).get('bytes', 0) / 1024:.1f}" for p in GUARDED) if ws else "-"
+        calls = wire.get("calls", {})
+        c = ", ".join(f"{k} {v:.1f}" for k, v in sorted(calls.get("server0", {}).items())) or "-"
+        layers = " + ".join(f"{lay['layer']} {lay['rounds']}" for lay in pr["layers"] if lay["rounds"])
+        rows.append(f"| {name} | {pr['rounds']} | {layers} | {g_msg} / {m_msg} | {g_kib} / {m_kib} | {c} |")
     return "\n".join(rows)
 
 
