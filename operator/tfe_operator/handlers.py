@@ -430,6 +430,9 @@ def _source_missing(kube: Kube, ctx: Context) -> str | None:
         "v1", "PersistentVolumeClaim", ns, src.pvc.claim_name
     ):
         return f"waiting for PersistentVolumeClaim {src.pvc.claim_name!r} (model source)"
+    creds = src.s3.credentials if src.s3 is not None else None
+    if creds is not None and not kube.exists("v1", "Secret", ns, creds.secret_name):
+        return f"waiting for Secret {creds.secret_name!r} (S3 credentials of the model source)"
     return None
 
 

@@ -202,3 +202,61 @@ def test_chart_images_from_a_registry_with_pull_secrets() -> None:
     assert "imagePullSecrets" not in dep["spec"]["template"]["spec"]
     env = {e["name"]: e["value"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert Settings.from_env(env).image_pull_secrets == ()
+
+
+def test_a_missing_s3_credentials_secret_keeps_the_model_pending() -> None:
+    from tfe_operator.handlers import _source_missing
+
+    class Kube:
+        def __init__(self, present: set[str]) -> None:
+            self.present = present
+            self.asked: list[tuple[str, str, str]] = []
+
+        def exists(self, api_version: str, kind: str, ns: str, name: str) -> bool:
+            self.asked.append((kind, ns, name))
+            return name in self.present
+
+    ctx = make_ctx({"model": S3_MODEL})
+    kube = Kube(set())
+    assert _source_missing(kube, ctx) == "waiting for Secret 's3-creds' (S3 credentials of the model source)"  # type: ignore[arg-type]
+    assert kube.asked == [("Secret", "ml", "s3-creds")]
+    assert _source_missing(Kube({"s3-creds"}), ctx) is None  # type: ignore[arg-type]
+    public = make_ctx({"model": {"s3": {"bucket": "b", "key": "k", "sha256": SHA}}})
+    assert _source_missing(Kube(set()), public) is None  # type: ignore[arg-type]
+
+
+def test_release_workflow_points_the_published_chart_at_the_published_images(tmp_path: Any) -> None:
+    """The workflow's sed really rewrites values.yaml (run here on a copy of the chart): the chart it
+    pushes installs the images it pushes."""
+    import re
+    import shutil
+    import subprocess
+
+    import yaml
+    from operator_testlib import REPO
+    from test_operator_chart import HELM
+
+    if HELM is None:
+        pytest.skip("no helm binary (make helm-bin)")
+    wf = yaml.safe_load((REPO / ".github" / "workflows" / "release.yaml").read_text())
+    steps = wf["jobs"]["publish"]["steps"]
+    (chart_step,) = [s for s in steps if s.get("name", "").startswith("Chart")]
+    sed = next(line for line in chart_step["run"].splitlines() if line.strip().startswith("sed -i"))
+    exprs = re.findall(r'-e "([^"]+)"', chart_step["run"])
+    assert len(exprs) == 2 and sed
+    chart = tmp_path / "tfe-operator"
+    shutil.copytree(REPO / "charts" / "tfe-operator", chart)
+    images = "ghcr.io/acme/tfe-operator"
+    for e in exprs:
+        subprocess.run(["sed", "-i", "-e", e.replace("${IMAGES}", images), str(chart / "values.yaml")],
+                       check=True, timeout=30)  # fmt: skip
+    out = subprocess.run([HELM, "template", "rel", str(chart)], capture_output=True, text=True, timeout=60, check=True)
+    (dep,) = [d for d in yaml.safe_load_all(out.stdout) if d and d["kind"] == "Deployment"]
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    version = (REPO / "VERSION").read_text().strip()
+    assert c["image"] == f"{images}/operator:{version}"
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["TFE_OPERATOR_WORKER_IMAGE"] == f"{images}/worker:{version}"
+    # and the images it builds are the ones make images builds
+    builds = {s["with"]["file"]: s["with"]["tags"] for s in steps if "build-push-action" in s.get("uses", "")}
+    assert set(builds) == {"worker-image/Dockerfile", "operator/Dockerfile"}
