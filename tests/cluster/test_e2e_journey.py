@@ -17,6 +17,7 @@ import os
 import re
 import subprocess
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -361,7 +362,12 @@ def test_user_journey(
     text = http_get(op_metrics_url)
     for name in ("tfe_operator_time_to_serving_seconds", "tfe_operator_share_job_duration_seconds"):
         assert f"# TYPE {name} histogram" in text, name
-    m = metrics(f"{endpoint}/metrics")
+    # the endpoint's /metrics is on its metrics port (9090), not on the client port
+    with pytest.raises(urllib.error.HTTPError) as not_here:
+        http_get(f"{endpoint}/metrics")
+    assert not_here.value.code == 404
+    ep_pod = next(p for p in pods(ns, f"{MODEL_SELECTOR},app.kubernetes.io/component=endpoint") if pod_ready(p))
+    m = metrics(f"http://{ep_pod['status']['podIP']}:9090/metrics")
     assert m.get('tfe_serve_requests_total{result="ok"}', 0) >= 20, m
     assert m.get("tfe_serve_request_seconds_count", 0) >= 20, m
     assert "tfe_serve_inflight" in m, m

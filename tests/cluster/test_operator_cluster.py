@@ -292,7 +292,7 @@ def check_endpoint_split(ns: str, model: str) -> None:
     serve = serve_template(ns, model)
     (container,) = serve["containers"]
     assert "--relay-only" in container["command"] and "--port" not in container["command"]
-    assert "ports" not in container
+    assert container["ports"] == [{"name": "metrics", "containerPort": 9090, "protocol": "TCP"}]  # /metrics only
     assert serve["terminationGracePeriodSeconds"] >= 135
     ep = get_json("deployment", f"{model}-endpoint", "-n", ns)
     pod = ep["spec"]["template"]["spec"]

@@ -408,3 +408,24 @@ def test_status_with_mesh_is_in_the_schema(schema: dict[str, Any]) -> None:
     assert _unknown_fields(status_schema, status) == []
     errors = [e.message for e in jsonschema.Draft7Validator(status_schema).iter_errors(status)]
     assert errors == []
+
+
+def test_the_https_example_is_a_valid_encryptedmodel(schema: dict[str, Any]) -> None:
+    """examples/digits-https.yaml (serving.tls from a cert-manager Certificate's Secret) passes the
+    CRD's schema and the operator's parser; its Certificate writes the Secret the spec names."""
+    import yaml
+    from operator_testlib import REPO
+
+    docs = [d for d in yaml.safe_load_all((REPO / "examples" / "digits-https.yaml").read_text()) if d]
+    (em_doc,) = [d for d in docs if d["kind"] == "EncryptedModel"]
+    (cert,) = [d for d in docs if d["kind"] == "Certificate"]
+    assert validate(schema, em_doc) == []
+    spec = parse_spec(apply_defaults(schema, em_doc)["spec"])
+    assert spec.serving.tls is not None and spec.serving.tls.secret_name == cert["spec"]["secretName"]
+    assert spec.serving.service_port == 443
+    routes = [d for d in yaml.safe_load_all((REPO / "examples" / "digits-ingress.yaml").read_text()) if d]
+    assert {d["kind"] for d in routes} == {"Ingress", "Gateway", "TLSRoute"}
+    by = {d["kind"]: d for d in routes}  # both point at Service <name> on its https port
+    backend = by["Ingress"]["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": em_doc["metadata"]["name"], "port": {"name": "https"}}
+    assert by["TLSRoute"]["spec"]["rules"][0]["backendRefs"] == [{"name": em_doc["metadata"]["name"], "port": 443}]
