@@ -25,12 +25,15 @@ if running; then
 fi
 echo ">> starting dockerd (data-root $CACHE/docker, socket $RUN/docker.sock, runtime tfe-runc)"
 mkdir -p "$CACHE/docker" "$RUN/docker-exec"
-setsid dockerd --data-root "$CACHE/docker" --exec-root "$RUN/docker-exec" \
+# Start it without our open file descriptors: under `flock /tmp/tfe-cluster.lock ...` one of them
+# is the lock, and a dockerd inheriting it would hold the lock for as long as it runs.
+close_fds() { local fd; for fd in $(ls /proc/$BASHPID/fd); do [ "$fd" -gt 2 ] && eval "exec $fd>&-"; done; return 0; }
+( close_fds; exec setsid dockerd --data-root "$CACHE/docker" --exec-root "$RUN/docker-exec" \
   --host "$DOCKER_HOST" --pidfile "$RUN/dockerd.pid" \
   --bridge none --iptables=false --ip6tables=false --ip-forward=false --ip-masq=false \
   --storage-driver overlay2 --exec-opt native.cgroupdriver=cgroupfs \
   --add-runtime "tfe-runc=$SHIM" --default-runtime tfe-runc \
-  >> "$CL/logs/dockerd.log" 2>&1 < /dev/null &
+  >> "$CL/logs/dockerd.log" 2>&1 < /dev/null ) &
 echo $! > "$CL/pids/dockerd.pid"
 for i in $(seq 1 60); do docker version >/dev/null 2>&1 && break; sleep 0.5; done
 docker version >/dev/null 2>&1 || { tail -20 "$CL/logs/dockerd.log"; echo "dockerd did not start" >&2; exit 1; }

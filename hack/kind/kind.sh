@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# The kind cluster for end-to-end tests: 1 control plane + 3 workers (hack/kind/cluster.yaml).
+#   up     create it (idempotent). Node image: $KIND_NODE_IMAGE if set; else the public kindest/node
+#          (kind's default) when a registry answers; else tfe-kind/node built here without one
+#          (hack/kind/node-image.sh: kube-router as CNI + NetworkPolicy enforcer).
+#   load   kind load the worker and operator images (make images) into the worker nodes
+#   routes host routes to the pod and Service ranges through the nodes (so tests on the host
+#          reach ClusterIPs and pod IPs as they do on the host cluster)
+#   down   delete the cluster and those routes
+# Docker: $KIND_DOCKER_HOST, by default the project's dockerd (the one `make images` uses,
+# /run/tfe-cluster/docker.sock), started or restarted by hack/kind/dockerd.sh with the runtime shim
+# this VM needs; any other Docker (KIND_DOCKER_HOST=unix:///var/run/docker.sock) is used as it is.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+. "$HERE/versions.sh"
+NAME=${KIND_CLUSTER:-tfe}
+KD=${KIND_DIR:-$REPO/.kind}
+PROJECT_DOCKER=unix:///run/tfe-cluster/docker.sock
+export DOCKER_HOST=${KIND_DOCKER_HOST:-$PROJECT_DOCKER}
+export KIND_EXPERIMENTAL_PROVIDER=docker
+KIND=${KIND:-$("$HERE/build.sh" path)/kind}
+KUBECTL=$("$REPO/hack/cluster/build.sh" path)/kubectl
+VERSION=$(cat "$REPO/VERSION")
+export KUBECONFIG=$KD/kubeconfig
+log() { echo ">> $(date -u +%T) $*"; }
+die() { echo "ERROR: $*" >&2; exit 1; }
+k() { "$KUBECTL" "$@"; }
+mkdir -p "$KD"
+
+registry_reachable() { # the Docker Hub registry answers (401 without a token)
+  local code
+  code=$(curl -s -o /dev/null -m 10 -w '%{http_code}' https://registry-1.docker.io/v2/ 2>/dev/null || true)
+  [ "$code" = 401 ] || [ "$code" = 200 ]
+}
+
+exists() { "$KIND" get clusters 2>/dev/null | grep -qx "$NAME"; }
+
+workers() { "$KIND" get nodes --name "$NAME" | grep -- '-worker' | sort | paste -sd, -; }
+
+up() {
+  if [ "$DOCKER_HOST" = "$PROJECT_DOCKER" ]; then
+    [ -x "$("$HERE/build.sh" path)/kind" ] || "$HERE/build.sh" kind
+    flock /tmp/tfe-cluster.lock "$HERE/dockerd.sh"
+  fi
+  command -v "$KIND" >/dev/null || [ -x "$KIND" ] || "$HERE/build.sh" kind
+  [ -x "$KUBECTL" ] || "$REPO/hack/cluster/build.sh" k8s
+  local cfg=$KD/cluster.yaml image=${KIND_NODE_IMAGE:-}
+  cp "$HERE/cluster.yaml" "$cfg"
+  if [ -z "$image" ] && { [ "${KIND_OFFLINE:-auto}" = 1 ] || { [ "${KIND_OFFLINE:-auto}" = auto ] && ! registry_reachable; }; }; then
+    log "no registry reachable: building the offline node image"
+    "$HERE/node-image.sh" build
+    image=$("$HERE/node-image.sh" name)
+    sed -e "s|@ETCD_TAG@|$(etcd --version | awk '/etcd Version/{print $3}')-0|" \
+        -e "s|@COREDNS_VERSION@|$COREDNS_VERSION|" "$HERE/cluster-offline.yaml" | grep -v '^#' >> "$cfg"
+  fi
+  if exists && [ -f "$KUBECONFIG" ]; then
+    log "kind cluster $NAME exists"
+    docker start $("$KIND" get nodes --name "$NAME") >/dev/null
+  else
+    exists && "$KIND" delete cluster --name "$NAME"
+    log "kind create cluster --name $NAME ${image:+--image $image} (1 control plane + 3 workers)"
+    "$KIND" create cluster --name "$NAME" ${image:+--image "$image"} --config "$cfg" \
+      --kubeconfig "$KUBECONFIG" --wait 300s --retain
+  fi
+  k wait --for=condition=Ready nodes --all --timeout=300s >/dev/null
+  k -n kube-system rollout status ds --timeout=300s >/dev/null
+  k -n kube-system rollout status deploy/coredns --timeout=300s >/dev/null
+  routes
+  k get nodes -o wide
+}
+
+routes() { # on the Docker host only (Linux): pod CIDR of each node via that node, Services via the control plane
+  [ "$DOCKER_HOST" = "$PROJECT_DOCKER" ] || return 0
+  local n ip cidr cp_ip svc
+  while read -r n ip cidr; do
+    ip route replace "$cidr" via "$ip"
+    case $n in *control-plane) cp_ip=$ip ;; esac
+  done < <(k get nodes -o jsonpath='{range .items[*]}{.metadata.name} {.status.addresses[?(@.type=="InternalIP")].address} {.spec.podCIDR}{"\n"}{end}')
+  svc=$(awk '/serviceSubnet:/{print $2}' "$HERE/cluster.yaml")
+  ip route replace "$svc" via "$cp_ip"
+  echo "$svc" > "$KD/routes"
+  k get nodes -o jsonpath='{range .items[*]}{.spec.podCIDR}{"\n"}{end}' >> "$KD/routes"
+}
+
+unroutes() {
+  [ -f "$KD/routes" ] || return 0
+  local r; while read -r r; do [ -n "$r" ] && ip route del "$r" 2>/dev/null || true; done < "$KD/routes"
+  rm -f "$KD/routes"
+}
+
+load() {
+  local img ws; ws=$(workers)
+  for img in "tfe-operator/worker:$VERSION" "tfe-operator/operator:$VERSION"; do
+    docker image inspect "$img" >/dev/null 2>&1 || die "$img not built (make images)"
+  done
+  log "kind load docker-image into $ws"
+  "$KIND" load docker-image --name "$NAME" --nodes "$ws" "tfe-operator/worker:$VERSION" "tfe-operator/operator:$VERSION"
+}
+
+down() {
+  unroutes
+  if exists; then "$KIND" delete cluster --name "$NAME"; fi
+  rm -f "$KUBECONFIG"
+}
+
+case ${1:-} in
+  up) up ;;
+  load) load ;;
+  routes) routes ;;
+  down) down ;;
+  *) echo "usage: $0 up|load|routes|down" >&2; exit 2 ;;
+esac
