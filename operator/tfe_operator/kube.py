@@ -8,7 +8,6 @@ count as success, so every call can be repeated (operator restarts duplicate not
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import urllib.parse
@@ -206,11 +205,18 @@ def http_get_json(url: str, timeout: float) -> Any:
 
 
 def kubernetes_transport(in_cluster: bool | None = None) -> tuple[Transport, bool]:
-    """A Transport over the kubernetes client's configuration (kubeconfig or in-cluster).
+    """A Transport over the kubernetes client's public API (its configuration from kubeconfig or
+    the pod's service account, requests through ``kubernetes.dynamic.DynamicClient.request``).
     Returns (transport, in_cluster)."""
-    # Typed as Any on purpose: the client's typing differs between releases.
-    client: Any = importlib.import_module("kubernetes.client")
-    config: Any = importlib.import_module("kubernetes.config")
+    import kubernetes.client as k8s_client
+    import kubernetes.config as k8s_config
+    import kubernetes.dynamic as k8s_dynamic
+
+    # Any on purpose: the client ships no type information.
+    client: Any = k8s_client
+    config: Any = k8s_config
+    api_exception: Any = client.exceptions.ApiException
+    dynamic_client: Any = k8s_dynamic.DynamicClient
 
     configuration = client.Configuration()
     loaded_in_cluster = False
@@ -223,7 +229,7 @@ def kubernetes_transport(in_cluster: bool | None = None) -> tuple[Transport, boo
                 raise
     if not loaded_in_cluster:
         config.load_kube_config(client_configuration=configuration)
-    api_client = client.ApiClient(configuration)
+    dynamic: Any = dynamic_client(client.ApiClient(configuration))
 
     def transport(
         method: str,
@@ -233,19 +239,20 @@ def kubernetes_transport(in_cluster: bool | None = None) -> tuple[Transport, boo
         content_type: str | None = None,
         accept: str = "application/json",
     ) -> tuple[int, bytes]:
-        headers = {"Accept": accept}
-        if body is not None:
-            headers["Content-Type"] = content_type or "application/json"
-        m, url, hdrs, b, _ = api_client.param_serialize(
-            method,
-            path,
-            query_params=list(query),
-            header_params=headers,
-            body=body,
-            auth_settings=["BearerToken"],
-        )
-        resp = api_client.call_api(m, url, header_params=hdrs, body=b, _request_timeout=30)
-        data = resp.read()
-        return int(resp.status), bytes(data or b"")
+        try:
+            resp = dynamic.request(
+                method,
+                path,
+                body=body,
+                query_params=list(query),
+                header_params={"Accept": accept},
+                content_type=content_type,
+                _request_timeout=30,
+                serialize=False,  # the raw response: status and body as the server sent them
+            )
+        except api_exception as e:
+            raw = e.body if e.body is not None else b""
+            return int(e.status or 0), raw.encode() if isinstance(raw, str) else bytes(raw)
+        return int(resp.status), bytes(resp.data or b"")
 
     return transport, loaded_in_cluster
