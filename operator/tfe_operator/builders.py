@@ -29,7 +29,7 @@ from tfe_client import wire
 
 from . import api
 from .settings import Settings
-from .spec import EncryptedModelSpec
+from .spec import DEFAULT_SERVICE_PORT, DEFAULT_TLS_SERVICE_PORT, EncryptedModelSpec
 
 Manifest = dict[str, Any]
 
@@ -173,14 +173,22 @@ def pvc_names(m: str) -> list[str]:
 
 def endpoint(ctx: Context) -> str:
     """The in-cluster URL of Service ``m`` (https with serving.tls)."""
-    s = ctx.spec.serving
-    scheme = "https" if s.tls is not None and not ctx.spec.external else "http"
-    return f"{scheme}://{client_service_name(ctx.name)}.{ctx.namespace}.svc:{s.service_port}"
+    scheme = "https" if serving_tls(ctx) else "http"
+    return f"{scheme}://{client_service_name(ctx.name)}.{ctx.namespace}.svc:{client_port(ctx)}"
 
 
 def serving_tls(ctx: Context) -> bool:
     """TLS on the client port: the endpoint pod's guard terminates it (mesh only)."""
     return ctx.spec.serving.tls is not None and not ctx.spec.external
+
+
+def client_port(ctx: Context) -> int:
+    """Service ``m``'s port: serving.service.port, else 443 with TLS, else 8000 (external workers
+    serve no TLS: 8000 even with serving.tls)."""
+    svc = ctx.spec.serving.service
+    if svc.port is not None:
+        return svc.port
+    return DEFAULT_TLS_SERVICE_PORT if serving_tls(ctx) else DEFAULT_SERVICE_PORT
 
 
 def _metrics_port() -> dict[str, Any]:
@@ -1260,7 +1268,7 @@ def client_service(ctx: Context) -> Manifest:
     name = "https" if serving_tls(ctx) else "http"
     port: dict[str, Any] = {
         "name": name,
-        "port": ctx.spec.serving.service_port,
+        "port": client_port(ctx),
         "targetPort": name,
         "protocol": "TCP",
     }

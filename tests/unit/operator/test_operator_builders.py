@@ -1331,3 +1331,10 @@ def test_serving_service_parser_refuses_a_node_port_on_cluster_ip() -> None:
 
     with pytest.raises(SpecError, match="nodePort needs type NodePort"):
         parse_spec({**BASE_SPEC, "serving": {"service": {"nodePort": 30000}}})
+
+
+def test_external_workers_serve_no_tls_even_with_serving_tls() -> None:
+    ctx = make_ctx({**EXTERNAL_SPEC, "serving": {"tls": {"secretName": "digits-tls"}}})
+    assert builders.endpoint(ctx) == "http://digits.ml.svc:8000"
+    assert builders.client_service(ctx)["spec"]["ports"] == [
+        {"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"}]
