@@ -6,6 +6,8 @@ are pinned from the EncryptedModel's status: read through the Kubernetes API (ne
 `kubernetes` package and a kubeconfig; TFE_NAMESPACE, default "default"), or given as
 TFE_EXPECTED_KEYS="k0 k1 k2", e.g.
   TFE_EXPECTED_KEYS="$(kubectl get em digits -o jsonpath='{.status.workers[*].publicKey}')"
+An https:// ENDPOINT (spec.serving.tls) is verified against the system's CAs, or against the CA
+file in TFE_CA (e.g. examples/digits-https.yaml's issuer); HTTPS_PROXY/NO_PROXY are honoured.
 """
 
 import os
@@ -20,11 +22,12 @@ from tfe_client import Client
 endpoint = sys.argv[1] if len(sys.argv) > 1 else "http://digits.default.svc:8000"
 keys = os.environ.get("TFE_EXPECTED_KEYS", "").split()
 token = os.environ.get("TFE_TOKEN") or None
+ca = os.environ.get("TFE_CA") or None
 if keys:
-    client = Client(endpoint, token=token, expected_keys=keys)
+    client = Client(endpoint, token=token, expected_keys=keys, ca=ca)
 else:
     namespace = os.environ.get("TFE_NAMESPACE", "default")
-    client = Client.from_kubernetes("digits", namespace, endpoint=endpoint, token=token)
+    client = Client.from_kubernetes("digits", namespace, endpoint=endpoint, token=token, ca=ca)
 digits = load_digits()
 # the same held-out split the example model was trained without (make demo's split)
 _, x, _, y = train_test_split((digits.data / 16.0).astype(np.float32), digits.target, test_size=0.25, random_state=0)
