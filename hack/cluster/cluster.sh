@@ -7,7 +7,10 @@
 #   $REPO/.cluster/         kubeconfig, bin/ (kubectl helm crictl), pki/, config/, logs/, pids/
 #   /var/lib/tfe-cluster/   etcd data, kubelet root, CNI state (removed by down)
 #   /run/tfe-cluster/       sockets, containerd state (removed by down)
-#   ~/.cache/tfe-operator/  built binaries, containerd image store (kept: that is the cache)
+#   ~/.cache/tfe-operator/  built binaries, containerd image store, registry/ (kept: that is the cache)
+# Images: a local OCI registry (distribution, cmd/registry) on $LOCAL_REGISTRY (loopback): `make images
+# push REGISTRY=$LOCAL_REGISTRY` fills it; the kubelet has containerd pull from it (plain HTTP, which
+# containerd's CRI uses for loopback registries).
 # Network: node IP $NODE_IP on interface $NODE_IF (veth, as a dummy); pods on bridge $CNI_IF ($POD_CIDR);
 # Services $SVC_CIDR (routed to the dummy interface so it never leaves the host). Every server
 # listens on loopback, the node IP or inside pod network namespaces.
@@ -44,11 +47,15 @@ k() { kubectl --kubeconfig "$CL/kubeconfig" "$@"; }
 
 pid_alive() { local f=$CL/pids/$1.pid; [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; }
 
+# Daemons must not inherit descriptors beyond 0-2: a `flock /tmp/tfe-cluster.lock make cluster-up`
+# passes its lock's fd down, and a daemon holding it would keep the lock until cluster-down.
+close_fds() { local fd; for fd in $(ls /proc/$BASHPID/fd); do [ "$fd" -gt 2 ] && eval "exec $fd>&-"; done; return 0; }
+
 start() { # name cmd...
   local name=$1; shift
   if pid_alive "$name"; then return 0; fi
   log "starting $name"
-  setsid "$@" >>"$CL/logs/$name.log" 2>&1 < /dev/null &
+  ( close_fds; exec setsid "$@" >>"$CL/logs/$name.log" 2>&1 < /dev/null ) &
   echo $! > "$CL/pids/$name.pid"
 }
 
@@ -257,6 +264,24 @@ EOF
   start hostpath-sweeper "$CL/config/hostpath-sweeper.sh"
 }
 
+registry_up() { # the local OCI registry, storage in the cache (pushed images survive cluster-down)
+  local bin=$BIN/registry-$REGISTRY_VERSION
+  [ -x "$bin" ] || "$HERE/build.sh" registry
+  mkdir -p "$CACHE/registry" "$CL/config" "$CL/logs" "$CL/pids"
+  cat > "$CL/config/registry.yml" <<EOF
+version: 0.1
+log: {level: info, formatter: text, accesslog: {disabled: false}}
+storage:
+  filesystem: {rootdirectory: $CACHE/registry}
+  delete: {enabled: true}
+http:
+  addr: $LOCAL_REGISTRY
+  secret: $(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+EOF
+  start registry env OTEL_TRACES_EXPORTER=none "$bin" serve "$CL/config/registry.yml"
+  wait_for "registry on $LOCAL_REGISTRY" 30 curl -sf "http://$LOCAL_REGISTRY/v2/"
+}
+
 addons() {
   k apply -f "$HERE/manifests/coredns.yaml" >/dev/null
   k apply -f "$HERE/manifests/storageclass.yaml" >/dev/null
@@ -266,7 +291,8 @@ up() {
   [ "$(id -u)" = 0 ] || die "cluster-up needs root (it creates interfaces, mounts, iptables rules)"
   if pid_alive kubelet && k get --raw /readyz >/dev/null 2>&1 \
      && k get node "$NODE" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null | grep -qx True; then
-    log "cluster already up (KUBECONFIG=$CL/kubeconfig)"; return 0
+    registry_up
+    log "cluster already up (KUBECONFIG=$CL/kubeconfig, registry $LOCAL_REGISTRY)"; return 0
   fi
   "$HERE/deps.sh"
   "$HERE/build.sh" all
@@ -333,7 +359,8 @@ up() {
   wait_for "CoreDNS ready" 120 bash -c \
     "kubectl --kubeconfig '$CL/kubeconfig' -n kube-system get deploy coredns -o jsonpath='{.status.readyReplicas}' | grep -qx 1"
   wait_for "default service account" 60 kubectl --kubeconfig "$CL/kubeconfig" -n default get sa default
-  log "cluster up: export KUBECONFIG=$CL/kubeconfig PATH=$CL/bin:\$PATH"
+  registry_up
+  log "cluster up: export KUBECONFIG=$CL/kubeconfig PATH=$CL/bin:\$PATH; registry $LOCAL_REGISTRY"
 }
 
 ipt_cleanup() { # iptables|ip6tables : remove every KUBE-* / CNI-* chain and the jumps to them
@@ -364,6 +391,7 @@ down() {
   stop kube-apiserver
   stop etcd
   stop dockerd
+  stop registry
   # leftover container processes (shims and what they run), found by their containerd socket/root
   local p
   for p in $(pgrep -f "containerd-shim-runc-v2 -namespace k8s.io -id .* -address $CTR_SOCK" || true); do
@@ -393,7 +421,7 @@ down() {
 
 status() {
   local n
-  for n in etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy hostpath-sweeper dockerd; do
+  for n in etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy hostpath-sweeper dockerd registry; do
     if pid_alive "$n"; then echo "$n: running (pid $(cat "$CL/pids/$n.pid"))"; else echo "$n: stopped"; fi
   done
   k get nodes -o wide 2>/dev/null || true

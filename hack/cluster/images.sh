@@ -56,11 +56,13 @@ fi
 if ! { [ -f "$CL/pids/dockerd.pid" ] && kill -0 "$(cat "$CL/pids/dockerd.pid")" 2>/dev/null; }; then
   log "starting dockerd (data-root $CACHE/docker, socket $RUN/docker.sock)"
   mkdir -p "$CACHE/docker" "$RUN/docker-exec"
-  setsid dockerd --data-root "$CACHE/docker" --exec-root "$RUN/docker-exec" \
+  # no inherited fds beyond 0-2 (a flock'ed caller's lock fd would stay held by dockerd)
+  close_fds() { local fd; for fd in $(ls /proc/$BASHPID/fd); do [ "$fd" -gt 2 ] && eval "exec $fd>&-"; done; return 0; }
+  ( close_fds; exec setsid dockerd --data-root "$CACHE/docker" --exec-root "$RUN/docker-exec" \
     --host "$DOCKER_HOST" --pidfile "$RUN/dockerd.pid" \
     --bridge none --iptables=false --ip6tables=false --ip-forward=false --ip-masq=false \
     --storage-driver overlay2 --exec-opt native.cgroupdriver=cgroupfs \
-    >> "$CL/logs/dockerd.log" 2>&1 < /dev/null &
+    >> "$CL/logs/dockerd.log" 2>&1 < /dev/null ) &
   echo $! > "$CL/pids/dockerd.pid"
   for i in $(seq 1 60); do docker version >/dev/null 2>&1 && break; sleep 0.5; done
   docker version >/dev/null 2>&1 || { tail -20 "$CL/logs/dockerd.log"; die "dockerd did not start"; }
