@@ -212,11 +212,11 @@ def workers_status(res: Resource, status: Mapping[str, Any], obs: Observed) -> l
             p = pods.get(i)
             entry["pod"] = builders.worker_pod_name(ctx.name, i)
             entry["ready"] = bool(p and p.ready)
-            key = obs.public_keys.get(i)
+            # The last key read from this worker: kept while a replaced pod is not ready yet, so
+            # that a new key is noticed (WorkerKeyChanged) when it is read.
+            key = obs.public_keys.get(i) or o.get("publicKey")
             if p is not None:
                 entry["podUID"] = p.uid
-                if key is None and o.get("podUID") == p.uid:
-                    key = o.get("publicKey")
         if key:
             entry["publicKey"] = key
         gens = obs.worker_generations.get(i)

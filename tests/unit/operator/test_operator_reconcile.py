@@ -523,17 +523,21 @@ def test_external_shutdown_removes_only_coordinator() -> None:
 # ------------------------------------------------------------------ public keys
 
 
-def test_public_keys_read_every_round_and_dropped_with_a_new_pod() -> None:
+def test_public_keys_read_every_round_and_a_new_one_noticed() -> None:
     st = serving_status()
     first = reconcile(res(), st, dataclasses.replace(SERVING_OBS, public_keys={0: "a", 1: "b", 2: "c"}), NOW)
     assert [w["publicKey"] for w in first.status["workers"]] == ["a", "b", "c"]
     # every ready worker, every round: a replaced volume changes the key without a new pod
     assert keys_to_fetch(res(), first.status, SERVING_OBS) == [0, 1, 2]
     assert keys_to_fetch(res(), first.status, dataclasses.replace(SERVING_OBS, worker_pods=pods(ready=2))) == [0, 1]
-    new_pod = dataclasses.replace(SERVING_OBS, worker_pods=pods(uids=("u0", "u1", "NEW")))
-    second = reconcile(res(), first.status, new_pod, NOW)
-    assert "publicKey" not in second.status["workers"][2]
-    assert second.status["workers"][0]["publicKey"] == "a"
+    # a replaced pod, not ready yet: the last key read stays until the new pod's key is read
+    gone = dataclasses.replace(SERVING_OBS, worker_pods=pods(ready=2)[:2])
+    second = reconcile(res(), first.status, gone, NOW)
+    assert second.status["workers"][2]["publicKey"] == "c"
+    new_pod = dataclasses.replace(SERVING_OBS, worker_pods=pods(uids=("u0", "u1", "NEW")), public_keys={2: "C2"})
+    third = reconcile(res(), second.status, new_pod, NOW)
+    assert [w["publicKey"] for w in third.status["workers"]] == ["a", "b", "C2"]
+    assert [e.reason for e in third.events if e.reason == "WorkerKeyChanged"] == ["WorkerKeyChanged"]
 
 
 @pytest.mark.parametrize("phase", ["Serving", "Stopped"])
