@@ -525,7 +525,10 @@ def _run(
 
     # Are the stored shares still there?
     shares_valid = bool(new.get("sharesStored")) and int(new.get("shareGeneration", 0) or 0) > 0
-    if shares_valid and not _shares_survive(res, new, obs.worker_pods):
+    # Memory storage, workers that report their generations: a replaced worker is recovered from
+    # its peers below like a lost volume; without those reports, share again from the source.
+    reported = bool(obs.worker_generations)
+    if shares_valid and not reported and not _shares_survive(res, new, obs.worker_pods):
         shares_valid = False
         new["sharesStored"] = False
         plan.events.append(

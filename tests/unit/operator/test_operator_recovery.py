@@ -232,3 +232,15 @@ def test_generations_document() -> None:
 def test_worker_guard_health_passes_the_generations_path() -> None:
     cfg = builders.guard_config(make_ctx(), "server1")
     assert "/v1/models/digits/generations" in cfg["health"]["paths"]
+
+
+def test_memory_storage_replaced_worker_is_recovered_from_peers_when_generations_are_reported() -> None:
+    spec = {**BASE_SPEC, "workers": {"storage": {"medium": "Memory"}}}
+    replaced = tuple(dataclasses.replace(p, uid="NEW") if p.index == 1 else p for p in pods())
+    plan = reconcile(res(spec), status(), obs({0: (1,), 1: (), 2: (1,)}, worker_pods=replaced), NOW)
+    (j,) = jobs_applied(plan)
+    assert j["spec"]["template"]["spec"]["containers"][0]["command"][:2] == ["tfe-worker", "reshare"]
+    assert plan.status["sharesStored"] is True and "SharesLost" not in reasons(plan)
+    # without the workers' reports (an older worker image): shared again from the model source
+    plan = reconcile(res(spec), status(), obs({}, worker_pods=replaced), NOW)
+    assert "SharesLost" in reasons(plan) and plan.status["sharesStored"] is False
