@@ -28,7 +28,7 @@ import (
 const runGraph = "/tensorflow.WorkerService/RunGraph"
 
 // shortDir: Unix socket paths must stay under ~100 bytes.
-func shortDir(t *testing.T) string {
+func shortDir(t testing.TB) string {
 	d, err := os.MkdirTemp("", "guard")
 	if err != nil {
 		t.Fatal(err)

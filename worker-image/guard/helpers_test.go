@@ -43,7 +43,7 @@ var serial int64 = 1
 
 func nextSerial() *big.Int { serial++; return big.NewInt(serial) }
 
-func newCA(t *testing.T, name string) *testCA {
+func newCA(t testing.TB, name string) *testCA {
 	t.Helper()
 	dir := t.TempDir()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -62,7 +62,7 @@ func newCA(t *testing.T, name string) *testCA {
 	return &testCA{cert: cert, key: key, path: p, dir: dir}
 }
 
-func writePEM(t *testing.T, path, typ string, der []byte) {
+func writePEM(t testing.TB, path, typ string, der []byte) {
 	t.Helper()
 	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
 		t.Fatal(err)
@@ -72,7 +72,7 @@ func writePEM(t *testing.T, path, typ string, der []byte) {
 type leafFiles struct{ cert, key string }
 
 // issue writes a leaf for cn (CN + DNS SAN, serverAuth+clientAuth), valid [from, to].
-func (ca *testCA) issueValid(t *testing.T, cn string, from, to time.Time) leafFiles {
+func (ca *testCA) issueValid(t testing.TB, cn string, from, to time.Time) leafFiles {
 	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.Certificate{
@@ -92,7 +92,7 @@ func (ca *testCA) issueValid(t *testing.T, cn string, from, to time.Time) leafFi
 	return lf
 }
 
-func (ca *testCA) issue(t *testing.T, cn string) leafFiles {
+func (ca *testCA) issue(t testing.TB, cn string) leafFiles {
 	return ca.issueValid(t, cn, time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
 }
 
@@ -102,7 +102,7 @@ func (ca *testCA) pool() *x509.CertPool {
 	return p
 }
 
-func loadPair(t *testing.T, lf leafFiles) tls.Certificate {
+func loadPair(t testing.TB, lf leafFiles) tls.Certificate {
 	t.Helper()
 	c, err := tls.LoadX509KeyPair(lf.cert, lf.key)
 	if err != nil {
@@ -112,7 +112,7 @@ func loadPair(t *testing.T, lf leafFiles) tls.Certificate {
 }
 
 // clientTLSFor: a caller presenting lf (or no certificate when lf is nil) to a guard named server.
-func clientTLSFor(t *testing.T, ca *testCA, lf *leafFiles, server string) *tls.Config {
+func clientTLSFor(t testing.TB, ca *testCA, lf *leafFiles, server string) *tls.Config {
 	cfg := &tls.Config{RootCAs: ca.pool(), ServerName: server, MinVersion: tls.VersionTLS13}
 	if lf != nil {
 		cfg.Certificates = []tls.Certificate{loadPair(t, *lf)}
@@ -129,7 +129,7 @@ var testDevices = map[string]string{
 }
 
 // startGuard validates cfg through the JSON path (as tfe-guard does) and starts it.
-func startGuard(t *testing.T, cfg Config) (*Guard, *Loaded) {
+func startGuard(t testing.TB, cfg Config) (*Guard, *Loaded) {
 	t.Helper()
 	raw, _ := json.Marshal(cfg)
 	p := filepath.Join(t.TempDir(), "guard.json")
@@ -168,7 +168,7 @@ func (l *logBuf) String() string {
 	return l.b.String()
 }
 
-func captureLogs(t *testing.T) *logBuf {
+func captureLogs(t testing.TB) *logBuf {
 	lb := &logBuf{}
 	prev := slog.Default()
 	slog.SetDefault(slog.New(slog.NewTextHandler(io.MultiWriter(lb, os.Stderr), nil)))
@@ -177,7 +177,7 @@ func captureLogs(t *testing.T) *logBuf {
 }
 
 // waitLog waits for a log line containing all parts.
-func waitLog(t *testing.T, lb *logBuf, parts ...string) {
+func waitLog(t testing.TB, lb *logBuf, parts ...string) {
 	t.Helper()
 	deadline := time.Now().Add(3 * time.Second)
 	for time.Now().Before(deadline) {
@@ -214,7 +214,7 @@ func (b *echoBackend) seen() []backendCall {
 	return append([]backendCall(nil), b.calls...)
 }
 
-func startBackend(t *testing.T) *echoBackend {
+func startBackend(t testing.TB) *echoBackend {
 	t.Helper()
 	b := &echoBackend{}
 	s := grpc.NewServer(grpc.ForceServerCodecV2(rawCodec{}), grpc.MaxRecvMsgSize(1<<30), grpc.UnknownServiceHandler(func(_ any, ss grpc.ServerStream) error {
@@ -250,7 +250,7 @@ func startBackend(t *testing.T) *echoBackend {
 
 // ---- gRPC client helpers ----
 
-func dialGuard(t *testing.T, target string, tc *tls.Config) *grpc.ClientConn {
+func dialGuard(t testing.TB, target string, tc *tls.Config) *grpc.ClientConn {
 	t.Helper()
 	cc, err := grpc.NewClient(target, grpc.WithTransportCredentials(credentials.NewTLS(tc)),
 		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(rawCodec{}),
