@@ -679,7 +679,8 @@ MAX_RESHARE_ATTEMPTS = 3
 
 
 def _next_generation(new: Mapping[str, Any], obs: Observed) -> int:
-    """A generation number no Job, status entry or worker disk has used."""
+    """A generation number no Job, status entry or worker disk has used (every worker that
+    answered GET /v1/models/NAME/generations: old generations on retained volumes included)."""
     known = [
         int(new.get("shareGeneration", 0) or 0),
         int((new.get("sharing") or {}).get("generation", 0) or 0),
@@ -807,9 +808,10 @@ def _share(
         if adopt:
             gen = max(j.generation for j in adopt)
         else:
-            known = [shared_gen, int((new.get("sharing") or {}).get("generation", 0) or 0)]
-            known += [j.generation for j in obs.jobs]
-            gen = max(known) + 1
+            # Above every generation the workers report too: a re-created EncryptedModel on
+            # retained volumes starts with an empty status, and a number its volumes already hold
+            # would overwrite an old generation or be pruned as older than the old newest ones.
+            gen = _next_generation(new, obs)
             plan.events.append(
                 Event("Normal", "ShareStarted", f"sharing the model as generation {gen}")
             )

@@ -151,6 +151,25 @@ def test_ready_workers_start_share_job() -> None:
     assert [e.reason for e in plan.events] == ["ShareStarted", "Sharing"]
 
 
+def test_recreated_model_on_retained_volumes_shares_above_their_generations() -> None:
+    """A re-created EncryptedModel starts with an empty status; its retained volumes still hold
+    generations 2 and 3 of the deleted one (a worker that did not answer reports nothing). Sharing
+    as generation 1 would overwrite nothing useful and be pruned as the oldest: it must be 4."""
+    obs = Observed(worker_pods=pods(), statefulset=True, worker_generations={0: (3, 2), 1: (2,)})
+    plan = reconcile(res(), {}, obs, NOW)
+    assert kinds(plan) == [*BASE_KINDS, ("Job", "digits-share-g4")]
+    assert plan.apply[-1] == builders.share_job(make_ctx(), 4)
+    assert plan.status["sharing"] == {"generation": 4, "modelHash": HASH}
+    assert plan.events[0].message == "sharing the model as generation 4"
+    # and once it succeeded, generation 4 is what the serve Deployment runs
+    st = plan.status
+    obs = dataclasses.replace(obs, jobs=(job(4, "succeeded"),), worker_generations={i: (4, 3, 2) for i in range(3)})
+    plan = reconcile(res(), st, obs, NOW)
+    assert plan.status["shareGeneration"] == 4
+    dep = next(m for m in plan.apply if m["kind"] == "Deployment" and m["metadata"]["name"] == "digits-serve")
+    assert dep["spec"]["template"]["metadata"]["labels"]["tfe.dev/share-generation"] == "4"
+
+
 def test_share_job_running_is_reapplied_idempotently() -> None:
     st = {"phase": "Sharing", "sharing": {"generation": 1, "modelHash": HASH}}
     obs = Observed(worker_pods=pods(), statefulset=True, jobs=(job(1),))
