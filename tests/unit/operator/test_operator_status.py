@@ -1,0 +1,71 @@
+"""The typed status (issue 13): every field of the CRD's status schema, and nothing else."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import yaml
+from operator_testlib import CRD_PATH
+
+from tfe_operator import status as st
+
+FULL: dict[str, Any] = {
+    "phase": "Serving", "message": "serving generation 2", "observedGeneration": 3,
+    "endpoint": "http://m.ns.svc:8000", "shareGeneration": 2, "requestsServed": 17,
+    "conditions": [{"type": "Ready", "status": "True", "reason": "Serving", "message": "ok",
+                    "lastTransitionTime": "2026-11-26T00:00:00Z", "observedGeneration": 3}],
+    "workers": [{"name": "server0", "pod": "m-worker-0", "podUID": "u0", "address": "a:5440", "ready": True,
+                 "publicKey": "AAAA", "generations": [2, 1]}],
+    "modelHash": "ab", "sharesStored": True, "shareWorkerUIDs": ["u0", "u1", "u2"],
+    "sharing": {"generation": 3, "modelHash": "cd"},
+    "resharing": {"generation": 4, "from": 2, "kind": "recovery", "worker": "server1", "attempts": 1},
+    "shareGenerationTime": "2026-11-26T00:00:00Z", "refreshRequest": "r1",
+    "failure": {"generation": 3, "reason": "InvalidModel", "message": "Lambda"},
+    "limitReachedGeneration": 2, "firstServingTime": "2026-11-26T00:00:00Z",
+    "mesh": {"caNotAfter": "2027-01-01T00:00:00Z", "notAfter": "2027-01-01T00:00:00Z", "rotation": "",
+             "caSHA256": "ef", "refused": [{"party": "server2", "identity": "server1", "listener": "grpc",
+                                            "reason": "r", "count": 2, "lastSeen": "2026-11-26T00:00:00Z"}]},
+}
+
+
+def _schema() -> dict[str, Any]:
+    crd = yaml.safe_load(CRD_PATH.read_text())
+    schema: dict[str, Any] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    return schema
+
+
+def _compare(cls: Any, schema: dict[str, Any], path: str) -> list[str]:
+    props = schema.get("properties") or schema.get("items", {}).get("properties") or {}
+    keys = st.json_keys(cls)
+    errors = [f"{path}.{k}: in the CRD, not in {cls.__name__}" for k in props if k not in keys]
+    errors += [f"{path}.{k}: in {cls.__name__}, not in the CRD" for k in keys if k not in props]
+    for k, nested in keys.items():
+        if nested is not None and k in props:
+            errors += _compare(nested, props[k], f"{path}.{k}")
+    return errors
+
+
+def test_the_typed_status_is_the_crds_status_schema() -> None:
+    assert _compare(st.Status, _schema(), "status") == []
+
+
+def test_a_full_status_round_trips() -> None:
+    s = st.Status.from_dict(FULL)
+    assert s.resharing == st.Resharing(4, 2, "recovery", "server1", 1)
+    assert s.workers is not None and s.workers[0].generations == (2, 1)
+    assert s.to_dict() == FULL
+    assert st.Status.from_dict({}).to_dict() == {}
+
+
+def test_unreadable_fields_are_as_good_as_absent() -> None:
+    bad = copy.deepcopy(FULL)
+    bad["shareGeneration"] = True  # a bool is not an int here
+    bad["sharesStored"] = "yes"
+    bad["workers"] = "server0"
+    bad["conditions"] = [{"type": 1, "status": "True"}, "x"]
+    bad["extra"] = 1
+    out = st.Status.from_dict(bad).to_dict()
+    assert "shareGeneration" not in out and "sharesStored" not in out and "workers" not in out
+    assert "extra" not in out
+    assert out["conditions"] == [{"status": "True"}]
