@@ -244,3 +244,24 @@ def test_memory_storage_replaced_worker_is_recovered_from_peers_when_generations
     # without the workers' reports (an older worker image): shared again from the model source
     plan = reconcile(res(spec), status(), obs({}, worker_pods=replaced), NOW)
     assert "SharesLost" in reasons(plan) and plan.status["sharesStored"] is False
+
+
+def test_the_handler_reads_every_ready_workers_generations_and_key_through_the_guard(monkeypatch: Any) -> None:
+    """Proxy mode: GET /v1/models/NAME/generations and /v1/public-key through each worker's guard health port."""
+    from test_operator_handlers import FakeApi, ready_pod
+
+    from tfe_operator import handlers
+    from tfe_operator.kube import Kube
+
+    fake = FakeApi()
+    monkeypatch.setattr(handlers.RUNTIME, "kube", Kube(fake))
+    monkeypatch.setattr(handlers.RUNTIME, "in_cluster", False)
+    for i in range(3):
+        fake.objects[f"/api/v1/namespaces/ml/pods/digits-worker-{i}"] = ready_pod(i)
+        base = f"/api/v1/namespaces/ml/pods/digits-worker-{i}:5444/proxy/v1"
+        fake.proxy[f"{base}/public-key"] = {"name": f"server{i}", "publicKey": f"key{i}"}
+        if i != 1:  # server1 answers nothing (e.g. still starting): absent, not "missing"
+            fake.proxy[f"{base}/models/digits/generations"] = {"model": "digits", "generations": [1, 2] if i else [2]}
+    o = handlers.observe_model(handlers.RUNTIME.kube, res(), status())
+    assert o.worker_generations == {0: (2,), 2: (2, 1)}
+    assert o.public_keys == {0: "key0", 1: "key1", 2: "key2"}
