@@ -303,7 +303,7 @@ class Stack:
             if os.path.exists(os.path.join(self.state, f"{key}.model")):
                 os.unlink(os.path.join(self.state, f"{key}.model"))
 
-    def reshare(self, source: int, generation: int, lost: int | None = None) -> int:
+    def reshare(self, source: int, generation: int, lost: int | None = None, timeout: float = 600.0) -> int:
         """A new generation from `source` without the model: `lost` recovers that player's pairs
         from its two peers, None refreshes all three (docs/recovery.md). The exit code."""
         key = f"reshare-{self.name}-g{generation}"
@@ -314,8 +314,13 @@ class Stack:
                          "--termination-log", os.path.join(self.state, "reshare.termination-log"))
         if self.tls:
             cmd = self.party_cmd(mesh_mod.share_identity(generation), cmd, self._slot("share", key))
+        p = self._spawn(key, cmd)
         try:
-            return self._spawn(key, cmd).wait()
+            return p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=30)
+            return -9
         finally:
             self.release("share", key)
 
