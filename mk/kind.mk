@@ -12,11 +12,11 @@ kind-image: ## build the offline kind node image tfe-kind/node (debootstrap trix
 kind-up: ## create the kind cluster (1 control plane + 3 workers; offline node image when no registry answers)
 	hack/kind/kind.sh up
 
-kind-load: ## load the worker and operator images (make images) into the kind worker nodes
+kind-load: ## load the worker and operator images (make images) into the kind nodes
 	hack/kind/kind.sh load
 
 kind-e2e: $(VENV)/.stamp $(WVENV)/.stamp ## the cluster suite on kind (make kind-up images kind-load first): spread Required, NetworkPolicy enforced
-	TFE_KUBECONFIG=$(KIND_DIR)/kubeconfig TFE_KUBECTL=$(KIND_KUBECTL) TFE_E2E_CLUSTER=kind \
+	TFE_KUBECONFIG=$(KIND_DIR)/kubeconfig TFE_KUBECTL=$(KIND_KUBECTL) TFE_E2E_CLUSTER=kind TFE_REGISTRY= \
 	  $(VENV)/bin/pytest -m cluster -v -rs tests/cluster
 
 kind-down: ## delete the kind cluster and its host routes

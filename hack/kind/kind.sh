@@ -3,7 +3,7 @@
 #   up     create it (idempotent). Node image: $KIND_NODE_IMAGE if set; else the public kindest/node
 #          (kind's default) when a registry answers; else tfe-kind/node built here without one
 #          (hack/kind/node-image.sh: kube-router as CNI + NetworkPolicy enforcer).
-#   load   kind load the worker and operator images (make images) into the worker nodes
+#   load   kind load the worker and operator images (make images) into the nodes
 #   routes host routes to the pod and Service ranges through the nodes (so tests on the host
 #          reach ClusterIPs and pod IPs as they do on the host cluster)
 #   down   delete the cluster and those routes
@@ -36,12 +36,18 @@ registry_reachable() { # the Docker Hub registry answers (401 without a token)
 
 exists() { "$KIND" get clusters 2>/dev/null | grep -qx "$NAME"; }
 
-workers() { "$KIND" get nodes --name "$NAME" | grep -- '-worker' | sort | paste -sd, -; }
-
 up() {
   if [ "$DOCKER_HOST" = "$PROJECT_DOCKER" ]; then
     [ -x "$("$HERE/build.sh" path)/kind" ] || "$HERE/build.sh" kind
-    flock /tmp/tfe-cluster.lock "$HERE/dockerd.sh"
+    # restarting a dockerd that `make images` may be using is serialized with it; starting one
+    # where none runs is not (a host cluster started under that lock keeps holding it)
+    if [ "$(docker info --format '{{.DefaultRuntime}}' 2>/dev/null)" != tfe-runc ]; then
+      if docker version >/dev/null 2>&1; then
+        flock -w 1800 /tmp/tfe-cluster.lock "$HERE/dockerd.sh"
+      else
+        "$HERE/dockerd.sh"
+      fi
+    fi
   fi
   command -v "$KIND" >/dev/null || [ -x "$KIND" ] || "$HERE/build.sh" kind
   [ -x "$KUBECTL" ] || "$REPO/hack/cluster/build.sh" k8s
@@ -64,6 +70,16 @@ up() {
       --kubeconfig "$KUBECONFIG" --wait 300s --retain
   fi
   k wait --for=condition=Ready nodes --all --timeout=300s >/dev/null
+  if k -n kube-system get ds kube-router >/dev/null 2>&1 && [ ! -f "$KD/kube-router.restarted" ]; then
+    # kube-router v2.1.0 fills its ipset of pod subnets (pod traffic to other subnets is
+    # masqueraded) when it starts and did not add the nodes that joined after it here: the
+    # control plane's instance then masqueraded its pods' traffic to other nodes, which the
+    # NetworkPolicies there rightly refuse. Restart it once every node is in.
+    log "restarting kube-router now that every node has joined"
+    k -n kube-system rollout restart ds/kube-router >/dev/null
+    k -n kube-system rollout status ds/kube-router --timeout=300s >/dev/null
+    touch "$KD/kube-router.restarted"
+  fi
   k -n kube-system rollout status ds --timeout=300s >/dev/null
   k -n kube-system rollout status deploy/coredns --timeout=300s >/dev/null
   routes
@@ -89,19 +105,19 @@ unroutes() {
   rm -f "$KD/routes"
 }
 
-load() {
-  local img ws; ws=$(workers)
+load() { # every node: test pods with the worker image may tolerate the control plane's taint
+  local img
   for img in "tfe-operator/worker:$VERSION" "tfe-operator/operator:$VERSION"; do
     docker image inspect "$img" >/dev/null 2>&1 || die "$img not built (make images)"
   done
-  log "kind load docker-image into $ws"
-  "$KIND" load docker-image --name "$NAME" --nodes "$ws" "tfe-operator/worker:$VERSION" "tfe-operator/operator:$VERSION"
+  log "kind load docker-image into every node of $NAME"
+  "$KIND" load docker-image --name "$NAME" "tfe-operator/worker:$VERSION" "tfe-operator/operator:$VERSION"
 }
 
 down() {
   unroutes
   if exists; then "$KIND" delete cluster --name "$NAME"; fi
-  rm -f "$KUBECONFIG"
+  rm -f "$KUBECONFIG" "$KD/kube-router.restarted"
 }
 
 case ${1:-} in

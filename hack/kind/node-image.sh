@@ -130,7 +130,7 @@ python3 - "$KINDSRC/pkg/build/nodeimage/const_storage.go" "$LP_PROV" "$LP_HELPER
 import re, sys
 src, prov, helper = sys.argv[1:]
 text = open(src).read()
-body = re.search(r"const defaultStorageManifest = `(.*?)`\n", text, re.S).group(1)
+body = re.search(r"const defaultStorageManifest = `(.*?)\n`\n", text, re.S).group(1)
 print(body.replace("` + storageProvisionerImage + `", prov).replace("` + storageHelperImage + `", helper))
 PY
 # as kind's base image Dockerfile does
