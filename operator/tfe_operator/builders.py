@@ -628,6 +628,23 @@ def worker_pki_volume(ctx: Context) -> dict[str, Any]:
     return {"name": "mesh-pki", "projected": {"defaultMode": _SECRET_MODE, "sources": sources}}
 
 
+# Memory of a worker and of a coordinator (serve pod, share/re-share Job) when the spec names
+# none: measured peak RSS of the digits MLP flow with margin (docs/operator.md, "Memory").
+WORKER_MEMORY = {"requests": "768Mi", "limits": "2Gi"}
+COORDINATOR_MEMORY = {"requests": "1280Mi", "limits": "3Gi"}
+
+
+def with_memory(resources: Mapping[str, Any], default: Mapping[str, str]) -> dict[str, Any]:
+    """The spec's resources, with default's memory request and limit where the spec sets neither
+    (a memory request or limit of its own is kept as it is: Kubernetes fills in the other)."""
+    out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in resources.items()}
+    if any("memory" in (out.get(k) or {}) for k in ("requests", "limits")):
+        return out
+    for k in ("requests", "limits"):
+        out[k] = {**(out.get(k) or {}), "memory": default[k]}
+    return out
+
+
 def worker_statefulset(ctx: Context) -> Manifest:
     w = ctx.spec.workers
     storage = w.storage
@@ -660,7 +677,7 @@ def worker_statefulset(ctx: Context) -> Manifest:
         "startupProbe": _http_probe("/healthz", health, 2, 90),
         "readinessProbe": _http_probe("/readyz", health, 2, 3),
         "livenessProbe": _http_probe("/healthz", health, 10, 3),
-        "resources": dict(w.resources),
+        "resources": with_memory(w.resources, WORKER_MEMORY),
         "securityContext": container_security_context(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [
@@ -869,7 +886,7 @@ def share_job(ctx: Context, generation: int, reshare: Reshare | None = None) -> 
         container["env"] = [*container["env"], *model_env(ctx)]
     container.update(
         {
-            "resources": dict(ctx.spec.serving.resources),
+            "resources": with_memory(ctx.spec.serving.resources, COORDINATOR_MEMORY),
             "securityContext": container_security_context(),
             "terminationMessagePath": "/dev/termination-log",
             "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -1041,7 +1058,7 @@ def serve_deployment(ctx: Context, generation: int, slot: int = 0, _hash: bool =
             "readinessProbe": _http_probe("/readyz", probe_port, 2, 3),
             "livenessProbe": _http_probe("/healthz", probe_port, 10, 3),
             "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
-            "resources": dict(s.resources),
+            "resources": with_memory(s.resources, COORDINATOR_MEMORY),
             "securityContext": container_security_context(),
             "terminationMessagePolicy": "FallbackToLogsOnError",
             "volumeMounts": mounts,

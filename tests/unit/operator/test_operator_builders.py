@@ -282,7 +282,7 @@ def expected_statefulset() -> dict[str, Any]:
                                 "startupProbe": probe("/healthz", 5444, 2, 90),
                                 "readinessProbe": probe("/readyz", 5444, 2, 3),
                                 "livenessProbe": probe("/healthz", 5444, 10, 3),
-                                "resources": {},
+                                "resources": WORKER_MEM,
                                 "securityContext": CONTAINER_SC,
                                 "terminationMessagePolicy": "FallbackToLogsOnError",
                                 "volumeMounts": [
@@ -339,6 +339,9 @@ def expected_statefulset() -> dict[str, Any]:
     )
 
 
+# the default memory of a worker and a coordinator (builders.WORKER_MEMORY, COORDINATOR_MEMORY)
+WORKER_MEM = {"requests": {"memory": "768Mi"}, "limits": {"memory": "2Gi"}}
+COORD_MEM = {"requests": {"memory": "1280Mi"}, "limits": {"memory": "3Gi"}}
 GPU_RESOURCES = {
     "limits": {"nvidia.com/gpu": 1, "memory": "4Gi"},
     "requests": {"cpu": "1", "memory": "2Gi"},
@@ -522,7 +525,7 @@ def expected_job(generation: int = 1) -> dict[str, Any]:
                                     "ABY3",
                                 ],
                                 "env": [{"name": "HOME", "value": "/tmp"}],
-                                "resources": {},
+                                "resources": COORD_MEM,
                                 "securityContext": CONTAINER_SC,
                                 "terminationMessagePath": "/dev/termination-log",
                                 "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -767,7 +770,7 @@ def expected_deployment(generation: int = 1, slot: int = 0) -> dict[str, Any]:
                                 "readinessProbe": probe("/readyz", 5444, 2, 3),
                                 "livenessProbe": probe("/healthz", 5444, 10, 3),
                                 "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
-                                "resources": {},
+                                "resources": COORD_MEM,
                                 "securityContext": CONTAINER_SC,
                                 "terminationMessagePolicy": "FallbackToLogsOnError",
                                 "volumeMounts": [
