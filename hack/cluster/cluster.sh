@@ -10,7 +10,8 @@
 #   ~/.cache/tfe-operator/  built binaries, containerd image store, registry/ (kept: that is the cache)
 # Images: a local OCI registry (distribution, cmd/registry) on $LOCAL_REGISTRY (loopback): `make images
 # push REGISTRY=$LOCAL_REGISTRY` fills it; the kubelet has containerd pull from it (plain HTTP, which
-# containerd's CRI uses for loopback registries).
+# containerd's CRI uses for loopback registries), as user tfe with the password in
+# $REGISTRY_AUTH/password (an imagePullSecret: tests/cluster create one from it).
 # Network: node IP $NODE_IP on interface $NODE_IF (veth, as a dummy); pods on bridge $CNI_IF ($POD_CIDR);
 # Services $SVC_CIDR (routed to the dummy interface so it never leaves the host). Every server
 # listens on loopback, the node IP or inside pod network namespaces.
@@ -265,21 +266,33 @@ EOF
 }
 
 registry_up() { # the local OCI registry, storage in the cache (pushed images survive cluster-down)
-  local bin=$BIN/registry-$REGISTRY_VERSION
+  local bin=$BIN/registry-$REGISTRY_VERSION auth=$REGISTRY_AUTH
   [ -x "$bin" ] || "$HERE/build.sh" registry
-  mkdir -p "$CACHE/registry" "$CL/config" "$CL/logs" "$CL/pids"
+  mkdir -p "$CACHE/registry" "$CL/config" "$CL/logs" "$CL/pids" "$auth"
+  # basic auth (user tfe, a password made once), so that pulls need the imagePullSecret
+  chmod 700 "$auth"
+  [ -s "$auth/password" ] || (umask 077; head -c 18 /dev/urandom | base64 | tr -d '/+=' > "$auth/password")
+  if [ ! -s "$auth/htpasswd" ] || [ "$auth/password" -nt "$auth/htpasswd" ]; then
+    python3 -W ignore -c 'import crypt, sys
+h = crypt.crypt(sys.stdin.read().strip(), crypt.mksalt(crypt.METHOD_BLOWFISH))
+assert h and h.startswith("$2"), "crypt(3) has no bcrypt"
+print("tfe:" + h)' < "$auth/password" > "$auth/htpasswd.tmp"
+    mv "$auth/htpasswd.tmp" "$auth/htpasswd"
+  fi
   cat > "$CL/config/registry.yml" <<EOF
 version: 0.1
 log: {level: info, formatter: text, accesslog: {disabled: false}}
 storage:
   filesystem: {rootdirectory: $CACHE/registry}
   delete: {enabled: true}
+auth:
+  htpasswd: {realm: tfe-local, path: $auth/htpasswd}
 http:
   addr: $LOCAL_REGISTRY
   secret: $(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 EOF
   start registry env OTEL_TRACES_EXPORTER=none "$bin" serve "$CL/config/registry.yml"
-  wait_for "registry on $LOCAL_REGISTRY" 30 curl -sf "http://$LOCAL_REGISTRY/v2/"
+  wait_for "registry on $LOCAL_REGISTRY" 30 curl -sf -u "tfe:$(cat "$auth/password")" "http://$LOCAL_REGISTRY/v2/"
 }
 
 addons() {

@@ -9,6 +9,9 @@
 #     the worker's tfe-guard is build/tfe-guard (`make guard` on the host, Go module cache),
 #     handed to the Dockerfile's guard stage as a tiny image (GO_IMAGE) that already holds it
 #  5. docker save | ctr -n k8s.io images import into the cluster's containerd (if it is running)
+# `images.sh push REGISTRY` (make push REGISTRY=...): tag the built images as
+# REGISTRY/tfe-operator/{worker,operator}:VERSION and docker push them (any registry docker is
+# logged in to; 127.0.0.0/8 registries need no TLS: the local one from cluster-up). Prints digests.
 # dockerd runs with its own sockets, no bridge and no iptables rules; cluster.sh down stops it.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -25,8 +28,16 @@ PYENV_ROOT=${PYENV_ROOT:-$HOME/.pyenv}
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 WORKER_IMAGE=tfe-operator/worker:$VERSION
 OPERATOR_IMAGE=tfe-operator/operator:$VERSION
+# test-only: the S3-compatible server of the model.s3 cluster test, pushed to the local registry only
+S3_TEST_IMAGE=tfe-operator/gofakes3:$GOFAKES3_VERSION
+MODE=${1:-build}
 log() { echo ">> $*"; }
 die() { echo "ERROR: $*" >&2; exit 1; }
+case $MODE in
+  build) ;;
+  push) REGISTRY=${2:-}; [ -n "$REGISTRY" ] || die "usage: $0 push REGISTRY (e.g. ghcr.io/OWNER or $LOCAL_REGISTRY)" ;;
+  *) die "usage: $0 [build | push REGISTRY]" ;;
+esac
 [ "$(id -u)" = 0 ] || die "make images needs root (debootstrap, dockerd)"
 mkdir -p "$W" "$CL/logs" "$CL/pids" "$RUN"
 
@@ -40,7 +51,7 @@ pyenv_python() { # 3.10 -> /root/.pyenv/versions/3.10.x
 # iptables: the mesh-init container (docs/mesh.md). The tarball's name follows the package list.
 LIBS=ca-certificates,libssl3,libffi8,libsqlite3-0,libbz2-1.0,liblzma5,libreadline8,zlib1g,libncursesw6,libuuid1,libexpat1,libgdbm6,libnsl2,libtirpc3,libgomp1,libstdc++6,tzdata,netbase,iptables
 ROOTFS_TAR=$W/rootfs-bookworm-$(echo "$LIBS" | sha256sum | cut -c1-8).tar
-if [ ! -f "$ROOTFS_TAR" ]; then
+if [ "$MODE" = build ] && [ ! -f "$ROOTFS_TAR" ]; then
   log "debootstrap bookworm rootfs (cached at $ROOTFS_TAR)"
   r=$W/rootfs.tmp; rm -rf "$r"
   debootstrap --variant=minbase --include="$LIBS" bookworm "$r" "$DEBIAN_MIRROR" > "$W/debootstrap.log" 2>&1 \
@@ -66,6 +77,28 @@ if ! { [ -f "$CL/pids/dockerd.pid" ] && kill -0 "$(cat "$CL/pids/dockerd.pid")" 
   echo $! > "$CL/pids/dockerd.pid"
   for i in $(seq 1 60); do docker version >/dev/null 2>&1 && break; sleep 0.5; done
   docker version >/dev/null 2>&1 || { tail -20 "$CL/logs/dockerd.log"; die "dockerd did not start"; }
+fi
+
+# --- push: the images this script built, to REGISTRY --------------------------------------
+if [ "$MODE" = push ]; then
+  if [ "${REGISTRY%/}" = "$LOCAL_REGISTRY" ] && [ -s "$REGISTRY_AUTH/password" ]; then
+    export DOCKER_CONFIG=$REGISTRY_AUTH/docker   # the local registry's login, not the user's ~/.docker
+    docker login -u tfe --password-stdin "$LOCAL_REGISTRY" < "$REGISTRY_AUTH/password" >/dev/null
+  fi
+  for img in "$WORKER_IMAGE" "$OPERATOR_IMAGE"; do
+    docker image inspect "$img" >/dev/null 2>&1 || die "$img not built here: run make images first"
+    dst=${REGISTRY%/}/$img
+    log "docker push $dst"
+    docker tag "$img" "$dst"
+    docker push -q "$dst" >/dev/null || die "docker push $dst failed (docker login to the registry? DOCKER_HOST=$DOCKER_HOST)"
+    echo "$dst $(docker image inspect -f '{{join .RepoDigests " "}}' "$dst" | tr ' ' '\n' | grep -F "${dst%:*}@" | head -1)"
+  done
+  if [ "${REGISTRY%/}" = "$LOCAL_REGISTRY" ] && docker image inspect "$S3_TEST_IMAGE" >/dev/null 2>&1; then
+    docker tag "$S3_TEST_IMAGE" "$LOCAL_REGISTRY/$S3_TEST_IMAGE"
+    docker push -q "$LOCAL_REGISTRY/$S3_TEST_IMAGE" >/dev/null || die "docker push $LOCAL_REGISTRY/$S3_TEST_IMAGE failed"
+    log "pushed $LOCAL_REGISTRY/$S3_TEST_IMAGE (tests only)"
+  fi
+  exit 0
 fi
 
 # --- 2. base images --------------------------------------------------------------------------
@@ -155,6 +188,16 @@ build "$WORKER_IMAGE" "$WCTX/worker-image/Dockerfile" "$BASE310" "$WCTX" \
 OCTX=$(context operator 3.11 "$OREQ" client operator)
 [ "$OREQ" = requirements/operator.txt ] || cp "$OCTX/requirements/operator.in" "$OCTX/requirements/operator.txt"
 build "$OPERATOR_IMAGE" "$OCTX/operator/Dockerfile" "$BASE311" "$OCTX"
+
+# the S3 test server as a one-binary image (tests/cluster/test_s3_cluster.py), no base
+"$HERE/build.sh" gofakes3 >&2
+if ! docker image inspect "$S3_TEST_IMAGE" >/dev/null 2>&1; then
+  log "building $S3_TEST_IMAGE (test-only)"
+  python3 "$HERE/mkimage.py" "$W/gofakes3.tar" --tag "$S3_TEST_IMAGE" --entrypoint '["/gofakes3"]' \
+    --user 65534:65534 "$("$HERE/build.sh" path)/gofakes3-$GOFAKES3_VERSION:/gofakes3"
+  docker load -q -i "$W/gofakes3.tar" >/dev/null
+  rm -f "$W/gofakes3.tar"
+fi
 
 # smoke the images themselves
 docker run --rm --network none --entrypoint python3 "$WORKER_IMAGE" -c \

@@ -9,6 +9,7 @@ GOFAKES3_VERSION=${GOFAKES3_VERSION:-v1.2.0}  # a small S3-compatible server for
 LOCAL_REGISTRY=${LOCAL_REGISTRY:-127.0.0.1:5000}  # where cluster-up runs it (containerd pulls over HTTP from loopback)
 CACHE=${CACHE:-$HOME/.cache/tfe-operator}
 CLUSTER_CACHE=$CACHE/cluster
+REGISTRY_AUTH=$CACHE/registry-auth   # the local registry's user tfe: password, htpasswd (made by cluster-up)
 export GOMODCACHE=${GOMODCACHE_OVERRIDE:-$CACHE/go/mod}
 export GOCACHE=${GOCACHE_OVERRIDE:-$CACHE/go/build}
 export GOFLAGS="${GOFLAGS_EXTRA:-} -p=${GO_PARALLEL:-2} -buildvcs=false -trimpath"

@@ -193,3 +193,44 @@ m.save(out + "/lstm.h5")
 
 def model_configmap(ns: str, name: str, path: Path, key: str = "model.h5") -> None:
     kubectl("create", "configmap", name, "-n", ns, f"--from-file={key}={path}")
+
+
+# ------------------------------------------------------------------ the local registry (make cluster-up)
+
+# Where the chart's images come from in make e2e (make images push REGISTRY=127.0.0.1:5000); user
+# tfe, the password that make cluster-up made (hack/cluster/versions.sh REGISTRY_AUTH).
+REGISTRY = os.environ.get("TFE_REGISTRY", "127.0.0.1:5000")
+_DEFAULT_PASSWORD_FILE = Path.home() / ".cache" / "tfe-operator" / "registry-auth" / "password"
+REGISTRY_PASSWORD_FILE = Path(os.environ.get("TFE_REGISTRY_PASSWORD_FILE", str(_DEFAULT_PASSWORD_FILE)))
+_MANIFEST_TYPES = (
+    "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, "
+    "application/vnd.docker.distribution.manifest.list.v2+json, "
+    "application/vnd.docker.distribution.manifest.v2+json"
+)
+
+
+def registry_password() -> str:
+    return REGISTRY_PASSWORD_FILE.read_text().strip() if REGISTRY_PASSWORD_FILE.exists() else ""
+
+
+def registry_digest(repo: str, tag: str) -> str:
+    """The manifest digest the registry serves for repo:tag (what a pull resolves to)."""
+    import base64
+    import urllib.request
+
+    host, _, name = repo.partition("/")
+    headers = {"Accept": _MANIFEST_TYPES}
+    if registry_password():
+        headers["Authorization"] = "Basic " + base64.b64encode(f"tfe:{registry_password()}".encode()).decode()
+    req = urllib.request.Request(f"http://{host}/v2/{name}/manifests/{tag}", method="HEAD", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return str(r.headers["Docker-Content-Digest"])
+    except OSError as e:
+        raise AssertionError(f"{repo}:{tag} is not in the registry ({e}): run make images push REGISTRY={host}") from e
+
+
+def create_pull_secret(ns: str, name: str = "regcred") -> None:
+    """A docker-registry Secret for the local registry (its real credentials: pulls need them)."""
+    kubectl("create", "secret", "docker-registry", name, "-n", ns, f"--docker-server={REGISTRY}",
+            "--docker-username=tfe", f"--docker-password={registry_password() or 'none'}")  # fmt: skip

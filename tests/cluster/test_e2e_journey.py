@@ -1,5 +1,7 @@
 """The user journey of issue 5, end to end, the way a user does it: ``helm install`` the
-operator (its image, namespaced RBAC) → ``kubectl apply`` the examples → Serving → the
+operator from a registry (issue 10: the local OCI registry of ``make cluster-up``, filled by
+``make images push``; pull policy Always and an imagePullSecret, so containerd really pulls both
+images from it; namespaced RBAC) → ``kubectl apply`` the examples → Serving → the
 Python client through the Service's ClusterIP agrees with plaintext Keras → a worker pod
 deleted comes back → the operator pod deleted duplicates nothing → /metrics of operator,
 endpoint and coordinator → an invalid EncryptedModel is refused → ``helm upgrade`` → ``maxRequests`` reached:
@@ -28,14 +30,17 @@ import pytest
 from clusterlib import (
     KUBECONFIG,
     KUBECTL,
+    REGISTRY,
     REPO,
     VERSION,
     WORKER_PYTHON,
     condition,
+    create_pull_secret,
     dump,
     em_status,
     get_json,
     kubectl,
+    registry_digest,
     wait_for,
     wait_phase,
 )
@@ -51,6 +56,10 @@ MODEL_SELECTOR = f"tfe.dev/model={MODEL}"
 # Every kind the operator makes (all owned by the EncryptedModel).
 KINDS = "configmaps,services,statefulsets,deployments,jobs,networkpolicies"
 SERVING_TIMEOUT = 900
+# The registry the chart pulls from (make e2e: the local one that make cluster-up runs). None
+# (TFE_REGISTRY empty, make kind-e2e): the images were loaded into the nodes, pull policy Never.
+OPERATOR_REPO = f"{REGISTRY}/tfe-operator/operator" if REGISTRY else "tfe-operator/operator"
+WORKER_REPO = f"{REGISTRY}/tfe-operator/worker" if REGISTRY else "tfe-operator/worker"
 
 # The held-out digits of examples/client.py (the split make demo trained without), the
 # example model's plaintext Keras outputs on them, with TF 2.9.1 from the worker venv.
@@ -98,6 +107,43 @@ def metrics(url: str) -> dict[str, float]:
             key, _, value = line.rpartition(" ")
             out[key] = float(value)
     return out
+
+
+def pulled_from_registry(ns: str, pod: dict[str, Any], repo: str, digest: str) -> None:
+    """Every container of the pod runs repo@digest, and the kubelet pulled it (no cache hit)."""
+    statuses = [*pod["status"].get("initContainerStatuses", []), *pod["status"].get("containerStatuses", [])]
+    assert statuses, pod["status"]
+    for c in statuses:
+        assert c["imageID"] == f"{repo}@{digest}", (c["name"], c["imageID"])
+    name = pod["metadata"]["name"]
+    events = (get_json("events", "-n", ns, "--field-selector", f"involvedObject.name={name}") or {}).get("items", [])
+    pulled = [e["message"] for e in events if e.get("reason") == "Pulled"]
+    assert any(m.startswith("Successfully pulled image") and repo in m for m in pulled), pulled
+
+
+def pull_refused_without_secret(ns: str, image: str) -> str:
+    """A pod of the same image without the imagePullSecret: the registry refuses the pull."""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "no-pull-secret", "namespace": ns},
+        "spec": {"containers": [{"name": "c", "image": image, "imagePullPolicy": "Always", "command": ["true"]}],
+                 "restartPolicy": "Never"},
+    }  # fmt: skip
+    kubectl("apply", "-f", "-", input=json.dumps(pod))
+
+    def refused() -> str | None:
+        p = get_json("pod", "no-pull-secret", "-n", ns) or {}
+        for c in p.get("status", {}).get("containerStatuses", []):
+            w = c.get("state", {}).get("waiting", {})
+            if w.get("reason") in ("ErrImagePull", "ImagePullBackOff") and w.get("message"):
+                return str(w["message"])
+        return None
+
+    try:
+        return wait_for("the pull without a secret refused", refused, 120)
+    finally:
+        kubectl("delete", "pod", "no-pull-secret", "-n", ns, "--wait=false", check=False)
 
 
 def cluster_ip(ns: str, service: str) -> str:
@@ -206,24 +252,40 @@ def test_user_journey(
     ns = journey_ns
     t_module = time.monotonic()
 
-    # 1. helm install: the operator in its image, namespaced RBAC, watching this namespace.
+    # 1. helm install from the registry: the operator in its image, namespaced RBAC, watching
+    # this namespace. Pull policy Always: the kubelet asks the registry for every container.
+    pull: list[str] = ["--set", "image.pullPolicy=Never", "--set", "workerImage.pullPolicy=Never"]
+    if REGISTRY:
+        operator_digest = registry_digest(OPERATOR_REPO, VERSION)
+        worker_digest = registry_digest(WORKER_REPO, VERSION)
+        create_pull_secret(ns, "regcred")  # the registry's real credentials: a pull needs them
+        pull = [
+            "--set", "image.pullPolicy=Always", "--set", "image.pullSecrets[0].name=regcred",
+            "--set", "workerImage.pullPolicy=Always", "--set", "workerImage.pullSecrets[0].name=regcred",
+        ]  # fmt: skip
     helm(
         "install", RELEASE, CHART, "-n", ns,
+        "--set", f"image.repository={OPERATOR_REPO}",
         "--set", f"image.tag={VERSION}",
-        "--set", "image.pullPolicy=Never",
-        "--set", "workerImage.pullPolicy=Never",
+        "--set", f"workerImage.repository={WORKER_REPO}",
+        *pull,
         "--set", "rbac.clusterWide=false",
         "--set", f"watchNamespaces={{{ns}}}",
         "--wait", "--timeout", "180s",
     )  # fmt: skip
     dep = get_json("deployment", f"{RELEASE}-tfe-operator", "-n", ns)
     (container,) = dep["spec"]["template"]["spec"]["containers"]
-    assert container["image"] == f"tfe-operator/operator:{VERSION}"
+    assert container["image"] == f"{OPERATOR_REPO}:{VERSION}"
+    assert dep["spec"]["template"]["spec"].get("imagePullSecrets") == ([{"name": "regcred"}] if REGISTRY else None)
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["TFE_OPERATOR_NAMESPACES"] == ns
     assert get_json("role", f"{RELEASE}-tfe-operator", "-n", ns) is not None, "namespaced RBAC: a Role"
     assert get_json("clusterrole", f"{RELEASE}-tfe-operator") is None, "namespaced RBAC: no ClusterRole for models"
     op = wait_for("the operator pod ready", lambda: operator_pod(ns), 120)
+    if REGISTRY:
+        pulled_from_registry(ns, op, OPERATOR_REPO, operator_digest)
+        refusal = pull_refused_without_secret(ns, f"{OPERATOR_REPO}:{VERSION}")
+        assert "401" in refusal or "unauthorized" in refusal.lower(), refusal
 
     # 2. kubectl apply the examples.
     t0 = time.monotonic()
@@ -252,6 +314,12 @@ def test_user_journey(
     }
     keys = [w["publicKey"] for w in st["workers"]]
     assert len(keys) == 3 and all(keys), st["workers"]
+    if REGISTRY:  # every pod of the model pulled the worker image from the registry with the secret
+        for pod in pods(ns, MODEL_SELECTOR):
+            assert pod["spec"]["imagePullSecrets"] == [{"name": "regcred"}], pod["metadata"]["name"]
+            if pod["status"].get("phase") == "Running":
+                pulled_from_registry(ns, pod, WORKER_REPO, worker_digest)
+        say(f"pods pulled from {REGISTRY}: operator {operator_digest[:19]}, worker {worker_digest[:19]}")
     row = kubectl("get", "em", MODEL, "-n", ns).splitlines()[1].split()
     assert row[:3] == [MODEL, "Serving", "ABY3"], row
 
@@ -421,7 +489,7 @@ def test_user_journey(
     assert [(h["revision"], h["status"]) for h in history] == [(1, "superseded"), (2, "deployed")], history
     op = wait_operator_reconciled(ns, not_uid=op["metadata"]["uid"])
     assert op["spec"]["containers"][0]["resources"]["requests"]["memory"] == "160Mi"
-    assert op["spec"]["containers"][0]["image"] == f"tfe-operator/operator:{VERSION}"
+    assert op["spec"]["containers"][0]["image"] == f"{OPERATOR_REPO}:{VERSION}"
     assert em_status(ns, MODEL)["phase"] == "Serving"
     assert model_pods(ns) == before_pods, "helm upgrade replaced the model's pods"
     check_agreement(private(keys), "after helm upgrade")
