@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 import tf_encrypted as tfe
 from tf_encrypted.config import RemoteConfig
+from tf_encrypted.protocol import protocol as tfe_protocol
 from tf_encrypted.protocol.aby3.aby3_tensors import ABY3PrivateTensor, ShareType
 from tf_encrypted.tensor import int64factory
 
@@ -71,6 +72,11 @@ def connect(config: Config, coordinator: str, protocol: str = "ABY3", job: str =
     tfe.set_config(rc)
     cluster = tf.train.ClusterSpec({"tfe": rc.hosts, job: [coordinator]})
     _connect_to_cluster(cluster, job)
+    # TFE memoizes protocol results in one module-level dict that nothing ever clears (its key
+    # does not even name the protocol): every earlier connection's private tensors, variables
+    # and graphs stayed reachable from it, in this process and, through their remote handles,
+    # on the players. A new protocol starts from an empty memo.
+    tfe_protocol.nodes.clear()
     prot = FreshABY3()
     tfe.set_protocol(prot)
     return prot
