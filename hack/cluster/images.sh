@@ -64,7 +64,9 @@ if [ "$MODE" = build ] && [ ! -f "$ROOTFS_TAR" ]; then
 fi
 
 # --- dockerd ---------------------------------------------------------------------------------
-if ! { [ -f "$CL/pids/dockerd.pid" ] && kill -0 "$(cat "$CL/pids/dockerd.pid")" 2>/dev/null; }; then
+# (one that answers on the socket counts too: its pid file may be gone with a cluster-down)
+if ! { [ -f "$CL/pids/dockerd.pid" ] && kill -0 "$(cat "$CL/pids/dockerd.pid")" 2>/dev/null; } \
+   && ! docker version >/dev/null 2>&1; then
   log "starting dockerd (data-root $CACHE/docker, socket $RUN/docker.sock)"
   mkdir -p "$CACHE/docker" "$RUN/docker-exec"
   # no inherited fds beyond 0-2 (a flock'ed caller's lock fd would stay held by dockerd)
