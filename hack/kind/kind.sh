@@ -51,6 +51,11 @@ up() {
   fi
   command -v "$KIND" >/dev/null || [ -x "$KIND" ] || "$HERE/build.sh" kind
   [ -x "$KUBECTL" ] || "$REPO/hack/cluster/build.sh" k8s
+  # the cluster tests run helm from .cluster/bin (where make cluster-up puts it)
+  if [ ! -x "$REPO/.cluster/bin/helm" ]; then
+    "$REPO/hack/cluster/build.sh" helm
+    mkdir -p "$REPO/.cluster/bin"; ln -sf "$("$REPO/hack/cluster/build.sh" path)/helm" "$REPO/.cluster/bin/helm"
+  fi
   local cfg=$KD/cluster.yaml image=${KIND_NODE_IMAGE:-}
   cp "$HERE/cluster.yaml" "$cfg"
   if [ -z "$image" ] && { [ "${KIND_OFFLINE:-auto}" = 1 ] || { [ "${KIND_OFFLINE:-auto}" = auto ] && ! registry_reachable; }; }; then
@@ -86,8 +91,8 @@ up() {
   k get nodes -o wide
 }
 
-routes() { # on the Docker host only (Linux): pod CIDR of each node via that node, Services via the control plane
-  [ "$DOCKER_HOST" = "$PROJECT_DOCKER" ] || return 0
+routes() { # on a Linux Docker host, as root: pod CIDR of each node via that node, Services via the control plane
+  [ "$(uname -s)" = Linux ] && [ "$(id -u)" = 0 ] || { log "not root on Linux: no host routes to pods and Services"; return 0; }
   local n ip cidr cp_ip svc
   while read -r n ip cidr; do
     ip route replace "$cidr" via "$ip"
