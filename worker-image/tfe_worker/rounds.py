@@ -9,7 +9,9 @@ will cut it:
   per (tensor, destination device): one RecvTensor call); control edges between parties carry a
   dummy tensor and are counted apart;
 - *rounds* is the length of the longest chain of messages, each depending on the one before (the
-  latency floor in round trips: everything else in a round runs in parallel);
+  latency floor in round trips: everything else in a round runs in parallel); the first is the
+  coordinator handing the batch id and call counter to the players (they pull them with
+  RecvTensor like any other tensor);
 - bytes are the tensors' static sizes (fixed batch, so exact for every message of this graph).
 
 Per layer: messages and bytes whose consumer lies in the layer's name scope, and the rounds the

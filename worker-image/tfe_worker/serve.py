@@ -1,10 +1,11 @@
 """The serving coordinator (and, in one process, the client endpoint).
 
 It rebuilds the private model from the share pairs stored on the three workers (no model
-file, no plaintext weight), warms up every batch bucket, then serves client/PROTOCOL.md with
-dynamic batching. It only ever handles ciphertext: each request carries three bundles, each
-encrypted to one worker; the workers decrypt their own pair into memory, the private graph
-runs on them, and each worker encrypts its output pair back to the client.
+file, no plaintext weight), warms up the smallest batch bucket (the rest after it is ready, between
+batches; --warm all: every bucket first), then serves client/PROTOCOL.md with dynamic batching.
+It only ever handles ciphertext: each request carries three bundles, each encrypted to one
+worker; the workers decrypt their own pair into memory, the private graph runs on them, and
+each worker encrypts its output pair back to the client.
 
 Parts: Batcher (batcher.py: queue, deadlines, admission, pure), WorkerPool (one keep-alive
 urllib3 pool per worker), Engine (TF Encrypted), Coordinator (ties them together and is the
@@ -171,6 +172,9 @@ class Engine:
 
         self.fns = {b: make(b) for b in self.buckets}
 
+    def traced(self, bucket: int) -> bool:
+        return bool(self.fns[bucket].experimental_get_tracing_count())
+
     def run(self, batch_id: str, bucket: int) -> None:
         import tensorflow as tf
 
@@ -194,6 +198,7 @@ class ServeOptions:
     ready_timeout: float = 600.0
     worker_timeout: float = 60.0
     count_scope: str | None = None  # where the served count is kept on the workers; default: by the limit
+    warm_all: bool = False  # trace every bucket before ready (default: the smallest, the rest after)
 
 
 class Coordinator:
@@ -213,6 +218,8 @@ class Coordinator:
         self.manifest: wire.Manifest | None = None
         self._info: wire.ModelInfo | None = None
         self.engine: Engine | None = None
+        # The batch loop and the background warm-up take turns on TF: TF Encrypted's tracing is not thread-safe.
+        self._tf = threading.Lock()
         self.m = metrics
         r = metrics.registry
         self.m_batch = Histogram("tfe_serve_batch_rows", "Rows per private graph call", registry=r,
@@ -288,15 +295,36 @@ class Coordinator:
         eng = Engine(self.config, self.opts.coordinator, man, self.opts.protocol, self.buckets)
         eng.build()
         self.engine = eng
-        for b in self.buckets:
+        warm = list(self.buckets) if self.opts.warm_all else list(self.buckets[:1])
+        for b in warm:
             self._warmup(b)
         self._load_served()  # after the warm-up: includes what a previous coordinator served meanwhile
         self.m_gen.set(gen)
-        log.info("model %s generation %d loaded from worker shares; %d bucket(s) %s warm in %.1fs", self.name, gen,
-                 len(self.buckets), list(self.buckets), time.monotonic() - t0)
+        log.info("model %s generation %d loaded from worker shares; bucket(s) %s warm in %.1fs", self.name, gen,
+                 warm, time.monotonic() - t0)
         self.gone = None
         self.is_ready = True
         self.m_ready.set(1)
+        cold = [b for b in self.buckets if b not in warm]
+        if cold:
+            threading.Thread(target=self._warm_rest, args=(eng, cold), name="warm-buckets", daemon=True).start()
+
+    def _warm_rest(self, eng: Engine, cold: list[int]) -> None:
+        """Warm the larger buckets once ready, one at a time between batches. A batch that needs a
+        bucket still cold traces it on the batch loop, as a warm-up would."""
+        t0 = time.monotonic()
+        for b in cold:
+            with self._tf:
+                if self.stop.is_set() or self.engine is not eng:
+                    return  # reconnected or stopping: the new engine warms its own
+                if eng.traced(b):
+                    continue
+                try:
+                    self._warmup(b)
+                except Exception as e:  # noqa: BLE001 - the batch loop meets the same failure and reconnects
+                    log.warning("background warm-up of bucket %d failed: %s", b, _short(e))
+                    return
+        log.info("bucket(s) %s warm in the background in %.1fs", cold, time.monotonic() - t0)
 
     def _generation_gone(self, why: str) -> None:
         """Stop serving: every request gets 503 not_ready (clients retry) until a coordinator on a
@@ -399,7 +427,8 @@ class Coordinator:
             if self.engine is None or not self.is_ready:
                 try:
                     self.m_reconnects.inc()
-                    self.connect()
+                    with self._tf:
+                        self.connect()
                 except Exception as e:  # noqa: BLE001 - keep trying; requests stay queued
                     if self.fatal:
                         log.error("%s", self.fatal)
@@ -414,7 +443,8 @@ class Coordinator:
                 continue
             self.m_queue.set(self.batcher.queued())
             try:
-                answers = self._process(batch)
+                with self._tf:
+                    answers = self._process(batch)
                 self._answer(answers)
             except GenerationGone as e:
                 self._generation_gone(str(e))
@@ -529,6 +559,8 @@ def main(argv: list[str] | None = None) -> int:
                         "coordinators of one model and scope share one count across restarts")
     p.add_argument("--token-file", default=None)
     p.add_argument("--ready-timeout", type=float, default=600.0)
+    p.add_argument("--warm", choices=("first", "all"), default="first",
+                   help="batch buckets traced before ready: the smallest (the rest after, between batches) or all")
     p.add_argument("--request-timeout", type=float, default=120.0, help="seconds before a request gets 504")
     p.add_argument("--max-queue", type=int, default=1024, help="requests waiting; beyond that 503 overloaded")
     p.add_argument("--http-threads", type=int, default=64, help="HTTP handler threads (bounded)")
@@ -553,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     batch = BatcherOptions(a.max_batch_size, buckets, a.max_wait_ms / 1000.0, a.request_timeout, a.max_queue,
                            a.max_requests)
     opts = ServeOptions(a.name, a.coordinator_address, a.generation, a.protocol, batch, a.ready_timeout,
-                        count_scope=a.count_scope)
+                        count_scope=a.count_scope, warm_all=a.warm == "all")
     http = HTTPOptions(threads=a.http_threads, connection_limit=a.max_connections, channel_timeout=a.idle_timeout,
                        max_body_bytes=a.max_body_bytes)
     metrics = ServeMetrics(CollectorRegistry())
