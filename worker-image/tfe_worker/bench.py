@@ -293,7 +293,7 @@ def table(results: dict[str, Any]) -> str:
         m_msg = "/".join(f"{ws.get(p, {}).get('messages', 0):.1f}" for p in GUARDED) if ws else "-"
         m_kib = "/".join(f"{ws.get(p, {}).get('bytes', 0) / 1024:.1f}" for p in GUARDED) if ws else "-"
         calls = wire.get("calls", {})
-        c = ", ".join(f"{k} {v:.1f}" for k, v in sorted(calls.get("server0", {}).items())) or "-"
+        c = ", ".join(f"{k} {v:.1f}" for k, v in sorted(calls.get("server0", {}).items()) if v >= 0.05) or "-"
         layers = " + ".join(f"{lay['layer']} {lay['rounds']}" for lay in pr["layers"] if lay["rounds"])
         ready = ", ".join(f"{x['start_to_ready_s']['warm_first']:.1f} / {x['start_to_ready_s']['warm_all']:.1f}"
                           for x in (r["private_http_insecure"], r["private_http"]))
