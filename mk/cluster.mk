@@ -5,13 +5,16 @@ TFE_VERSION := $(shell cat VERSION)
 LOCAL_REGISTRY := 127.0.0.1:5000
 REGISTRY ?=
 
-.PHONY: cluster-up cluster-down cluster-status images push cluster-smoke
+.PHONY: cluster-up cluster-down cluster-down-check cluster-status images push cluster-smoke
 
 cluster-up: ## start the local single-node Kubernetes (host processes, offline); idempotent
 	hack/cluster/cluster.sh up
 
 cluster-down: ## stop the local cluster and remove its interfaces, iptables chains, mounts, state
 	hack/cluster/cluster.sh down
+
+cluster-down-check: ## cluster-down beside a foreign KUBE-TEST chain, CNI-TEST chain and cni-test netns: they stay, ours go
+	hack/cluster/down-check.sh
 
 cluster-status: ## which local cluster processes run, and the node
 	hack/cluster/cluster.sh status

@@ -3,11 +3,7 @@
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler, containerd(+runc, CNI bridge),
 # kubelet, kube-proxy, CoreDNS (as a pod). Usage: cluster.sh up|down|status
 #
-# Where things live:
-#   $REPO/.cluster/         kubeconfig, bin/ (kubectl helm crictl), pki/, config/, logs/, pids/
-#   /var/lib/tfe-cluster/   etcd data, kubelet root, CNI state (removed by down)
-#   /run/tfe-cluster/       sockets, containerd state (removed by down)
-#   ~/.cache/tfe-operator/  built binaries, containerd image store, registry/ (kept: that is the cache)
+# Where things live, and the journal of host changes that down undoes: hack/cluster/paths.sh.
 # Images: a local OCI registry (distribution, cmd/registry) on $LOCAL_REGISTRY (loopback): `make images
 # push REGISTRY=$LOCAL_REGISTRY` fills it; the kubelet has containerd pull from it (plain HTTP, which
 # containerd's CRI uses for loopback registries), as user tfe with the password in
@@ -17,51 +13,25 @@
 # listens on loopback, the node IP or inside pod network namespaces.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
-REPO=$(cd "$HERE/../.." && pwd)
-. "$HERE/versions.sh"
-
-CL=${CLUSTER_DIR:-$REPO/.cluster}
-STATE=/var/lib/tfe-cluster
-RUN=/run/tfe-cluster
-NODE=tfe-node
-NODE_IF=tfe-node
-CNI_IF=tfe-cni0
-NODE_IP=10.217.0.1
-POD_CIDR=10.244.0.0/16
-NODE_POD_CIDR=10.244.0.0/24
-SVC_CIDR=10.96.0.0/16
-SVC_IP=10.96.0.1
-DNS_IP=10.96.0.10
-APISERVER=https://$NODE_IP:6443
-CTR_ROOT=$CLUSTER_CACHE/containerd-root
-CTR_SOCK=$RUN/containerd/containerd.sock
-PAUSE_IMAGE=tfe-operator/pause:$PAUSE_TAG
-COREDNS_IMAGE=tfe-operator/coredns:$COREDNS_VERSION
-HOSTPATH_PV=/tmp/hostpath_pv   # fixed by the in-tree hostPath provisioner
+. "$HERE/paths.sh"
 BIN=$("$HERE/build.sh" path)
 export PATH=$BIN:$PATH
 export KUBECONFIG=$CL/kubeconfig
 
-log() { echo ">> $*"; }
-die() { echo "ERROR: $*" >&2; exit 1; }
 k() { kubectl --kubeconfig "$CL/kubeconfig" "$@"; }
 
-pid_alive() { local f=$CL/pids/$1.pid; [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; }
-
-# Daemons must not inherit descriptors beyond 0-2: a `flock /tmp/tfe-cluster.lock make cluster-up`
-# passes its lock's fd down, and a daemon holding it would keep the lock until cluster-down.
-close_fds() { local fd; for fd in $(ls /proc/$BASHPID/fd); do [ "$fd" -gt 2 ] && eval "exec $fd>&-"; done; return 0; }
+pid_alive() { local f=$PIDS/$1.pid; [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; }
 
 start() { # name cmd...
   local name=$1; shift
   if pid_alive "$name"; then return 0; fi
   log "starting $name"
-  ( close_fds; exec setsid "$@" >>"$CL/logs/$name.log" 2>&1 < /dev/null ) &
-  echo $! > "$CL/pids/$name.pid"
+  ( close_fds; exec setsid "$@" >>"$LOGS/$name.log" 2>&1 < /dev/null ) &
+  echo $! > "$PIDS/$name.pid"
 }
 
 stop() { # name
-  local f=$CL/pids/$1.pid pid i
+  local f=$PIDS/$1.pid pid i
   [ -f "$f" ] || return 0
   pid=$(cat "$f")
   if kill -0 "$pid" 2>/dev/null; then
@@ -76,7 +46,7 @@ stop() { # name
 wait_for() { # description timeout-seconds command...
   local what=$1 t=$2 i; shift 2
   for ((i = 0; i < t * 2; i++)); do "$@" >/dev/null 2>&1 && return 0; sleep 0.5; done
-  die "timed out after ${t}s waiting for $what (logs: $CL/logs/)"
+  die "timed out after ${t}s waiting for $what (logs: $LOGS/)"
 }
 
 kubeconfig() { # file user cert key [server]
@@ -100,17 +70,23 @@ current-context: tfe-local
 EOF
 }
 
+set_sysctl() { # key value: journal the original value once, before the first change
+  local cur; cur=$(sysctl -n "$1")
+  [ "$cur" = "$2" ] && return 0
+  grep -q "^sysctl $1 " "$JOURNAL" 2>/dev/null || journal "sysctl $1 $cur"
+  sysctl -qw "$1=$2"
+}
+
 network_up() {
-  if [ ! -f "$CL/sysctl.orig" ]; then
-    { echo "net.ipv4.ip_forward=$(sysctl -n net.ipv4.ip_forward)"
-      echo "net.bridge.bridge-nf-call-iptables=$(sysctl -n net.bridge.bridge-nf-call-iptables)"
-      echo "net.bridge.bridge-nf-call-ip6tables=$(sysctl -n net.bridge.bridge-nf-call-ip6tables)"
-    } > "$CL/sysctl.orig"
-  fi
-  sysctl -qw net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1 net.bridge.bridge-nf-call-ip6tables=1
+  set_sysctl net.ipv4.ip_forward 1
+  set_sysctl net.bridge.bridge-nf-call-iptables 1
+  set_sysctl net.bridge.bridge-nf-call-ip6tables 1
   # the node's own interface: a dummy would do, but this kernel has no CONFIG_DUMMY, so a veth
   # pair whose peer stays unused (up on both ends so the link has carrier)
-  ip link show "$NODE_IF" >/dev/null 2>&1 || ip link add "$NODE_IF" type veth peer name "$NODE_IF-peer"
+  if ! ip link show "$NODE_IF" >/dev/null 2>&1; then
+    journal "link $NODE_IF"
+    ip link add "$NODE_IF" type veth peer name "$NODE_IF-peer"
+  fi
   ip link set "$NODE_IF-peer" up
   ip addr show dev "$NODE_IF" | grep -q "inet $NODE_IP/" || ip addr add "$NODE_IP/32" dev "$NODE_IF"
   ip link set "$NODE_IF" up
@@ -123,11 +99,11 @@ write_configs() {
   cat > "$CL/config/containerd.toml" <<EOF
 version = 2
 root = "$CTR_ROOT"
-state = "$RUN/containerd"
+state = "$CTR_STATE"
 [grpc]
   address = "$CTR_SOCK"
 [ttrpc]
-  address = "$RUN/containerd/containerd.sock.ttrpc"
+  address = "$CTR_STATE/containerd.sock.ttrpc"
 [debug]
   address = ""
 [metrics]
@@ -137,6 +113,9 @@ state = "$RUN/containerd"
   stream_server_address = "127.0.0.1"
   enable_selinux = false
   disable_apparmor = true
+  # pod network namespaces under $CTR_STATE (not /run/netns, shared with other runtimes): down
+  # unmounts what lies under its own directories and nothing else
+  netns_mounts_under_state_dir = true
   # this VM denies CAP_SYS_RESOURCE even to root, so negative oom_score_adj values (the kubelet
   # asks -998 for sandboxes) fail in runc: clamp them to containerd's own score instead
   restrict_oom_score_adj = true
@@ -157,12 +136,11 @@ EOF
   cat > "$STATE/cni/net.d/10-tfe.conflist" <<EOF
 {
   "cniVersion": "1.0.0",
-  "name": "tfe-pods",
+  "name": "$CNI_NETWORK",
   "plugins": [
     {"type": "bridge", "bridge": "$CNI_IF", "isGateway": true, "ipMasq": false, "hairpinMode": true,
      "ipam": {"type": "host-local", "dataDir": "$STATE/cni/ipam",
-              "ranges": [[{"subnet": "$NODE_POD_CIDR"}]], "routes": [{"dst": "0.0.0.0/0"}]}},
-    {"type": "portmap", "capabilities": {"portMappings": true}}
+              "ranges": [[{"subnet": "$NODE_POD_CIDR"}]], "routes": [{"dst": "0.0.0.0/0"}]}}
   ]
 }
 EOF
@@ -251,24 +229,17 @@ local_images() {
 }
 
 hostpath_sweeper() {
-  # The in-tree hostPath provisioner creates /tmp/hostpath_pv/<uuid> with mode 0750 (root):
-  # make each new volume directory writable for non-root pods (the worker runs as uid 10001).
+  # The in-tree hostPath provisioner creates /tmp/hostpath_pv/<uuid> with mode 0750 (root): make
+  # each new volume directory writable for non-root pods (the worker runs as uid 10001), as the
+  # directory appears (inotify; no polling).
   mkdir -p "$HOSTPATH_PV"
-  cat > "$CL/config/hostpath-sweeper.sh" <<EOF
-#!/bin/sh
-while true; do
-  find $HOSTPATH_PV -mindepth 1 -maxdepth 1 -type d ! -perm -0777 -exec chmod 0777 {} + 2>/dev/null
-  sleep 0.2
-done
-EOF
-  chmod +x "$CL/config/hostpath-sweeper.sh"
-  start hostpath-sweeper "$CL/config/hostpath-sweeper.sh"
+  start hostpath-sweeper python3 "$HERE/hostpath-sweeper.py" "$HOSTPATH_PV"
 }
 
 registry_up() { # the local OCI registry, storage in the cache (pushed images survive cluster-down)
   local bin=$BIN/registry-$REGISTRY_VERSION auth=$REGISTRY_AUTH
   [ -x "$bin" ] || "$HERE/build.sh" registry
-  mkdir -p "$CACHE/registry" "$CL/config" "$CL/logs" "$CL/pids" "$auth"
+  mkdir -p "$CACHE/registry" "$CL/config" "$LOGS" "$PIDS" "$auth"
   # basic auth (user tfe, a password made once), so that pulls need the imagePullSecret
   chmod 700 "$auth"
   [ -s "$auth/password" ] || (umask 077; head -c 18 /dev/urandom | base64 | tr -d '/+=' > "$auth/password")
@@ -309,7 +280,8 @@ up() {
   fi
   "$HERE/deps.sh"
   "$HERE/build.sh" all
-  mkdir -p "$CL/bin" "$CL/logs" "$CL/pids" "$STATE" "$RUN"
+  mkdir -p "$CL/bin" "$LOGS" "$PIDS" "$STATE" "$RUN"
+  local d; for d in "${FIXED_DIRS[@]}"; do [ -e "$d" ] || journal "dir $d"; done
   local b; for b in kubectl helm crictl; do ln -sf "$BIN/$b" "$CL/bin/$b"; done
   "$HERE/pki.sh" "$CL/pki" "$NODE" "$NODE_IP" "$SVC_IP"
   network_up
@@ -360,9 +332,11 @@ up() {
   local_images
 
   mkdir -p "$STATE/kubelet"
+  journal kubelet
   start kubelet kubelet --config="$CL/config/kubelet.yaml" \
     --kubeconfig="$CL/config/kubelet.kubeconfig" --root-dir="$STATE/kubelet" \
     --hostname-override="$NODE" --node-ip="$NODE_IP" --v=1
+  journal kube-proxy
   start kube-proxy kube-proxy --config="$CL/config/kube-proxy.yaml" --v=1
   hostpath_sweeper
 
@@ -376,17 +350,28 @@ up() {
   log "cluster up: export KUBECONFIG=$CL/kubeconfig PATH=$CL/bin:\$PATH; registry $LOCAL_REGISTRY"
 }
 
-ipt_cleanup() { # iptables|ip6tables : remove every KUBE-* / CNI-* chain and the jumps to them
-  local ipt=$1 t rule
-  command -v "$ipt" >/dev/null || return 0
-  for t in filter nat mangle; do
-    "$ipt" -t "$t" -S 2>/dev/null | grep -E '^-A [A-Z]+ .*-j (KUBE-|CNI-)' | grep -vE '^-A (KUBE-|CNI-)' \
-      | while read -r rule; do eval "$ipt -t $t ${rule/-A/-D}" 2>/dev/null || true; done || true
-    "$ipt" -t "$t" -S 2>/dev/null | awk '/^-N (KUBE-|CNI-)/{print $2}' | while read -r c; do
-      "$ipt" -t "$t" -F "$c" 2>/dev/null || true; done || true
-    "$ipt" -t "$t" -S 2>/dev/null | awk '/^-N (KUBE-|CNI-)/{print $2}' | while read -r c; do
-      "$ipt" -t "$t" -X "$c" 2>/dev/null || true; done || true
+undo_journal() { # undo the journal's lines, last first; each line once
+  if [ -f "$CL/sysctl.orig" ]; then  # a cluster started before the journal existed
+    local kv; for kv in $(cat "$CL/sysctl.orig"); do journal "sysctl ${kv%%=*} ${kv#*=}"; done
+    journal "link $NODE_IF"; journal kubelet; journal kube-proxy; rm -f "$CL/sysctl.orig"
+  fi
+  [ -f "$JOURNAL" ] || return 0
+  local kind arg rest
+  tac "$JOURNAL" | while read -r kind arg rest; do
+    case $kind in
+      sysctl) log "restoring $arg=$rest"; sysctl -qw "$arg=$rest" || true ;;
+      link) if ip link show "$arg" >/dev/null 2>&1; then log "deleting interface $arg"; ip link del "$arg" || true; fi ;;
+      file) [ -e "$arg" ] && { log "removing $arg"; rm -f "$arg"; } ;;
+      dir) rmdir "$arg" 2>/dev/null || true ;;
+      kube-proxy) if [ -x "$BIN/kube-proxy" ]; then log "kube-proxy --cleanup (its own iptables chains)"
+                    "$BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true; fi ;;
+      kubelet) local ipt t  # the kubelet's canary chains (their names, not a prefix)
+               for ipt in iptables ip6tables; do for t in mangle nat filter; do
+                 "$ipt" -t "$t" -X KUBE-KUBELET-CANARY 2>/dev/null || true; done; done ;;
+      *) echo "WARNING: unknown journal line: $kind $arg $rest" >&2 ;;
+    esac
   done
+  rm -f "$JOURNAL"
 }
 
 down() {
@@ -410,32 +395,24 @@ down() {
   for p in $(pgrep -f "containerd-shim-runc-v2 -namespace k8s.io -id .* -address $CTR_SOCK" || true); do
     log "killing leftover shim $p"; kill -9 "$p" 2>/dev/null || true
   done
+  # mounts under our own directories only (pod netns live under $CTR_STATE)
   local m
   for m in $(findmnt -rn -o TARGET | grep -E "^($STATE|$RUN|$CTR_ROOT)(/|$)" | sort -r); do
     umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
   done
-  for m in $(findmnt -rn -o TARGET | grep -E '^/run/netns/cni-' | sort -r); do
-    umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; rm -f "$m"
-  done
+  # the pods' bridge, made by our CNI network (the CNI bridge plugin creates it; no one else names it so)
   if ip link show "$CNI_IF" >/dev/null 2>&1; then ip link del "$CNI_IF"; fi
-  if ip link show "$NODE_IF" >/dev/null 2>&1; then ip link del "$NODE_IF"; fi  # + peer, service route
-  if [ -x "$BIN/kube-proxy" ]; then "$BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true; fi
-  ipt_cleanup iptables
-  ipt_cleanup ip6tables
-  if [ -f "$CL/sysctl.orig" ]; then sysctl -qw $(cat "$CL/sysctl.orig") || true; rm -f "$CL/sysctl.orig"; fi
+  undo_journal
   rm -rf "$STATE" "$RUN" "$HOSTPATH_PV"
-  # directories containerd 1.6 shims, dockerd and CNI create at fixed paths: removed when empty
-  rmdir /run/containerd/s /run/containerd/runc/k8s.io /run/containerd/runc /run/containerd \
-        /run/docker/plugins /run/docker /run/netns 2>/dev/null || true
   # containerd's metadata DB references the removed state; keep only its image content/snapshots
-  rm -rf "$CL/pids" "$CL/config" "$CL/pki" "$CL/kubeconfig"
+  rm -rf "$PIDS" "$CL/config" "$CL/pki" "$CL/kubeconfig"
   log "cluster down"
 }
 
 status() {
   local n
   for n in etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy hostpath-sweeper dockerd registry; do
-    if pid_alive "$n"; then echo "$n: running (pid $(cat "$CL/pids/$n.pid"))"; else echo "$n: stopped"; fi
+    if pid_alive "$n"; then echo "$n: running (pid $(cat "$PIDS/$n.pid"))"; else echo "$n: stopped"; fi
   done
   k get nodes -o wide 2>/dev/null || true
 }

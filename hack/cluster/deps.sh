@@ -7,6 +7,8 @@
 #    bookworm has 3.4). etcd is a static Go binary, so it pulls nothing else from trixie.
 # Idempotent: does nothing when everything is present.
 set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+. "$HERE/paths.sh"
 need=()
 for c in containerd runc docker debootstrap conntrack iptables openssl socat ethtool; do
   command -v $c >/dev/null || need+=($c)
@@ -18,6 +20,9 @@ etcd_ok || need+=(etcd)
 echo ">> installing host packages (missing: ${need[*]})"
 export DEBIAN_FRONTEND=noninteractive
 if ! apt-cache policy etcd-server 2>/dev/null | grep -q ' 3\.5\.'; then
+  # recorded: cluster-down removes these two files again (hack/cluster/paths.sh, journal)
+  journal "file /etc/apt/sources.list.d/tfe-trixie.sources"
+  journal "file /etc/apt/preferences.d/tfe-trixie"
   cat > /etc/apt/sources.list.d/tfe-trixie.sources <<'EOS'
 Types: deb
 URIs: http://deb.debian.org/debian

@@ -15,15 +15,11 @@
 # dockerd runs with its own sockets, no bridge and no iptables rules; cluster.sh down stops it.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
-REPO=$(cd "$HERE/../.." && pwd)
-. "$HERE/versions.sh"
-CL=${CLUSTER_DIR:-$REPO/.cluster}
+. "$HERE/paths.sh"
 VERSION=$(cat "$REPO/VERSION")
 W=$CLUSTER_CACHE/images
-RUN=/run/tfe-cluster
-export DOCKER_HOST=unix://$RUN/docker.sock
+export DOCKER_HOST=unix://$DOCKER_SOCK
 export DOCKER_BUILDKIT=0            # classic builder: works with dockerd 20.10 and no buildx plugin
-CTR_SOCK=$RUN/containerd/containerd.sock
 PYENV_ROOT=${PYENV_ROOT:-$HOME/.pyenv}
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 WORKER_IMAGE=tfe-operator/worker:$VERSION
@@ -31,15 +27,13 @@ OPERATOR_IMAGE=tfe-operator/operator:$VERSION
 # test-only: the S3-compatible server of the model.s3 cluster test, pushed to the local registry only
 S3_TEST_IMAGE=tfe-operator/gofakes3:$GOFAKES3_VERSION
 MODE=${1:-build}
-log() { echo ">> $*"; }
-die() { echo "ERROR: $*" >&2; exit 1; }
 case $MODE in
   build) ;;
   push) REGISTRY=${2:-}; [ -n "$REGISTRY" ] || die "usage: $0 push REGISTRY (e.g. ghcr.io/OWNER or $LOCAL_REGISTRY)" ;;
   *) die "usage: $0 [build | push REGISTRY]" ;;
 esac
 [ "$(id -u)" = 0 ] || die "make images needs root (debootstrap, dockerd)"
-mkdir -p "$W" "$CL/logs" "$CL/pids" "$RUN"
+mkdir -p "$W" "$LOGS" "$PIDS" "$RUN"
 
 pyenv_python() { # 3.10 -> /root/.pyenv/versions/3.10.x
   local d; d=$(ls -d "$PYENV_ROOT"/versions/"$1".* 2>/dev/null | sort -V | tail -1)
@@ -65,20 +59,20 @@ fi
 
 # --- dockerd ---------------------------------------------------------------------------------
 # (one that answers on the socket counts too: its pid file may be gone with a cluster-down)
-if ! { [ -f "$CL/pids/dockerd.pid" ] && kill -0 "$(cat "$CL/pids/dockerd.pid")" 2>/dev/null; } \
+if ! { [ -f "$PIDS/dockerd.pid" ] && kill -0 "$(cat "$PIDS/dockerd.pid")" 2>/dev/null; } \
    && ! docker version >/dev/null 2>&1; then
-  log "starting dockerd (data-root $CACHE/docker, socket $RUN/docker.sock)"
-  mkdir -p "$CACHE/docker" "$RUN/docker-exec"
+  log "starting dockerd (data-root $DOCKER_DATA, socket $DOCKER_SOCK)"
+  mkdir -p "$DOCKER_DATA" "$DOCKER_EXEC_ROOT"
+  for d in "${FIXED_DIRS[@]}"; do [ -e "$d" ] || journal "dir $d"; done
   # no inherited fds beyond 0-2 (a flock'ed caller's lock fd would stay held by dockerd)
-  close_fds() { local fd; for fd in $(ls /proc/$BASHPID/fd); do [ "$fd" -gt 2 ] && eval "exec $fd>&-"; done; return 0; }
-  ( close_fds; exec setsid dockerd --data-root "$CACHE/docker" --exec-root "$RUN/docker-exec" \
+  ( close_fds; exec setsid dockerd --data-root "$DOCKER_DATA" --exec-root "$DOCKER_EXEC_ROOT" \
     --host "$DOCKER_HOST" --pidfile "$RUN/dockerd.pid" \
     --bridge none --iptables=false --ip6tables=false --ip-forward=false --ip-masq=false \
     --storage-driver overlay2 --exec-opt native.cgroupdriver=cgroupfs \
-    >> "$CL/logs/dockerd.log" 2>&1 < /dev/null ) &
-  echo $! > "$CL/pids/dockerd.pid"
+    >> "$LOGS/dockerd.log" 2>&1 < /dev/null ) &
+  echo $! > "$PIDS/dockerd.pid"
   for i in $(seq 1 60); do docker version >/dev/null 2>&1 && break; sleep 0.5; done
-  docker version >/dev/null 2>&1 || { tail -20 "$CL/logs/dockerd.log"; die "dockerd did not start"; }
+  docker version >/dev/null 2>&1 || { tail -20 "$LOGS/dockerd.log"; die "dockerd did not start"; }
 fi
 
 # --- push: the images this script built, to REGISTRY --------------------------------------

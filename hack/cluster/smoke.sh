@@ -7,8 +7,7 @@
 #  4. a killed container is restarted by the kubelet; a deleted pod is recreated and resolvable
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
-REPO=$(cd "$HERE/../.." && pwd)
-CL=${CLUSTER_DIR:-$REPO/.cluster}
+. "$HERE/paths.sh"
 export KUBECONFIG=$CL/kubeconfig PATH=$CL/bin:$PATH
 IMAGE=${SMOKE_IMAGE:-tfe-operator/worker:$(cat "$REPO/VERSION")}
 NS=tfe-smoke
