@@ -295,13 +295,14 @@ class Coordinator:
         eng = Engine(self.config, self.opts.coordinator, man, self.opts.protocol, self.buckets)
         eng.build()
         self.engine = eng
+        built = time.monotonic() - t0
         warm = list(self.buckets) if self.opts.warm_all else list(self.buckets[:1])
         for b in warm:
             self._warmup(b)
         self._load_served()  # after the warm-up: includes what a previous coordinator served meanwhile
         self.m_gen.set(gen)
-        log.info("model %s generation %d loaded from worker shares; bucket(s) %s warm in %.1fs", self.name, gen,
-                 warm, time.monotonic() - t0)
+        log.info("model %s generation %d loaded from worker shares; bucket(s) %s warm in %.1fs (connect and load "
+                 "%.1fs)", self.name, gen, warm, time.monotonic() - t0, built)
         self.gone = None
         self.is_ready = True
         self.m_ready.set(1)
