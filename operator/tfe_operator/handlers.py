@@ -10,8 +10,8 @@ import json
 import logging
 import ssl
 import threading
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,33 +27,62 @@ from .spec import SpecError, parse_spec
 
 log = logging.getLogger(__name__)
 
-SETTINGS = Settings.from_env()
+EventPoster = Callable[[kopf.Body, str, str, str], None]
+
+
+def _kopf_event(body: kopf.Body, type_: str, reason: str, message: str) -> None:
+    kopf.event(body, type=type_, reason=reason, message=message)
 
 
 @dataclass
 class Runtime:
-    """Process-wide handles, set at startup (or by tests)."""
+    """What the handlers work with: the settings passed in (nothing is read from the environment
+    here), the API client (made at startup unless given), how Events are posted, and a lock per
+    EncryptedModel uid (dropped when the object is deleted)."""
 
+    settings: Settings = field(default_factory=Settings)
     kube: Kube | None = None
     in_cluster: bool = False
-    settings: Settings = SETTINGS
+    post_event: EventPoster = _kopf_event
+    locks: dict[str, threading.Lock] = field(default_factory=dict)
+    locks_guard: threading.Lock = field(default_factory=threading.Lock)
 
     def use_proxy(self) -> bool:
         mode = self.settings.http_mode
         return mode == "proxy" or (mode == "auto" and not self.in_cluster)
 
+    def lock(self, uid: str) -> threading.Lock:
+        with self.locks_guard:
+            return self.locks.setdefault(uid, threading.Lock())
 
+    def forget(self, uid: str) -> None:
+        with self.locks_guard:
+            self.locks.pop(uid, None)
+
+
+# The runtime of the registry built last (build_registry); handlers read it at call time.
 RUNTIME = Runtime()
-_LOCKS: dict[str, threading.Lock] = {}
-_LOCKS_GUARD = threading.Lock()
 
 
-def _lock(uid: str) -> threading.Lock:
-    with _LOCKS_GUARD:
-        return _LOCKS.setdefault(uid, threading.Lock())
+def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
+    """An explicit kopf registry with every handler of the operator, for ``runtime`` (its
+    settings give the resync interval). ``kopf.run(registry=...)`` / ``kopf.operator(...)``."""
+    global RUNTIME
+    RUNTIME = runtime
+    registry = kopf.OperatorRegistry()
+    resource = (api.GROUP, api.VERSION, api.PLURAL)
+    # kopf's own credentials handlers live in its default registry: name the one we use (the
+    # kubernetes client's configuration: kubeconfig, or the pod's service account)
+    kopf.on.login(registry=registry)(kopf.login_via_client)
+    kopf.on.startup(registry=registry)(configure)
+    kopf.on.probe(id="encryptedModels", registry=registry)(probe_models)
+    kopf.timer(*resource, interval=runtime.settings.resync_seconds, registry=registry)(resync)
+    kopf.on.create(*resource, registry=registry)(changed)
+    kopf.on.update(*resource, registry=registry)(changed)
+    kopf.on.event(*resource, registry=registry)(forget_deleted)
+    return registry
 
 
-@kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     s = RUNTIME.settings
     settings.watching.server_timeout = s.watch_server_timeout
@@ -71,12 +100,10 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         RUNTIME.in_cluster = in_cluster
 
 
-@kopf.on.probe(id="encryptedModels")
 def probe_models(**_: Any) -> int:
     return sum(metrics.PHASES.counts().values())
 
 
-@kopf.timer(api.GROUP, api.VERSION, api.PLURAL, interval=SETTINGS.resync_seconds)
 def resync(
     body: kopf.Body,
     meta: kopf.Meta,
@@ -89,8 +116,6 @@ def resync(
     _reconcile(body, meta, spec, status, patch, memo)
 
 
-@kopf.on.create(api.GROUP, api.VERSION, api.PLURAL)
-@kopf.on.update(api.GROUP, api.VERSION, api.PLURAL)
 def changed(
     body: kopf.Body,
     meta: kopf.Meta,
@@ -104,12 +129,12 @@ def changed(
     _reconcile(body, meta, spec, status, patch, memo)
 
 
-@kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
 def forget_deleted(event: kopf.RawEvent, **_: Any) -> None:
     if event.get("type") == "DELETED":
         obj = event.get("object", {})
         m = obj.get("metadata", {})
         metrics.PHASES.forget(f"{m.get('namespace')}/{m.get('name')}")
+        RUNTIME.forget(str(m.get("uid", "")))
 
 
 # ---------------------------------------------------------------- the one reconcile
@@ -129,7 +154,7 @@ def _reconcile(
     key = f"{namespace}/{name}"
     if meta.get("deletionTimestamp"):
         return
-    with _lock(uid):
+    with RUNTIME.lock(uid):
         body_status = dict(status)
         # If the object has not changed since this process last read it, its own status
         # patch is not visible yet: continue from what it wrote. Any change (our patch
@@ -164,9 +189,7 @@ def _reconcile(
                 metrics.RECONCILES.labels(result="error").inc()
                 return
             if mesh.reason:
-                kopf.event(
-                    body, type="Normal", reason="MeshCertificatesIssued", message=mesh.reason[:1000]
-                )
+                RUNTIME.post_event(body, "Normal", "MeshCertificatesIssued", mesh.reason[:1000])
             ctx = dataclasses.replace(ctx, mesh_hash=mesh.hash)
         res = Resource(
             ctx=ctx,
@@ -290,11 +313,11 @@ def _patch_status(
 
 def _post_events(body: kopf.Body, plan: Plan, memo: kopf.Memo, errors: list[str]) -> None:
     for ev in plan.events:
-        kopf.event(body, type=ev.type, reason=ev.reason, message=ev.message)
+        RUNTIME.post_event(body, ev.type, ev.reason, ev.message)
     # Apply errors: once per distinct message, not every resync.
     text = "; ".join(errors)
     if text and memo.get("last_error") != text:
-        kopf.event(body, type="Warning", reason="ApplyFailed", message=text[:1000])
+        RUNTIME.post_event(body, "Warning", "ApplyFailed", text[:1000])
     memo["last_error"] = text
 
 

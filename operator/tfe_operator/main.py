@@ -49,10 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     if settings.log_format == "json":
         for h in logging.getLogger().handlers:
             h.setFormatter(JSONFormatter())
-    from . import handlers  # noqa: F401  # registers the handlers
+    from . import handlers
 
+    registry = handlers.build_registry(handlers.Runtime(settings=settings))
     prometheus_client.start_http_server(settings.metrics_port, addr=settings.metrics_host)
     kopf.run(
+        registry=registry,
         standalone=True,
         clusterwide=not settings.namespaces,
         namespaces=list(settings.namespaces),

@@ -121,7 +121,11 @@ class InProcessOperator:
     def start(self) -> None:
         import kopf
 
-        from tfe_operator import handlers  # noqa: F401  # registers the handlers
+        from tfe_operator import handlers
+        from tfe_operator.settings import Settings
+
+        # settings from the environment the conftest set (resync 2 s, proxy mode), passed in
+        registry = handlers.build_registry(handlers.Runtime(settings=Settings.from_env()))
 
         self.stop_flag = threading.Event()
         self.ready_flag = threading.Event()
@@ -130,6 +134,7 @@ class InProcessOperator:
             try:
                 asyncio.run(
                     kopf.operator(
+                        registry=registry,
                         standalone=True,
                         clusterwide=False,
                         namespaces=[f"{NS_PREFIX}*"],

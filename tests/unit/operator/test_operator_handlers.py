@@ -13,6 +13,7 @@ from operator_testlib import BASE_SPEC
 from tfe_operator import handlers, metrics
 from tfe_operator.kube import Kube
 from tfe_operator.reconcile import Plan, Ref
+from tfe_operator.settings import Settings
 
 
 class FakeApi:
@@ -67,12 +68,16 @@ class FakeApi:
 
 
 @pytest.fixture
-def api(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
+def api() -> FakeApi:
+    """The handlers on an explicit registry whose runtime talks to the fake API server and
+    records Events (what main.py does with the real client and kopf.event)."""
     fake = FakeApi()
-    monkeypatch.setattr(handlers.RUNTIME, "kube", Kube(fake))
-    monkeypatch.setattr(handlers.RUNTIME, "in_cluster", False)
     events: list[tuple[str, str]] = []
-    monkeypatch.setattr(handlers.kopf, "event", lambda body, type, reason, message: events.append((type, reason)))
+    def post(body: kopf.Body, type_: str, reason: str, message: str) -> None:
+        events.append((type_, reason))
+
+    runtime = handlers.Runtime(settings=Settings(), kube=Kube(fake), post_event=post)
+    handlers.build_registry(runtime)
     fake.events = events  # type: ignore[attr-defined]
     return fake
 
@@ -341,3 +346,28 @@ def test_external_workers_have_no_mesh(api: FakeApi) -> None:
     patch = run(body(spec), kopf.Memo())
     assert not [p for _, p in api.writes if "/secrets/" in p]
     assert "mesh" not in patch["status"]
+
+
+def test_the_registry_is_built_from_the_settings_passed_in() -> None:
+    """No handler is registered at import (kopf's default registry stays empty of ours); the
+    timer's interval is the settings' resync, not the environment's."""
+    import dataclasses as dc
+
+    registry = handlers.build_registry(handlers.Runtime(settings=dc.replace(Settings(), resync_seconds=7.5)))
+    timers = [h for h in registry._spawning.get_all_handlers() if getattr(h, "interval", None) is not None]
+    assert [t.interval for t in timers] == [7.5]
+    changing = {str(h.id).split("/")[0] for h in registry._changing.get_all_handlers()}
+    watching = {str(h.id).split("/")[0] for h in registry._watching.get_all_handlers()}
+    assert "changed" in changing and "forget_deleted" in watching
+    assert [h.fn for h in registry._activities.get_all_handlers() if "login" in str(h.id)] == [kopf.login_via_client]
+    ours = [h for h in kopf.get_default_registry()._changing.get_all_handlers() if "tfe_operator" in repr(h.fn)]
+    assert ours == []
+
+
+def test_a_deleted_models_lock_is_forgotten() -> None:
+    runtime = handlers.Runtime(settings=Settings())
+    handlers.build_registry(runtime)
+    runtime.lock("uid-x")
+    handlers.forget_deleted(kopf.RawEvent({"type": "DELETED", "object": {"metadata": {"uid": "uid-x", "name": "m",
+                                                                                    "namespace": "ns"}}}))
+    assert "uid-x" not in runtime.locks

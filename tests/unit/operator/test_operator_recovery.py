@@ -246,16 +246,16 @@ def test_memory_storage_replaced_worker_is_recovered_from_peers_when_generations
     assert "SharesLost" in reasons(plan) and plan.status["sharesStored"] is False
 
 
-def test_the_handler_reads_every_ready_workers_generations_and_key_through_the_guard(monkeypatch: Any) -> None:
+def test_the_handler_reads_every_ready_workers_generations_and_key_through_the_guard() -> None:
     """Proxy mode: GET /v1/models/NAME/generations and /v1/public-key through each worker's guard health port."""
     from test_operator_handlers import FakeApi, ready_pod
 
     from tfe_operator import handlers
     from tfe_operator.kube import Kube
+    from tfe_operator.settings import Settings
 
     fake = FakeApi()
-    monkeypatch.setattr(handlers.RUNTIME, "kube", Kube(fake))
-    monkeypatch.setattr(handlers.RUNTIME, "in_cluster", False)
+    handlers.build_registry(handlers.Runtime(settings=Settings(), kube=Kube(fake)))
     for i in range(3):
         fake.objects[f"/api/v1/namespaces/ml/pods/digits-worker-{i}"] = ready_pod(i)
         base = f"/api/v1/namespaces/ml/pods/digits-worker-{i}:5444/proxy/v1"
