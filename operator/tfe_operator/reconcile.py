@@ -19,6 +19,7 @@ from typing import Any, Literal
 from . import api, builders
 from .builders import Context, Manifest
 from .observe import JobState, Observed, Refusal, WorkerPod
+from .status import Status
 
 EventType = Literal["Normal", "Warning"]
 
@@ -435,7 +436,9 @@ def reconcile(res: Resource, status: Mapping[str, Any], obs: Observed, now: date
         and old_workers.get("reason") != new_workers.get("reason")
     ):
         events.append(Event("Warning", "WorkerNotReady", str(new_workers.get("message", ""))))
-    plan.status = new
+    # The whole status, through the one typed definition of its fields (status.Status, checked
+    # against the CRD's status schema): a key or a type it does not know cannot reach the object.
+    plan.status = Status.from_dict(new).to_dict()
     return plan
 
 
