@@ -275,6 +275,7 @@ up() {
   [ "$(id -u)" = 0 ] || die "cluster-up needs root (it creates interfaces, mounts, iptables rules)"
   if pid_alive kubelet && k get --raw /readyz >/dev/null 2>&1 \
      && k get node "$NODE" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null | grep -qx True; then
+    local_images   # pause and CoreDNS back in containerd if something removed them
     registry_up
     log "cluster already up (KUBECONFIG=$CL/kubeconfig, registry $LOCAL_REGISTRY)"; return 0
   fi
