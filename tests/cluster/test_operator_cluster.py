@@ -148,7 +148,7 @@ def test_owned_objects_worker_problem_and_delete_cleans_up(namespace: str, tmp_p
         assert secret is not None, name
         assert [r["uid"] for r in secret["metadata"]["ownerReferences"]] == [uid]
     mesh = wait_for("status.mesh", lambda: em_status(namespace, "m").get("mesh"), 60)
-    assert set(mesh) == {"caNotAfter", "notAfter", "rotation", "caSHA256"}
+    assert set(mesh) == {"caNotAfter", "notAfter", "rotation", "caSHA256", "refused"}
 
     def image_problem() -> dict[str, Any] | None:
         c = condition(em_status(namespace, "m"), "WorkersReady")
