@@ -18,13 +18,27 @@ MODEL = "digits"
 
 
 def predict(ns: str, x: Any) -> Any:
-    """Through the endpoint, pinned to the keys in the status (re-read: a recovered worker has a new key)."""
+    """Through the endpoint, pinned to the keys in the status (re-read: a recovered worker has a new key).
+
+    Right after a switch to a new generation the endpoint may still relay the replaced
+    coordinator's model info (its key set from before the worker was lost) for a few seconds:
+    the pinned client then refuses to send anything (KeyMismatchError). Wait until the endpoint
+    hands out the keys the status names (known limitation, README), then predict."""
     from tfe_client.client import Client
+    from tfe_client.pins import KeyMismatchError
 
     keys = [w["publicKey"] for w in em_status(ns, MODEL)["workers"]]
     with port_forward(ns, f"svc/{MODEL}", 8000) as port:
         client = Client(f"http://127.0.0.1:{port}", timeout=120, expected_keys=keys, retry_for=120)
         try:
+            def keys_agree() -> bool | None:
+                try:
+                    client.model_info(MODEL, refresh=True)
+                    return True
+                except KeyMismatchError:
+                    return None
+
+            wait_for("the endpoint to hand out the keys in the status", keys_agree, 120, interval=2)
             return client.predict_proba(MODEL, x)
         finally:
             client.close()
