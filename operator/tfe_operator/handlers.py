@@ -417,18 +417,17 @@ def observe_model(
     )
 
 
-def _guard_health_get(kube: Kube, ctx: Context, pod: Mapping[str, Any], path: str) -> Any:
-    """GET a public path of a party's guard health listener: through the API server's proxy
-    (proxy mode) or straight to the pod (the NetworkPolicies admit the operator there)."""
+def _pod_get(kube: Kube, ctx: Context, pod: Mapping[str, Any], port: int, path: str) -> Any:
+    """GET a path of a pod's port (a guard's plain health listener, or an external serve pod's
+    client port): through the API server's proxy (proxy mode) or straight to the pod (the
+    NetworkPolicies admit the operator there)."""
     name = str(pod["metadata"]["name"])
     if RUNTIME.use_proxy():
-        return kube.proxy_get(ctx.namespace, "pods", name, api.PORT_GUARD_HEALTH, path)
+        return kube.proxy_get(ctx.namespace, "pods", name, port, path)
     ip = (pod.get("status", {}) or {}).get("podIP")
     if not ip:
         raise OSError(f"pod {name} has no IP yet")
-    return http_get_json(
-        f"http://{ip}:{api.PORT_GUARD_HEALTH}{path}", RUNTIME.settings.http_timeout_seconds
-    )
+    return http_get_json(f"http://{ip}:{port}{path}", RUNTIME.settings.http_timeout_seconds)
 
 
 def _refusals(
@@ -436,7 +435,7 @@ def _refusals(
 ) -> list[observe.Refusal]:
     """What this party's guard refused lately (status.mesh.refused names who and why)."""
     try:
-        doc = _guard_health_get(kube, ctx, pod, mesh_mod.REFUSALS_PATH)
+        doc = _pod_get(kube, ctx, pod, api.PORT_GUARD_HEALTH, mesh_mod.REFUSALS_PATH)
     except (ApiError, OSError, ValueError) as e:
         log.info("%s/%s: refusals of %s unavailable: %s", ctx.namespace, ctx.name, party, e)
         return []
@@ -463,72 +462,49 @@ def _serve_status(kube: Kube, ctx: Context, pod: Mapping[str, Any]) -> observe.S
     """GET /v1/status from one serve pod (not a Service: it routes to ready pods only). In the
     mesh the coordinator has no client port: its guard's plain health listener passes this
     GET to the relay API; external workers: the serve pod's client port."""
-    name = str(pod["metadata"]["name"])
     port = api.PORT_SERVE if ctx.spec.external else api.PORT_GUARD_HEALTH
     try:
-        if RUNTIME.use_proxy():
-            doc = kube.proxy_get(ctx.namespace, "pods", name, port, "/v1/status")
-        else:
-            ip = (pod.get("status", {}) or {}).get("podIP")
-            if not ip:
-                return None
-            doc = http_get_json(
-                f"http://{ip}:{port}/v1/status", RUNTIME.settings.http_timeout_seconds
-            )
+        doc = _pod_get(kube, ctx, pod, port, "/v1/status")
     except (ApiError, OSError, ValueError) as e:
-        log.info("%s/%s: serve status unavailable: %s", ctx.namespace, name, e)
+        log.info("%s/%s: serve status unavailable: %s", ctx.namespace, pod["metadata"]["name"], e)
         return None
     return observe.serve_status(doc)
 
 
-def _public_key(kube: Kube, ctx: Context, i: int, mesh: pki.MeshPlan | None) -> str | None:
-    """External workers: plain HTTP as before. Ours: through the API server's proxy to the
-    guard's health port (proxy mode), or over mTLS as identity `operator` (direct)."""
+def _worker_get(kube: Kube, ctx: Context, i: int, mesh: pki.MeshPlan | None, path: str) -> Any:
+    """GET a path of worker i's HTTP side. External workers: plain HTTP as before. Ours: through
+    the API server's proxy to the guard's health port (proxy mode), or over mTLS as identity
+    `operator` (direct; None without a mesh)."""
     timeout = RUNTIME.settings.http_timeout_seconds
+    if ctx.spec.external:
+        return http_get_json(f"http://{builders.players(ctx)[i]['http']}{path}", timeout)
+    if RUNTIME.use_proxy():
+        pod = builders.worker_pod_name(ctx.name, i)
+        return kube.proxy_get(ctx.namespace, "pods", pod, api.PORT_GUARD_HEALTH, path)
+    if mesh is None:
+        return None
     server = f"server{i}"
+    sc = operator_tls(mesh.ca, datetime.now(UTC))
+    host = builders.mesh_host(ctx, server)
+    return json.loads(pki.mtls_get(host, api.PORT_GUARD_HTTP, path, sc, server, timeout))
+
+
+def _public_key(kube: Kube, ctx: Context, i: int, mesh: pki.MeshPlan | None) -> str | None:
     try:
-        if ctx.spec.external:
-            http = builders.players(ctx)[i]["http"]
-            doc = http_get_json(f"http://{http}/v1/public-key", timeout)
-        elif RUNTIME.use_proxy():
-            pod = builders.worker_pod_name(ctx.name, i)
-            doc = kube.proxy_get(
-                ctx.namespace, "pods", pod, api.PORT_GUARD_HEALTH, "/v1/public-key"
-            )
-        else:
-            if mesh is None:
-                return None
-            sc = operator_tls(mesh.ca, datetime.now(UTC))
-            host = builders.mesh_host(ctx, server)
-            raw = pki.mtls_get(host, api.PORT_GUARD_HTTP, "/v1/public-key", sc, server, timeout)
-            doc = json.loads(raw)
+        doc = _worker_get(kube, ctx, i, mesh, "/v1/public-key")
     except (ApiError, OSError, ValueError) as e:
         log.info("%s/%s: public key of server%d unavailable: %s", ctx.namespace, ctx.name, i, e)
         return None
-    return observe.public_key(doc, i)
+    return None if doc is None else observe.public_key(doc, i)
 
 
 def _generations(
     kube: Kube, ctx: Context, i: int, mesh: pki.MeshPlan | None
 ) -> tuple[int, ...] | None:
     """The complete share generations worker i holds (docs/recovery.md), read like its key."""
-    timeout = RUNTIME.settings.http_timeout_seconds
-    path = builders.generations_path(ctx)
-    server = f"server{i}"
     try:
-        if ctx.spec.external:
-            http = builders.players(ctx)[i]["http"]
-            doc = http_get_json(f"http://{http}{path}", timeout)
-        elif RUNTIME.use_proxy():
-            pod = builders.worker_pod_name(ctx.name, i)
-            doc = kube.proxy_get(ctx.namespace, "pods", pod, api.PORT_GUARD_HEALTH, path)
-        else:
-            if mesh is None:
-                return None
-            sc = operator_tls(mesh.ca, datetime.now(UTC))
-            host = builders.mesh_host(ctx, server)
-            doc = json.loads(pki.mtls_get(host, api.PORT_GUARD_HTTP, path, sc, server, timeout))
+        doc = _worker_get(kube, ctx, i, mesh, builders.generations_path(ctx))
     except (ApiError, OSError, ValueError) as e:
         log.info("%s/%s: generations of server%d unavailable: %s", ctx.namespace, ctx.name, i, e)
         return None
-    return observe.generations(doc, ctx.name)
+    return None if doc is None else observe.generations(doc, ctx.name)
