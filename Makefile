@@ -43,6 +43,7 @@ lint: $(VENV)/.stamp $(WVENV)/.stamp ## ruff; mypy --strict on operator/, client
 	$(VENV)/bin/mypy --strict operator/tfe_operator client/tfe_client
 	$(WVENV)/bin/mypy --config-file worker-image/pyproject.toml worker-image/tfe_worker
 	cd $(GUARD_DIR) && $(GUARD_GOENV) $(GO) vet ./...
+	cd hack/cluster/htpasswd && $(GUARD_GOENV) $(GO) vet ./...
 
 helm-bin: ## build helm from its Go module into ~/.cache/tfe-operator (cached; the chart tests need it)
 	hack/cluster/build.sh helm
@@ -54,6 +55,7 @@ unit: setup helm-bin guard ## pure unit tests (no processes, no cluster), helm l
 	TFE_HELM=$$(hack/cluster/build.sh path)/helm $(VENV)/bin/pytest -q -rs tests/unit
 	$(WVENV)/bin/pytest -q tests/worker_unit
 	$(MAKE) --no-print-directory guard-test
+	cd hack/cluster/htpasswd && $(GUARD_GOENV) $(GO) test -count=1 ./...
 
 integration: setup guard s3-bin ## three real TFE players behind tfe-guard (mTLS), share, serve, client over HTTP (private network namespaces)
 	TFE_GUARD=$(CURDIR)/build/tfe-guard $(WPY) -m tfe_worker.netns $(WVENV)/bin/pytest -q tests/integration

@@ -3,8 +3,9 @@
 #   $CLUSTER_CACHE/bin-<k8s>/ : kube-apiserver kube-controller-manager kube-scheduler kubelet
 #                               kube-proxy kubectl coredns helm crictl
 #                               registry-<v> (distribution) gofakes3-<v> (S3 test server)
-# Idempotent: binaries already present are not rebuilt.
-# Usage: build.sh [k8s|coredns|helm|crictl|registry|gofakes3|all|path]
+#                               htpasswd (hack/cluster/htpasswd: the registry's bcrypt password file)
+# Idempotent: binaries already present are not rebuilt (htpasswd: unless its source is newer).
+# Usage: build.sh [k8s|coredns|helm|crictl|registry|gofakes3|htpasswd|all|path]
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/versions.sh"
@@ -45,6 +46,13 @@ build_mod() { # name module-path version main-package
   (cd "$d" && go get "$mod@$ver" && "${TIME[@]}" go build -mod=mod -ldflags "-s -w $5" -o "$BIN/$name" "$pkg")
 }
 
+build_local() { # name: a tool whose source is in hack/cluster/<name> (its own go.mod and go.sum)
+  local name=$1 src=$HERE/$1
+  if [ -x "$BIN/$name" ] && [ -z "$(find "$src" -newer "$BIN/$name" -print -quit)" ]; then return 0; fi
+  echo ">> building $name into $BIN"
+  (cd "$src" && go build -mod=readonly -ldflags "-s -w" -o "$BIN/$name" .)
+}
+
 case $what in
   k8s) build_k8s ;;
   coredns) build_mod coredns github.com/coredns/coredns "$COREDNS_VERSION" github.com/coredns/coredns "" ;;
@@ -58,7 +66,8 @@ case $what in
               "-X github.com/distribution/distribution/v3/version.version=$REGISTRY_VERSION" ;;
   gofakes3) build_mod "gofakes3-$GOFAKES3_VERSION" github.com/johannesboyne/gofakes3 "$GOFAKES3_VERSION" \
               github.com/johannesboyne/gofakes3/cmd/gofakes3 "" ;;
-  all) "$0" k8s; "$0" coredns; "$0" helm; "$0" crictl; "$0" registry ;;
+  htpasswd) build_local htpasswd ;;
+  all) "$0" k8s; "$0" coredns; "$0" helm; "$0" crictl; "$0" registry; "$0" htpasswd ;;
   path) echo "$BIN" ;;
-  *) echo "usage: $0 [k8s|coredns|helm|crictl|registry|gofakes3|all|path]" >&2; exit 2 ;;
+  *) echo "usage: $0 [k8s|coredns|helm|crictl|registry|gofakes3|htpasswd|all|path]" >&2; exit 2 ;;
 esac

@@ -249,10 +249,9 @@ registry_up() { # the local OCI registry, storage in the cache (pushed images su
   chmod 700 "$auth"
   [ -s "$auth/password" ] || (umask 077; head -c 18 /dev/urandom | base64 | tr -d '/+=' > "$auth/password")
   if [ ! -s "$auth/htpasswd" ] || [ "$auth/password" -nt "$auth/htpasswd" ]; then
-    python3 -W ignore -c 'import crypt, sys
-h = crypt.crypt(sys.stdin.read().strip(), crypt.mksalt(crypt.METHOD_BLOWFISH))
-assert h and h.startswith("$2"), "crypt(3) has no bcrypt"
-print("tfe:" + h)' < "$auth/password" > "$auth/htpasswd.tmp"
+    # bcrypt by golang.org/x/crypto, the implementation the registry verifies with
+    "$HERE/build.sh" htpasswd
+    "$BIN/htpasswd" tfe < "$auth/password" > "$auth/htpasswd.tmp"
     mv "$auth/htpasswd.tmp" "$auth/htpasswd"
   fi
   cat > "$CL/config/registry.yml" <<EOF
