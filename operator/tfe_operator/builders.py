@@ -59,6 +59,9 @@ class Context:
     image_pull_policy: str
     image_pull_secrets: tuple[str, ...] = ()
     operator_pod_labels: Mapping[str, str] = field(default_factory=dict)
+    # Settings.health_source_cidrs: also admitted to the health port (an operator outside the
+    # cluster reading it through the API server's pod proxy)
+    health_source_cidrs: tuple[str, ...] = ()
     log_format: str = "text"  # json: TFE_LOG_FORMAT=json in the player, serve and endpoint pods
     share_backoff_limit: int = 3
     share_deadline_seconds: int = 3600
@@ -89,6 +92,7 @@ class Context:
                 else spec.workers.image_pull_secrets
             ),
             operator_pod_labels=dict(settings.operator_pod_labels),
+            health_source_cidrs=settings.health_source_cidrs,
             log_format=settings.log_format,
             share_backoff_limit=settings.share_backoff_limit,
             share_deadline_seconds=settings.share_deadline_seconds,
@@ -1335,6 +1339,20 @@ def _from_operator(ctx: Context, *ports: int) -> list[dict[str, Any]]:
     ]
 
 
+def _health_from_cidrs(ctx: Context) -> list[dict[str, Any]]:
+    """The guard's plain health port (public key, generations, serve status, refusals) from the
+    configured CIDRs (Settings.health_source_cidrs): where an operator outside the cluster reads
+    it through the API server's pod proxy. None by default; never the mTLS or TF ports."""
+    if not ctx.health_source_cidrs:
+        return []
+    return [
+        {
+            "from": [{"ipBlock": {"cidr": c}} for c in ctx.health_source_cidrs],
+            "ports": _tcp(api.PORT_GUARD_HEALTH),
+        }
+    ]
+
+
 # Prometheus, from anywhere, on the metrics port only (it serves /metrics and nothing else).
 METRICS_SCRAPE: dict[str, Any] = {"ports": [{"protocol": "TCP", "port": api.PORT_METRICS}]}
 
@@ -1342,13 +1360,15 @@ METRICS_SCRAPE: dict[str, Any] = {"ports": [{"protocol": "TCP", "port": api.PORT
 def worker_network_policy(ctx: Context) -> Manifest:
     """Workers: the guard's mTLS ports only, from this model's workers, share Job and serve pod
     (never the endpoint pods); the mTLS HTTP and the plain health port also from the operator
-    (public keys). Raw TF/HTTP ports are closed by the pod's own iptables whatever the CNI
-    enforces (docs/mesh.md)."""
+    (public keys), the health port also from Settings.health_source_cidrs (an operator outside
+    the cluster, through the API server). Raw TF/HTTP ports are closed by the pod's own
+    iptables whatever the CNI enforces (docs/mesh.md)."""
     peers = {"podSelector": _components(ctx, WORKER, SHARE, SERVE)}
     ingress: list[dict[str, Any]] = [
         {"from": [peers], "ports": _tcp(api.PORT_GUARD_GRPC, api.PORT_GUARD_HTTP)}
     ]
     ingress += _from_operator(ctx, api.PORT_GUARD_HTTP, api.PORT_GUARD_HEALTH)
+    ingress += _health_from_cidrs(ctx)
     ingress.append(METRICS_SCRAPE)
     return {
         "apiVersion": "networking.k8s.io/v1",
@@ -1366,7 +1386,8 @@ def coordinator_network_policy(ctx: Context) -> Manifest:
     """Share Job and serve pod: the guard's mTLS gRPC port only from the workers (they fetch
     tensors from the coordinator); the guard's mTLS HTTP port (the relay) only from the
     endpoint pods; the plain health port from the operator (status through the API server or
-    directly; the kubelet's probes come from the node). No client port: that is the endpoint's."""
+    directly; the kubelet's probes come from the node) and from Settings.health_source_cidrs.
+    No client port: that is the endpoint's."""
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -1384,6 +1405,7 @@ def coordinator_network_policy(ctx: Context) -> Manifest:
                     "ports": _tcp(api.PORT_GUARD_HTTP),
                 },
                 *_from_operator(ctx, api.PORT_GUARD_HEALTH),
+                *_health_from_cidrs(ctx),
                 METRICS_SCRAPE,
             ],
         },

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,19 @@ def _parse_labels(text: str) -> dict[str, str]:
 
 def _parse_list(text: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+def _parse_cidrs(text: str) -> tuple[str, ...]:
+    cidrs = _parse_list(text)
+    for c in cidrs:
+        what = f"TFE_OPERATOR_HEALTH_SOURCE_CIDRS: {c!r} is not a CIDR"
+        if "/" not in c:
+            raise ValueError(f"{what} (want e.g. 172.18.0.2/32)")
+        try:
+            ipaddress.ip_network(c, strict=False)
+        except ValueError as e:
+            raise ValueError(f"{what}: {e}") from None
+    return cidrs
 
 
 def _log_format(v: str) -> str:
@@ -61,6 +75,11 @@ class Settings:
     operator_pod_labels: Mapping[str, str] = field(
         default_factory=lambda: {"app.kubernetes.io/name": "tfe-operator"}
     )
+    # CIDRs (NetworkPolicy ipBlock) admitted to the guard's plain health port (5444) of workers,
+    # share Job and serve pod, next to the operator's pods: where an operator running outside the
+    # cluster connects from in proxy mode, i.e. the API server's node addresses (its pod proxy
+    # dials from there). Empty = only the operator's pods (an in-cluster install needs nothing).
+    health_source_cidrs: tuple[str, ...] = ()
     # kopf watch timeouts (seconds): without them a watch can go silent forever.
     watch_server_timeout: int = 60
     watch_client_timeout: int = 90
@@ -106,6 +125,7 @@ class Settings:
             operator_pod_labels=(
                 dict(d.operator_pod_labels) if labels_env is None else _parse_labels(labels_env)
             ),
+            health_source_cidrs=_parse_cidrs(get("HEALTH_SOURCE_CIDRS") or ""),
             watch_server_timeout=integer("WATCH_SERVER_TIMEOUT", d.watch_server_timeout),
             watch_client_timeout=integer("WATCH_CLIENT_TIMEOUT", d.watch_client_timeout),
             watch_connect_timeout=integer("WATCH_CONNECT_TIMEOUT", d.watch_connect_timeout),

@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 REPO = Path(__file__).resolve().parents[2]
 KUBECONFIG = Path(os.environ.get("TFE_KUBECONFIG", str(REPO / ".cluster" / "kubeconfig")))
@@ -30,6 +30,8 @@ CRD = REPO / "charts" / "tfe-operator" / "crds" / "encryptedmodels.tfe.dev.yaml"
 VERSION = (REPO / "VERSION").read_text().strip()
 WORKER_IMAGE = os.environ.get("TFE_WORKER_IMAGE", f"tfe-operator/worker:{VERSION}")
 WORKER_PYTHON = REPO / ".venv-worker" / "bin" / "python"
+# make kind-e2e: multi-node kind with kube-router enforcing NetworkPolicy (hack/kind)
+KIND = os.environ.get("TFE_E2E_CLUSTER") == "kind"
 # Namespaces of this run only: two runs on one cluster must not reconcile each other's objects.
 RUN_ID = uuid.uuid4().hex[:4]
 NS_PREFIX = f"tfe-e2e-{RUN_ID}-"

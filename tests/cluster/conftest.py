@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from clusterlib import (
     CRD,
+    KIND,
     KUBECONFIG,
     MODEL_SCRIPT,
     NS_PREFIX,
@@ -23,6 +24,7 @@ from clusterlib import (
     WORKER_PYTHON,
     InProcessOperator,
     KubectlError,
+    apiserver_cidrs,
     dump,
     kubectl,
 )
@@ -72,6 +74,8 @@ def operator(cluster: str) -> Iterator[InProcessOperator]:
     os.environ.setdefault("TFE_OPERATOR_WORKER_IMAGE", WORKER_IMAGE)
     os.environ.setdefault("TFE_OPERATOR_IMAGE_PULL_POLICY", "Never")  # images come from make images
     os.environ.setdefault("TFE_OPERATOR_SHARE_BACKOFF_LIMIT", "1")
+    if KIND:  # NetworkPolicy enforced: admit the API server's pod proxy to the guards' health port
+        os.environ.setdefault("TFE_OPERATOR_HEALTH_SOURCE_CIDRS", ",".join(apiserver_cidrs()))
     op = InProcessOperator()
     op.start()
     yield op

@@ -28,12 +28,14 @@ from typing import Any
 
 import pytest
 from clusterlib import (
+    KIND,
     KUBECONFIG,
     KUBECTL,
     REGISTRY,
     REPO,
     VERSION,
     WORKER_PYTHON,
+    apiserver_cidrs,
     condition,
     create_pull_secret,
     dump,
@@ -271,6 +273,9 @@ def test_user_journey(
         *pull,
         "--set", "rbac.clusterWide=false",
         "--set", f"watchNamespaces={{{ns}}}",
+        # kind enforces NetworkPolicy: step 7 reads the serve pod's health port (5444) through
+        # the API server's pod proxy, which connects from the control-plane node
+        *(["--set", f"healthSourceCIDRs={{{','.join(apiserver_cidrs())}}}"] if KIND else []),
         "--wait", "--timeout", "180s",
     )  # fmt: skip
     dep = get_json("deployment", f"{RELEASE}-tfe-operator", "-n", ns)
@@ -287,12 +292,16 @@ def test_user_journey(
         refusal = pull_refused_without_secret(ns, f"{OPERATOR_REPO}:{VERSION}")
         assert "401" in refusal or "unauthorized" in refusal.lower(), refusal
 
-    # 2. kubectl apply the examples.
+    # 2. kubectl apply the examples (on kind, with 3 worker nodes: workers.spread Required).
+    example = (REPO / "examples" / "digits-encryptedmodel.yaml").read_text()
+    if KIND:
+        assert "    spread: Preferred\n" in example
+        example = example.replace("    spread: Preferred\n", "    spread: Required\n")
     t0 = time.monotonic()
     p = run(
-        [KUBECTL, "apply", "-n", ns, "-f", str(REPO / "examples" / "digits-model.yaml"),
-         "-f", str(REPO / "examples" / "digits-encryptedmodel.yaml")],
+        [KUBECTL, "apply", "-n", ns, "-f", str(REPO / "examples" / "digits-model.yaml"), "-f", "-"],
         120,
+        input=example,
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert "configmap/digits-model created" in p.stdout, p.stdout
@@ -314,6 +323,9 @@ def test_user_journey(
     }
     keys = [w["publicKey"] for w in st["workers"]]
     assert len(keys) == 3 and all(keys), st["workers"]
+    if KIND:  # spread Required: the three parties on three nodes
+        nodes = {p["spec"]["nodeName"] for p in pods(ns, f"{MODEL_SELECTOR},app.kubernetes.io/component=worker")}
+        assert len(nodes) == 3, nodes
     if REGISTRY:  # every pod of the model pulled the worker image from the registry with the secret
         for pod in pods(ns, MODEL_SELECTOR):
             assert pod["spec"]["imagePullSecrets"] == [{"name": "regcred"}], pod["metadata"]["name"]

@@ -1084,11 +1084,21 @@ PEERS = {
 }
 
 
+HEALTH_CIDRS = ("172.18.0.2/32", "172.18.0.3/32")
+# an operator outside the cluster: the API server's addresses, on the health port only
+HEALTH_FROM_CIDRS = {
+    "from": [{"ipBlock": {"cidr": "172.18.0.2/32"}}, {"ipBlock": {"cidr": "172.18.0.3/32"}}],
+    "ports": [{"protocol": "TCP", "port": 5444}],
+}
+
+
+@pytest.mark.parametrize("cidrs", [False, True], ids=["no-cidrs", "health-cidrs"])
 @pytest.mark.parametrize("operator_labels", [True, False], ids=["with-operator", "proxy-only"])
-def test_worker_network_policy(operator_labels: bool) -> None:
+def test_worker_network_policy(operator_labels: bool, cidrs: bool) -> None:
     settings = Settings(
         worker_image=IMAGE,
         operator_pod_labels={"app.kubernetes.io/name": "tfe-operator"} if operator_labels else {},
+        health_source_cidrs=HEALTH_CIDRS if cidrs else (),
     )
     ingress: list[dict[str, Any]] = [
         {
@@ -1108,6 +1118,8 @@ def test_worker_network_policy(operator_labels: bool) -> None:
                 "ports": [{"protocol": "TCP", "port": 5443}, {"protocol": "TCP", "port": 5444}],
             }
         )
+    if cidrs:  # never the mTLS ports: an address is no identity
+        ingress.append(HEALTH_FROM_CIDRS)
     ingress.append(METRICS_SCRAPE)
     assert builders.worker_network_policy(make_ctx(settings=settings)) == {
         "apiVersion": "networking.k8s.io/v1",
@@ -1124,11 +1136,13 @@ def test_worker_network_policy(operator_labels: bool) -> None:
 OPERATOR_PEER = {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "tfe-operator"}}}
 
 
+@pytest.mark.parametrize("cidrs", [False, True], ids=["no-cidrs", "health-cidrs"])
 @pytest.mark.parametrize("operator_labels", [True, False], ids=["with-operator", "proxy-only"])
-def test_coordinator_network_policy(operator_labels: bool) -> None:
+def test_coordinator_network_policy(operator_labels: bool, cidrs: bool) -> None:
     settings = Settings(
         worker_image=IMAGE,
         operator_pod_labels={"app.kubernetes.io/name": "tfe-operator"} if operator_labels else {},
+        health_source_cidrs=HEALTH_CIDRS if cidrs else (),
     )
     ingress: list[dict[str, Any]] = [
         {
@@ -1143,6 +1157,8 @@ def test_coordinator_network_policy(operator_labels: bool) -> None:
     ]
     if operator_labels:
         ingress.append({"from": [OPERATOR_PEER], "ports": [{"protocol": "TCP", "port": 5444}]})
+    if cidrs:
+        ingress.append(HEALTH_FROM_CIDRS)
     ingress.append(METRICS_SCRAPE)
     assert builders.coordinator_network_policy(make_ctx(settings=settings)) == {
         "apiVersion": "networking.k8s.io/v1",

@@ -90,10 +90,23 @@ def test_default_render() -> None:
     # The worker NetworkPolicy admits the operator's pods by these labels.
     labels = dep["spec"]["template"]["metadata"]["labels"]
     assert settings.operator_pod_labels and all(labels.get(k) == v for k, v in settings.operator_pod_labels.items())
+    assert settings.health_source_cidrs == ()  # by default the policies admit no address
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"metrics": settings.metrics_port, "healthz": settings.liveness_port}
     (svc,) = by_kind(docs, "Service")
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+
+
+def test_health_source_cidrs_reach_the_operator() -> None:
+    docs = render("healthSourceCIDRs={172.18.0.2/32,172.18.0.3/32}")
+    (dep,) = by_kind(docs, "Deployment")
+    env = {e["name"]: e["value"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert Settings.from_env(env).health_source_cidrs == ("172.18.0.2/32", "172.18.0.3/32")
+
+
+def test_health_source_cidrs_schema_refuses_an_address() -> None:
+    proc = helm("template", "rel", str(CHART), "--set", "healthSourceCIDRs={172.18.0.2}")
+    assert proc.returncode != 0 and "healthSourceCIDRs" in proc.stderr
 
 
 def _rules(role: dict[str, Any]) -> set[tuple[str, str, str]]:

@@ -18,6 +18,7 @@ def test_defaults() -> None:
     assert s.worker_image == f"tfe-operator/worker:{__version__}"
     assert s.namespaces == ()
     assert s.operator_pod_labels == {"app.kubernetes.io/name": "tfe-operator"}
+    assert s.health_source_cidrs == ()  # the production policies admit only the operator's pods
     assert s.watch_server_timeout > 0 and s.watch_client_timeout > s.watch_server_timeout
 
 
@@ -35,6 +36,7 @@ def test_from_env() -> None:
             "TFE_OPERATOR_POD_LABELS": "app=op, tier=ctl",
             "TFE_OPERATOR_METRICS_PORT": "9100",
             "TFE_OPERATOR_WATCH_SERVER_TIMEOUT": "30",
+            "TFE_OPERATOR_HEALTH_SOURCE_CIDRS": "172.18.0.2/32, fd00::/64,",
         }
     )
     assert s.namespaces == ("a", "b")
@@ -44,6 +46,7 @@ def test_from_env() -> None:
     assert s.operator_pod_labels == {"app": "op", "tier": "ctl"}
     assert s.metrics_port == 9100
     assert s.watch_server_timeout == 30
+    assert s.health_source_cidrs == ("172.18.0.2/32", "fd00::/64")
 
 
 def test_empty_pod_labels_mean_none() -> None:
@@ -52,7 +55,13 @@ def test_empty_pod_labels_mean_none() -> None:
 
 @pytest.mark.parametrize(
     "env",
-    [{"TFE_OPERATOR_HTTP_MODE": "carrier-pigeon"}, {"TFE_OPERATOR_POD_LABELS": "novalue"}],
+    [
+        {"TFE_OPERATOR_HTTP_MODE": "carrier-pigeon"},
+        {"TFE_OPERATOR_POD_LABELS": "novalue"},
+        {"TFE_OPERATOR_HEALTH_SOURCE_CIDRS": "172.18.0.2"},  # an address is not a CIDR
+        {"TFE_OPERATOR_HEALTH_SOURCE_CIDRS": "172.18.0.0/33"},
+        {"TFE_OPERATOR_HEALTH_SOURCE_CIDRS": "apiserver/32"},
+    ],
 )
 def test_bad_values_are_refused(env: dict[str, str]) -> None:
     with pytest.raises(ValueError):
