@@ -135,9 +135,8 @@ def guard(
         "imagePullPolicy": "IfNotPresent",
         "restartPolicy": "Always",
         "command": command,
+        "env": [*(env or []), {"name": "GOMAXPROCS", "value": "1"}],
     }
-    if env is not None:
-        c["env"] = env
     if inbound:
         c["ports"] = MESH_PORTS + ([{"name": "health", "containerPort": 5444, "protocol": "TCP"}] if health else [])
         c["startupProbe"] = {"tcpSocket": {"port": 5440}, "periodSeconds": 1, "failureThreshold": 30}
@@ -677,6 +676,19 @@ def test_share_job_settings() -> None:
     assert job["spec"]["backoffLimit"] == 5
     assert job["spec"]["activeDeadlineSeconds"] == 60
     assert job["spec"]["template"]["spec"]["containers"][0]["image"] == "w:1"
+
+
+def test_every_guard_runs_one_go_thread() -> None:
+    """GOMAXPROCS=1 in every guard container: the guard shares its pod's cores with its party."""
+    ctx = make_ctx()
+    pods = [builders.worker_statefulset(ctx)["spec"]["template"]["spec"],
+            builders.serve_deployment(ctx, 1)["spec"]["template"]["spec"],
+            builders.share_job(ctx, 4)["spec"]["template"]["spec"],
+            builders.endpoint_deployment(ctx)["spec"]["template"]["spec"]]
+    guards = [c for p in pods for c in [*p.get("initContainers", []), *p["containers"]] if c["name"] == "guard"]
+    assert len(guards) == len(pods)
+    for g in guards:
+        assert {"name": "GOMAXPROCS", "value": "1"} in g["env"]
 
 
 def test_share_job_guard_config_is_a_valid_mesh_config() -> None:
