@@ -111,12 +111,14 @@ unroutes() {
 }
 
 load() { # every node: test pods with the worker image may tolerate the control plane's taint
-  local img
-  for img in "tfe-operator/worker:$VERSION" "tfe-operator/operator:$VERSION"; do
+  # worker, operator and the S3 test server (test_s3_cluster; no registry on kind)
+  local img imgs=("tfe-operator/worker:$VERSION" "tfe-operator/operator:$VERSION"
+    "tfe-operator/gofakes3:$GOFAKES3_VERSION")
+  for img in "${imgs[@]}"; do
     docker image inspect "$img" >/dev/null 2>&1 || die "$img not built (make images)"
   done
   log "kind load docker-image into every node of $NAME"
-  "$KIND" load docker-image --name "$NAME" "tfe-operator/worker:$VERSION" "tfe-operator/operator:$VERSION"
+  "$KIND" load docker-image --name "$NAME" "${imgs[@]}"
 }
 
 down() {

@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 REPO = Path(__file__).resolve().parents[2]
 KUBECONFIG = Path(os.environ.get("TFE_KUBECONFIG", str(REPO / ".cluster" / "kubeconfig")))
@@ -105,6 +105,22 @@ def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
         if c.get("type") == type_:
             return dict(c)
     return {}
+
+
+def apiserver_cidrs() -> tuple[str, ...]:
+    """The control-plane nodes' InternalIPs as /32 (/128) CIDRs: where the API server's pod
+    proxy connects from, so an operator outside the cluster (proxy mode) reads the guards'
+    health port through it only if the model's NetworkPolicies admit these
+    (TFE_OPERATOR_HEALTH_SOURCE_CIDRS, chart value healthSourceCIDRs)."""
+    nodes = get_json("nodes", "-l", "node-role.kubernetes.io/control-plane")
+    cidrs = tuple(
+        f"{a['address']}/{128 if ':' in a['address'] else 32}"
+        for n in (nodes or {}).get("items", [])
+        for a in n["status"].get("addresses", [])
+        if a["type"] == "InternalIP"
+    )
+    assert cidrs, "no control-plane node with an InternalIP"
+    return cidrs
 
 
 # ------------------------------------------------------------------ the operator in-process

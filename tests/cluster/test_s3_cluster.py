@@ -1,6 +1,7 @@
 """model.s3 on the cluster (issue 10 item 4): an S3-compatible server (gofakes3, built from its
 Go module, pulled from the local registry of ``make cluster-up``: ``make images push
-REGISTRY=127.0.0.1:5000`` puts it there) runs as a pod; the model is uploaded through a
+REGISTRY=127.0.0.1:5000`` puts it there; on kind, TFE_REGISTRY empty, ``make kind-load`` loads
+it into the nodes) runs as a pod; the model is uploaded through a
 port-forward; the share Job downloads it with credentials from a Secret.
 
 wrong sha256 → Failed, the message naming both digests; the right one → Serving, and private
@@ -34,21 +35,20 @@ pytestmark = [pytest.mark.cluster, pytest.mark.worker_image]
 
 _VERSIONS = (REPO / "hack" / "cluster" / "versions.sh").read_text()
 GOFAKES3_VERSION = _VERSIONS.split("GOFAKES3_VERSION=${GOFAKES3_VERSION:-", 1)[1].split("}", 1)[0]
-S3_IMAGE = f"{REGISTRY}/tfe-operator/gofakes3:{GOFAKES3_VERSION}"
+S3_IMAGE = f"{REGISTRY + '/' if REGISTRY else ''}tfe-operator/gofakes3:{GOFAKES3_VERSION}"
 BUCKET = "models"
 SERVING_TIMEOUT = 900
 
 
 def s3_server_manifests(ns: str) -> str:
     labels = {"app": "s3"}
-    pod_spec = {
-        "imagePullSecrets": [{"name": "regcred"}],
+    pod_spec: dict[str, object] = {
         "securityContext": {"runAsNonRoot": True, "runAsUser": 65534, "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [
             {
                 "name": "gofakes3",
                 "image": S3_IMAGE,
-                "imagePullPolicy": "IfNotPresent",
+                "imagePullPolicy": "IfNotPresent" if REGISTRY else "Never",  # kind: make kind-load
                 "args": ["-backend", "memory", "-host", ":9000", "-initialbucket", BUCKET],
                 "ports": [{"name": "s3", "containerPort": 9000}],
                 "readinessProbe": {"tcpSocket": {"port": 9000}, "periodSeconds": 1},
@@ -61,6 +61,8 @@ def s3_server_manifests(ns: str) -> str:
             }
         ],
     }
+    if REGISTRY:
+        pod_spec["imagePullSecrets"] = [{"name": "regcred"}]
     docs = [
         {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "s3", "namespace": ns, "labels": labels},
          "spec": pod_spec},
@@ -73,11 +75,10 @@ def s3_server_manifests(ns: str) -> str:
 @pytest.fixture
 def s3_store(namespace: str) -> Iterator[int]:
     """The S3 server pod; yields a loopback port forwarded to its Service."""
-    if not REGISTRY:
-        pytest.skip("TFE_REGISTRY is empty (make kind-e2e): the S3 server's image comes from the local registry")
-    repo, _, tag = S3_IMAGE.rpartition(":")
-    registry_digest(repo, tag)  # pushed by make images push REGISTRY=127.0.0.1:5000
-    create_pull_secret(namespace, "regcred")
+    if REGISTRY:
+        repo, _, tag = S3_IMAGE.rpartition(":")
+        registry_digest(repo, tag)  # pushed by make images push REGISTRY=127.0.0.1:5000
+        create_pull_secret(namespace, "regcred")
     kubectl("apply", "-f", "-", input=s3_server_manifests(namespace))
     kubectl("wait", "-n", namespace, "--for=condition=Ready", "pod/s3", "--timeout=180s", timeout=200)
     with port_forward(namespace, "svc/s3", 9000) as port:
