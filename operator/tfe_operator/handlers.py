@@ -5,6 +5,7 @@ re-reads the observed state every ``resync_seconds``; status never comes from on
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import logging
@@ -18,12 +19,12 @@ from typing import Any
 import kopf
 from tfe_client import mesh as mesh_mod
 
-from . import api, builders, metrics, observe, pki
+from . import api, builders, certmgr, metrics, observe, pki
 from .builders import Context
 from .kube import ApiError, Kube, http_get_json, kubernetes_transport
-from .reconcile import Plan, Resource, keys_to_fetch, reconcile
+from .reconcile import Plan, Ref, Resource, keys_to_fetch, reconcile
 from .settings import Settings
-from .spec import SpecError, parse_spec
+from .spec import IssuerRef, SpecError, parse_spec
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +189,9 @@ def _reconcile(
                 log.warning("%s: mesh certificates: %s", key, e)
                 metrics.RECONCILES.labels(result="error").inc()
                 return
+            if mesh.pending:
+                _hold_for_certificates(patch, body_status, meta, mesh, memo)
+                return
             if mesh.reason:
                 RUNTIME.post_event(body, "Normal", "MeshCertificatesIssued", mesh.reason[:1000])
             ctx = dataclasses.replace(ctx, mesh_hash=mesh.hash)
@@ -219,9 +223,35 @@ def _reconcile(
 # ---------------------------------------------------------------- the mesh PKI (docs/mesh.md)
 
 
+def _hold_for_certificates(
+    patch: kopf.Patch,
+    body_status: Mapping[str, Any],
+    meta: kopf.Meta,
+    mesh: pki.MeshPlan,
+    memo: kopf.Memo,
+) -> None:
+    """cert-manager has not issued every identity (or they disagree on the CA): nothing is
+    created or rolled until it has; the status says which identity waits or failed, and why.
+    Pods already running keep the certificates they mounted."""
+    new = {
+        **body_status,
+        "phase": body_status.get("phase") or "Pending",
+        "message": f"mesh certificates not ready: {mesh.pending}"[:2000],
+        "mesh": mesh.status,
+        "observedGeneration": int(meta.get("generation", 1) or 1),
+    }
+    _patch_status(patch, body_status, body_status, new)
+    memo.pop("status", None)
+    memo.pop("status_rv", None)
+    metrics.RECONCILES.labels(result="waiting").inc()
+
+
 def ensure_mesh(kube: Kube, ctx: Context, rotation: str, now: datetime) -> pki.MeshPlan:
     """Read the mesh Secrets (the CA in full, the leaves' metadata only), write what
-    ``pki.plan_mesh`` says is missing or stale (the CA first). Keys are never logged."""
+    ``pki.plan_mesh`` says is missing or stale (the CA first). Keys are never logged.
+    With spec.mesh.issuerRef: cert-manager issues them (``ensure_issued``)."""
+    if ctx.spec.mesh.issuer_ref is not None:
+        return ensure_issued(kube, ctx, ctx.spec.mesh.issuer_ref, now)
     m, ns = ctx.name, ctx.namespace
     ca, ca_rotation, ca_owner = pki.parse_ca_secret(
         kube.get("v1", "Secret", ns, builders.mesh_ca_secret_name(m))
@@ -242,22 +272,91 @@ def ensure_mesh(kube: Kube, ctx: Context, rotation: str, now: datetime) -> pki.M
     return plan
 
 
+def _secret_data(secret: Mapping[str, Any] | None, with_key: bool) -> dict[str, bytes] | None:
+    """An issued Secret's certificates (and its key only when asked: the operator's own)."""
+    if secret is None:
+        return None
+    keys = ("tls.crt", "ca.crt", "tls.key") if with_key else ("tls.crt", "ca.crt")
+    data = secret.get("data") or {}
+    out: dict[str, bytes] = {}
+    for k in keys:
+        try:
+            out[k] = base64.b64decode(data.get(k) or "")
+        except ValueError:
+            out[k] = b""
+    return out
+
+
+def ensure_issued(kube: Kube, ctx: Context, issuer: IssuerRef, now: datetime) -> pki.MeshPlan:
+    """spec.mesh.issuerRef: apply a cert-manager Certificate per identity, read what it issued
+    (``certmgr.plan_issued`` judges it), own the issued Secrets (an earlier EncryptedModel's
+    are deleted so that cert-manager issues new keys). An API error on a Certificate (e.g.
+    cert-manager is not installed) is reported as pending, never raised."""
+    ns = ctx.namespace
+    observed: dict[str, certmgr.Issued] = {}
+    for identity in certmgr.IDENTITIES:
+        name = certmgr.certificate_name(ctx.name, identity)
+        try:
+            cert = kube.get(certmgr.API_VERSION, certmgr.KIND, ns, name)
+        except ApiError:
+            cert = None
+        secret = kube.get("v1", "Secret", ns, name)
+        action = certmgr.secret_action(secret, ctx.uid)
+        if action == "delete":
+            kube.delete(ns, Ref("v1", "Secret", name))
+            log.info("%s/%s: %s was an earlier model's: deleted for reissue", ns, ctx.name, name)
+            secret = None
+        elif action == "adopt":
+            kube.apply(certmgr.secret_owner(ctx, name))
+        observed[identity] = certmgr.Issued(
+            cert, _secret_data(secret, with_key=identity == mesh_mod.OPERATOR)
+        )
+    plan = certmgr.plan_issued(ctx, issuer, observed, now)
+    errors: list[str] = []
+    for manifest in plan.apply:
+        try:
+            kube.apply(manifest)
+        except ApiError as e:
+            errors.append(f"Certificate {manifest['metadata']['name']}: {e}")
+    if errors:
+        why = "; ".join(errors) + " (is cert-manager installed?)"
+        log.warning("%s/%s: %s", ns, ctx.name, why)
+        pending = f"{why}; {plan.pending}" if plan.pending else why
+        plan = dataclasses.replace(plan, pending=pending)
+    elif plan.pending:
+        log.info("%s/%s: mesh certificates not ready: %s", ns, ctx.name, plan.pending)
+    return plan
+
+
 def ensure_share_identities(
     kube: Kube, ctx: Context, mesh: pki.MeshPlan, plan: Plan, now: datetime
 ) -> list[str]:
-    """Issue share-g<N> for each share Job the plan applies, before the Job (if missing)."""
+    """Issue share-g<N> for each share Job the plan applies, before the Job (if missing); with
+    cert-manager, its Certificate (the Job's pod waits for the Secret). A share Secret the plan
+    deletes takes its Certificate with it (else cert-manager would issue it again)."""
     errors: list[str] = []
+    issuer = ctx.spec.mesh.issuer_ref
     for manifest in plan.apply:
         if manifest["kind"] != "Job":
             continue
         gen = int(manifest["metadata"]["labels"][api.LABEL_GENERATION])
         name = builders.share_secret_name(ctx.name, gen)
         try:
-            if kube.get_metadata("v1", "Secret", ctx.namespace, name) is None:
+            if issuer is not None:
+                kube.apply(certmgr.share_certificate(ctx, issuer, gen))
+            elif kube.get_metadata("v1", "Secret", ctx.namespace, name) is None:
+                assert mesh.ca is not None
                 kube.apply(pki.share_secret(ctx, mesh.ca, gen, now))
                 log.info("%s/%s: mesh identity share-g%d issued", ctx.namespace, ctx.name, gen)
         except ApiError as e:
-            errors.append(f"Secret {name}: {e}")
+            errors.append(f"{'Certificate' if issuer else 'Secret'} {name}: {e}")
+    if issuer is not None:
+        deleted = [(ref.kind, ref.name) for ref in plan.delete]
+        for name in certmgr.share_deletes(deleted, ctx.name):
+            try:
+                kube.delete(ctx.namespace, Ref(certmgr.API_VERSION, certmgr.KIND, name))
+            except ApiError as e:
+                errors.append(f"delete Certificate {name}: {e}")
     return errors
 
 
@@ -265,15 +364,26 @@ _OPERATOR_TLS: dict[str, tuple[datetime, ssl.SSLContext]] = {}
 _OPERATOR_TLS_GUARD = threading.Lock()
 
 
-def operator_tls(ca: pki.KeyPair, now: datetime) -> ssl.SSLContext:
-    """The operator's client TLS context for one mesh CA (its certificate lives in memory)."""
+def operator_tls(mesh: pki.MeshPlan, now: datetime) -> ssl.SSLContext:
+    """The operator's client TLS context for one mesh: its certificate made from the mesh CA
+    (in memory), or the one cert-manager issued (from its Secret)."""
+    if mesh.operator is not None:
+        key = pki.sha256(mesh.trust + mesh.operator.cert)
+        with _OPERATOR_TLS_GUARD:
+            hit = _OPERATOR_TLS.get(key)
+            if hit is None:
+                hit = (mesh.operator.not_after, pki.client_context(mesh.trust, mesh.operator))
+                _OPERATOR_TLS[key] = hit
+            return hit[1]
+    ca = mesh.ca
+    assert ca is not None
     key = pki.sha256(ca.cert)
     with _OPERATOR_TLS_GUARD:
         hit = _OPERATOR_TLS.get(key)
         if hit is not None and hit[0] - now > pki.OPERATOR_RENEW:
             return hit[1]
         me = pki.operator_identity(ca, now)
-        sc = pki.client_context(ca, me)
+        sc = pki.client_context(ca.cert, me)
         _OPERATOR_TLS[key] = (me.not_after, sc)
         return sc
 
@@ -484,7 +594,7 @@ def _worker_get(kube: Kube, ctx: Context, i: int, mesh: pki.MeshPlan | None, pat
     if mesh is None:
         return None
     server = f"server{i}"
-    sc = operator_tls(mesh.ca, datetime.now(UTC))
+    sc = operator_tls(mesh, datetime.now(UTC))
     host = builders.mesh_host(ctx, server)
     return json.loads(pki.mtls_get(host, api.PORT_GUARD_HTTP, path, sc, server, timeout))
 

@@ -33,6 +33,8 @@ RESOURCES: Mapping[tuple[str, str], tuple[str, str]] = {
     ("batch/v1", "Job"): ("/apis/batch/v1", "jobs"),
     ("networking.k8s.io/v1", "NetworkPolicy"): ("/apis/networking.k8s.io/v1", "networkpolicies"),
     (api.API_VERSION, api.KIND): (f"/apis/{api.API_VERSION}", api.PLURAL),
+    # spec.mesh.issuerRef (certmgr): the mesh identities issued by cert-manager
+    ("cert-manager.io/v1", "Certificate"): ("/apis/cert-manager.io/v1", "certificates"),
 }
 
 # Kinds whose spec cannot change after creation: created once, never patched.

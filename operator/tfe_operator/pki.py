@@ -189,11 +189,17 @@ def parse_leaf_metadata(meta: Mapping[str, Any] | None) -> LeafInfo | None:
 
 @dataclass(frozen=True)
 class MeshPlan:
-    ca: KeyPair
-    apply: list[Manifest]  # Secrets to write (CA first)
+    ca: KeyPair | None  # the operator's own CA (None: cert-manager issues, certmgr)
+    apply: list[Manifest]  # Secrets (CA first) or cert-manager Certificates to write
     hash: str  # of the CA and the long-lived leaves: the pods' restart trigger
     status: dict[str, Any]  # status.mesh
     reason: str  # why anything was (re)issued; "" when nothing was
+    # cert-manager: which identity is not issued yet or failed, and why ("" when all are)
+    pending: str = ""
+    # the trust anchor (PEM): the CA's certificate, or the issued Secrets' ca.crt
+    trust: bytes = b""
+    # the operator's client identity when cert-manager issues it (else made from `ca`)
+    operator: KeyPair | None = None
 
 
 def ca_valid(ex: Existing, ctx: Context, rotation: str, now: dt.datetime) -> str:
@@ -250,7 +256,7 @@ def plan_mesh(ctx: Context, ex: Existing, rotation: str, now: dt.datetime) -> Me
         "rotation": rotation,
         "caSHA256": ca_sha,
     }
-    return MeshPlan(ca, apply, digest.hexdigest()[:16], status, "; ".join(reasons))
+    return MeshPlan(ca, apply, digest.hexdigest()[:16], status, "; ".join(reasons), trust=ca.cert)
 
 
 def issue_for(
@@ -277,12 +283,12 @@ def operator_identity(ca: KeyPair, now: dt.datetime) -> KeyPair:
 # ---------------------------------------------------------------- mTLS client (the operator)
 
 
-def client_context(ca: KeyPair, me: KeyPair) -> ssl.SSLContext:
-    """TLS 1.3, the mesh CA only, our certificate as the client's. Python's ssl loads a key
-    from a file only: it is written to a private temporary file and removed at once."""
+def client_context(trust: bytes, me: KeyPair) -> ssl.SSLContext:
+    """TLS 1.3, the mesh CA (`trust`, PEM) only, our certificate as the client's. Python's ssl
+    loads a key from a file only: it is written to a private temporary file and removed at once."""
     sc = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     sc.minimum_version = ssl.TLSVersion.TLSv1_3
-    sc.load_verify_locations(cadata=ca.cert.decode())
+    sc.load_verify_locations(cadata=trust.decode())
     with tempfile.TemporaryDirectory(prefix="tfe-mesh-") as d:
         path = os.path.join(d, "operator.pem")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -178,6 +178,38 @@ def parse_duration(value: Any, where: str) -> int:
     return int(m.group(1)) * _UNIT[m.group(2)]
 
 
+IssuerKind = Literal["Issuer", "ClusterIssuer"]
+CERT_MANAGER_GROUP = "cert-manager.io"
+
+
+@dataclass(frozen=True)
+class IssuerRef:
+    """mesh.issuerRef: a cert-manager issuer for the mesh identities (docs/mesh.md)."""
+
+    name: str
+    kind: IssuerKind = "Issuer"
+    group: str = CERT_MANAGER_GROUP
+
+
+@dataclass(frozen=True)
+class MeshSpec:
+    # None: the operator's own CA per EncryptedModel (pki)
+    issuer_ref: IssuerRef | None = None
+
+
+def parse_mesh(d: Mapping[str, Any]) -> MeshSpec:
+    ref = _obj(d, "issuerRef")
+    if not ref:
+        return MeshSpec()
+    kind = ref.get("kind", "Issuer")
+    if kind not in ("Issuer", "ClusterIssuer"):
+        raise SpecError(f"mesh.issuerRef.kind must be Issuer or ClusterIssuer, not {kind!r}")
+    group = ref.get("group") or CERT_MANAGER_GROUP
+    if not isinstance(group, str):
+        raise SpecError("mesh.issuerRef.group must be a string")
+    return MeshSpec(IssuerRef(_str(ref, "name", "mesh.issuerRef"), kind, group))
+
+
 @dataclass(frozen=True)
 class EncryptedModelSpec:
     model: ModelSource
@@ -186,6 +218,7 @@ class EncryptedModelSpec:
     workers: Workers = field(default_factory=Workers)
     shutdown: bool = False
     shares: Shares = field(default_factory=Shares)
+    mesh: MeshSpec = field(default_factory=MeshSpec)
     # The raw spec.model, for the model digest.
     raw_model: Mapping[str, Any] = field(default_factory=dict)
 
@@ -415,8 +448,12 @@ def parse_spec(raw: Mapping[str, Any]) -> EncryptedModelSpec:
             raise SpecError(
                 f"shares.refreshInterval must be at least {MIN_REFRESH_INTERVAL_SECONDS}s"
             )
+    mesh = parse_mesh(_obj(raw, "mesh"))
+    if mesh.issuer_ref is not None and external:
+        raise SpecError("mesh.issuerRef: external workers have no mesh")
     return EncryptedModelSpec(
         shares=Shares(refresh_interval_seconds=interval),
+        mesh=mesh,
         model=model,
         protocol=protocol,
         serving=serving,

@@ -130,12 +130,25 @@ class MeshRefusal(_Dict):
 
 
 @dataclass(frozen=True)
+class MeshCertificate(_Dict):
+    identity: str | None = field(default=None, metadata={"json": "identity"})
+    state: str | None = field(default=None, metadata={"json": "state"})
+    reason: str | None = field(default=None, metadata={"json": "reason"})
+    not_after: str | None = field(default=None, metadata={"json": "notAfter"})
+    serial: str | None = field(default=None, metadata={"json": "serial"})
+
+
+@dataclass(frozen=True)
 class MeshStatus(_Dict):
     ca_not_after: str | None = field(default=None, metadata={"json": "caNotAfter"})
     not_after: str | None = field(default=None, metadata={"json": "notAfter"})
     rotation: str | None = field(default=None, metadata={"json": "rotation"})
     ca_sha256: str | None = field(default=None, metadata={"json": "caSHA256"})
     refused: tuple[MeshRefusal, ...] | None = field(default=None, metadata={"json": "refused"})
+    issuer: str | None = field(default=None, metadata={"json": "issuer"})
+    certificates: tuple[MeshCertificate, ...] | None = field(
+        default=None, metadata={"json": "certificates"}
+    )
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get, create, patch, delete]
+# spec.mesh.issuerRef: one cert-manager Certificate per mesh identity (its Secret is read by name
+# and gets the EncryptedModel as owner). Harmless where cert-manager is not installed.
+- apiGroups: [cert-manager.io]
+  resources: [certificates]
+  verbs: [get, create, patch, delete]
 - apiGroups: ["", events.k8s.io]
   resources: [events]
   verbs: [create, patch]

@@ -239,7 +239,7 @@ def test_mtls_get_as_operator() -> None:
     plan = live()
     doc = {"name": "server0", "publicKey": "k0"}
     port, seen = _serve_once(plan, "server0", json.dumps(doc).encode())
-    sc = pki.client_context(plan.ca, pki.operator_identity(plan.ca, dt.datetime.now(dt.UTC)))
+    sc = pki.client_context(plan.trust, pki.operator_identity(plan.ca, dt.datetime.now(dt.UTC)))
     raw = pki.mtls_get("127.0.0.1", port, "/v1/public-key", sc, "server0", 5.0)
     assert json.loads(raw) == doc
     assert seen == ["operator"]
@@ -248,7 +248,7 @@ def test_mtls_get_as_operator() -> None:
 def test_mtls_get_refuses_the_wrong_server_identity() -> None:
     plan = live()
     port, _ = _serve_once(plan, "server1", b"{}")
-    sc = pki.client_context(plan.ca, pki.operator_identity(plan.ca, dt.datetime.now(dt.UTC)))
+    sc = pki.client_context(plan.trust, pki.operator_identity(plan.ca, dt.datetime.now(dt.UTC)))
     with pytest.raises(ssl.SSLCertVerificationError):
         pki.mtls_get("127.0.0.1", port, "/v1/public-key", sc, "server0", 5.0)
 
@@ -256,7 +256,7 @@ def test_mtls_get_refuses_the_wrong_server_identity() -> None:
 def test_mtls_get_refuses_another_ca() -> None:
     plan, other = live(), live()
     port, _ = _serve_once(other, "server0", b"{}")
-    sc = pki.client_context(plan.ca, pki.operator_identity(plan.ca, dt.datetime.now(dt.UTC)))
+    sc = pki.client_context(plan.trust, pki.operator_identity(plan.ca, dt.datetime.now(dt.UTC)))
     with pytest.raises(ssl.SSLCertVerificationError):
         pki.mtls_get("127.0.0.1", port, "/v1/public-key", sc, "server0", 5.0)
 
