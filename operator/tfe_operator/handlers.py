@@ -25,6 +25,7 @@ from .kube import ApiError, Kube, http_get_json, kubernetes_transport
 from .reconcile import Plan, Ref, Resource, keys_to_fetch, reconcile
 from .settings import Settings
 from .spec import IssuerRef, SpecError, parse_spec
+from .status import MeshStatus, Status
 
 log = logging.getLogger(__name__)
 
@@ -161,20 +162,21 @@ def _reconcile(
         # patch is not visible yet: continue from what it wrote. Any change (our patch
         # landing, or anyone else's write) makes the body authoritative again.
         rv = str(meta.get("resourceVersion", ""))
-        current = memo.get("status") if memo.get("status_rv") == rv else None
-        current = current or body_status
+        remembered = memo.get("status") if memo.get("status_rv") == rv else None
+        # The one conversion from the object's status: reconcile works on the typed Status.
+        current = remembered if isinstance(remembered, Status) else Status.from_dict(body_status)
         memo["status_rv"] = rv
         now = datetime.now(UTC)
         try:
             parsed = parse_spec(dict(spec))
         except SpecError as e:
-            new = {
-                **current,
-                "phase": "Failed",
-                "message": f"invalid spec: {e}",
-                "observedGeneration": int(meta.get("generation", 1) or 1),
-            }
-            _patch_status(patch, body_status, current, new)
+            new = dataclasses.replace(
+                current,
+                phase="Failed",
+                message=f"invalid spec: {e}",
+                observed_generation=int(meta.get("generation", 1) or 1),
+            )
+            _patch_status(patch, body_status, current.to_dict(), new.to_dict())
             memo["status"] = new
             metrics.RECONCILES.labels(result="invalid").inc()
             metrics.PHASES.set(key, "Failed")
@@ -199,7 +201,7 @@ def _reconcile(
             ctx=ctx,
             generation=int(meta.get("generation", 1) or 1),
             created=observe.parse_time(meta.get("creationTimestamp")),
-            mesh=mesh.status if mesh is not None else None,
+            mesh=MeshStatus.from_dict(mesh.status) if mesh is not None else None,
             refresh_request=str(
                 (meta.get("annotations") or {}).get(api.ANNOTATION_REFRESH_SHARES, "")
             ),
@@ -213,7 +215,7 @@ def _reconcile(
         plan = reconcile(res, current, obs, now)
         errors = ensure_share_identities(kube, ctx, mesh, plan, now) if mesh is not None else []
         errors += execute(kube, namespace, plan)
-        _patch_status(patch, body_status, current, plan.status)
+        _patch_status(patch, body_status, current.to_dict(), plan.status.to_dict())
         memo["status"] = plan.status
         _post_events(body, plan, memo, errors)
         _record_metrics(key, plan)
@@ -432,7 +434,7 @@ def _post_events(body: kopf.Body, plan: Plan, memo: kopf.Memo, errors: list[str]
 
 
 def _record_metrics(key: str, plan: Plan) -> None:
-    metrics.PHASES.set(key, str(plan.status.get("phase", "Pending")))
+    metrics.PHASES.set(key, plan.status.phase or "Pending")
     if plan.time_to_serving is not None:
         metrics.TIME_TO_SERVING.observe(plan.time_to_serving)
     for result, seconds in plan.share_durations:
@@ -443,7 +445,7 @@ def _record_metrics(key: str, plan: Plan) -> None:
 
 
 def observe_model(
-    kube: Kube, res: Resource, status: Mapping[str, Any], mesh: pki.MeshPlan | None = None
+    kube: Kube, res: Resource, status: Status, mesh: pki.MeshPlan | None = None
 ) -> observe.Observed:
     ctx = res.ctx
     m, ns = ctx.name, ctx.namespace

@@ -1,7 +1,9 @@
 """The EncryptedModel state machine, as one pure function.
 
 ``reconcile(resource, status, observed, now)`` returns a ``Plan``: the manifests to apply,
-the objects to delete, the complete new status, the Events to post and the metric samples.
+the objects to delete, the complete new status (a typed, frozen ``status.Status``: reconcile
+reads and builds no status dict; the handler converts at the edge with ``Status.from_dict`` and
+``to_dict``), the Events to post and the metric samples.
 The handler does the I/O (observe, apply, delete, patch status); everything that decides
 lives here and is unit-tested without a cluster.
 
@@ -10,16 +12,24 @@ Phases: Pending → Provisioning → Sharing → Serving → ShuttingDown → St
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Literal
 
 from . import api, builders
 from .builders import Context, Manifest
 from .observe import JobState, Observed, Refusal, WorkerPod
-from .status import Status
+from .status import (
+    Condition,
+    Failure,
+    MeshRefusal,
+    MeshStatus,
+    Resharing,
+    Sharing,
+    Status,
+    WorkerStatus,
+)
 
 EventType = Literal["Normal", "Warning"]
 
@@ -31,8 +41,8 @@ class Resource:
     ctx: Context
     generation: int
     created: datetime | None
-    # status.mesh from pki.plan_mesh (None: no mesh, e.g. external workers)
-    mesh: Mapping[str, Any] | None = None
+    # status.mesh from pki.plan_mesh, without `refused` (None: no mesh, e.g. external workers)
+    mesh: MeshStatus | None = None
     # the tfe.dev/refresh-shares annotation ("" when absent): a new value asks for a refresh
     refresh_request: str = ""
 
@@ -55,7 +65,7 @@ class Event:
 class Plan:
     apply: list[Manifest] = field(default_factory=list)
     delete: list[Ref] = field(default_factory=list)
-    status: dict[str, Any] = field(default_factory=dict)
+    status: Status = field(default_factory=Status)
     events: list[Event] = field(default_factory=list)
     share_durations: list[tuple[str, float]] = field(default_factory=list)
     time_to_serving: float | None = None
@@ -67,8 +77,8 @@ MAX_STATUS_REFUSALS = 10
 
 
 def mesh_refusals(
-    observed: Sequence[Refusal], previous: Sequence[Mapping[str, Any]], now: datetime
-) -> tuple[list[dict[str, Any]], list[Event]]:
+    observed: Sequence[Refusal], previous: Sequence[MeshRefusal], now: datetime
+) -> tuple[tuple[MeshRefusal, ...], list[Event]]:
     """status.mesh.refused from what the guards report, and a Warning Event for each refusal
     that is new or has happened again since the last status (so each appears once per change)."""
     recent = [
@@ -76,29 +86,27 @@ def mesh_refusals(
     ]
     recent.sort(key=lambda r: (r.last_seen, r.party, r.identity), reverse=True)
     before = {
-        tuple(str(p.get(k)) for k in ("party", "listener", "identity", "reason")): p.get("count")
-        for p in previous
-        if isinstance(p, Mapping)
+        (str(p.party), str(p.listener), str(p.identity), str(p.reason)): p.count for p in previous
     }
-    rows: list[dict[str, Any]] = []
+    rows: list[MeshRefusal] = []
     events: list[Event] = []
     for r in recent[:MAX_STATUS_REFUSALS]:
         assert r.last_seen is not None
         rows.append(
-            {
-                "party": r.party,
-                "identity": r.identity,
-                "listener": r.listener,
-                "reason": r.reason,
-                "count": r.count,
-                "lastSeen": _ts(r.last_seen),
-            }
+            MeshRefusal(
+                party=r.party,
+                identity=r.identity,
+                listener=r.listener,
+                reason=r.reason,
+                count=r.count,
+                last_seen=_ts(r.last_seen),
+            )
         )
         if before.get((r.party, r.listener, r.identity, r.reason)) != r.count:
             who = "a caller without a certificate" if r.identity == "-" else r.identity
             message = f"{r.party} refused {who} ({r.listener}): {r.reason}"
             events.append(Event("Warning", "MeshRefused", message))
-    return rows, events
+    return tuple(rows), events
 
 
 def _ts(now: datetime) -> str:
@@ -106,55 +114,54 @@ def _ts(now: datetime) -> str:
 
 
 def set_condition(
-    conditions: Sequence[Mapping[str, Any]],
+    conditions: Sequence[Condition] | None,
     type_: str,
     ok: bool,
     reason: str,
     message: str,
     now: datetime,
     generation: int,
-) -> list[dict[str, Any]]:
+) -> tuple[Condition, ...]:
     """Upsert a condition; lastTransitionTime changes only when its status does."""
     status = "True" if ok else "False"
-    out: list[dict[str, Any]] = []
+    out: list[Condition] = []
     found = False
-    for c in conditions:
-        if c.get("type") != type_:
-            out.append(dict(c))
+    for c in conditions or ():
+        if c.type != type_:
+            out.append(c)
             continue
         found = True
-        changed = c.get("status") != status
+        changed = c.status != status
+        since = c.last_transition_time
         out.append(
-            {
-                "type": type_,
-                "status": status,
-                "reason": reason,
-                "message": message,
-                "lastTransitionTime": _ts(now)
-                if changed
-                else c.get("lastTransitionTime", _ts(now)),
-                "observedGeneration": generation,
-            }
+            Condition(
+                type=type_,
+                status=status,
+                reason=reason,
+                message=message,
+                last_transition_time=_ts(now) if changed or since is None else since,
+                observed_generation=generation,
+            )
         )
     if not found:
         out.append(
-            {
-                "type": type_,
-                "status": status,
-                "reason": reason,
-                "message": message,
-                "lastTransitionTime": _ts(now),
-                "observedGeneration": generation,
-            }
+            Condition(
+                type=type_,
+                status=status,
+                reason=reason,
+                message=message,
+                last_transition_time=_ts(now),
+                observed_generation=generation,
+            )
         )
     order = {t: i for i, t in enumerate(api.CONDITION_TYPES)}
-    return sorted(out, key=lambda c: order.get(str(c.get("type")), 99))
+    return tuple(sorted(out, key=lambda c: order.get(str(c.type), 99)))
 
 
-def condition(status: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
-    for c in status.get("conditions", []) or []:
-        if c.get("type") == type_:
-            return c  # type: ignore[no-any-return]
+def condition(status: Status, type_: str) -> Condition | None:
+    for c in status.conditions or ():
+        if c.type == type_:
+            return c
     return None
 
 
@@ -188,58 +195,65 @@ def assess_workers(res: Resource, obs: Observed) -> WorkersAssessment:
     return WorkersAssessment(False, "Starting", f"{ready}/3 workers ready")
 
 
-def keys_to_fetch(res: Resource, status: Mapping[str, Any], obs: Observed) -> list[int]:
+def keys_to_fetch(res: Resource, status: Status, obs: Observed) -> list[int]:
     """Workers whose public key the handler should (re)fetch this round."""
-    old = {i: w for i, w in enumerate(status.get("workers", []) or [])}
+    old = dict(enumerate(status.workers or ()))
     if res.ctx.spec.external:
-        return [i for i in range(3) if not (old.get(i) or {}).get("publicKey")]
+        return [i for i in range(3) if not (old.get(i) or WorkerStatus()).public_key]
     # Every ready worker, every round: a worker whose volume was replaced has a new key even
     # when its pod did not change (docs/recovery.md); the status must never pin a stale one.
     return [p.index for p in obs.worker_pods if p.ready]
 
 
-def workers_status(res: Resource, status: Mapping[str, Any], obs: Observed) -> list[dict[str, Any]]:
+def workers_status(res: Resource, status: Status, obs: Observed) -> tuple[WorkerStatus, ...]:
     ctx = res.ctx
-    old = {i: w for i, w in enumerate(status.get("workers", []) or [])}
+    old = dict(enumerate(status.workers or ()))
     pods = {p.index: p for p in obs.worker_pods}
     out = []
     for i, player in enumerate(builders.players(ctx)):
-        o = old.get(i) or {}
-        entry: dict[str, Any] = {"name": player["name"], "address": builders.worker_address(ctx, i)}
+        o = old.get(i) or WorkerStatus()
+        pod: str | None = None
+        pod_uid: str | None = None
         if ctx.spec.external:
-            entry["ready"] = True
-            key = obs.public_keys.get(i) or o.get("publicKey")
+            ready = True
+            key = obs.public_keys.get(i) or o.public_key
         else:
             p = pods.get(i)
-            entry["pod"] = builders.worker_pod_name(ctx.name, i)
-            entry["ready"] = bool(p and p.ready)
+            pod = builders.worker_pod_name(ctx.name, i)
+            ready = bool(p and p.ready)
             # The last key read from this worker: kept while a replaced pod is not ready yet, so
             # that a new key is noticed (WorkerKeyChanged) when it is read.
-            key = obs.public_keys.get(i) or o.get("publicKey")
+            key = obs.public_keys.get(i) or o.public_key
             if p is not None:
-                entry["podUID"] = p.uid
-        if key:
-            entry["publicKey"] = key
+                pod_uid = p.uid
         gens = obs.worker_generations.get(i)
-        if gens is None and o.get("podUID") == entry.get("podUID"):
-            gens = o.get("generations")
-        if gens is not None:
-            entry["generations"] = list(gens)
-        out.append(entry)
-    return out
+        if gens is None and o.pod_uid == pod_uid:
+            gens = o.generations
+        out.append(
+            WorkerStatus(
+                name=player["name"],
+                pod=pod,
+                pod_uid=pod_uid,
+                address=builders.worker_address(ctx, i),
+                ready=ready,
+                public_key=key or None,
+                generations=tuple(gens) if gens is not None else None,
+            )
+        )
+    return tuple(out)
 
 
-def key_changes(status: Mapping[str, Any], workers: Sequence[Mapping[str, Any]]) -> list[Event]:
+def key_changes(status: Status, workers: Sequence[WorkerStatus]) -> list[Event]:
     """WorkerKeyChanged for each worker whose public key differs from the one in the status."""
-    old = {i: w for i, w in enumerate(status.get("workers", []) or [])}
+    old = dict(enumerate(status.workers or ()))
     events = []
     for i, w in enumerate(workers):
-        before = (old.get(i) or {}).get("publicKey")
-        after = w.get("publicKey")
+        before = (old.get(i) or WorkerStatus()).public_key
+        after = w.public_key
         if before and after and before != after:
             events.append(Event(
                 "Warning", "WorkerKeyChanged",
-                f"{w.get('name')} has a new public key (its volume was replaced?): "
+                f"{w.name} has a new public key (its volume was replaced?): "
                 f"status.workers[{i}].publicKey updated; clients pinned to the old key are "
                 "refused until they re-pin from the status",
             ))  # fmt: skip
@@ -268,20 +282,20 @@ def assess_shares(generation: int, obs: Observed) -> SharesAssessment:
     )
 
 
-def refresh_due(res: Resource, status: Mapping[str, Any], now: datetime) -> str | None:
+def refresh_due(res: Resource, status: Status, now: datetime) -> str | None:
     """Why a proactive refresh should start now (the annotation or the interval), or None."""
-    seen = status.get("refreshRequest")
+    seen = status.refresh_request
     if seen is not None and res.refresh_request and res.refresh_request != seen:
         return f"requested ({api.ANNOTATION_REFRESH_SHARES}={res.refresh_request})"
     interval = res.ctx.spec.shares.refresh_interval_seconds
-    made = _parse_ts(status.get("shareGenerationTime"))
+    made = _parse_ts(status.share_generation_time)
     if interval and made is not None and (now - made).total_seconds() >= interval:
         return f"refreshInterval {interval}s elapsed"
     return None
 
 
-def _parse_ts(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
+def _parse_ts(value: str | None) -> datetime | None:
+    if not value:
         return None
     try:
         return datetime.fromisoformat(value)
@@ -332,32 +346,30 @@ def _duration(job: JobState) -> float | None:
     return max(0.0, (job.end - job.start).total_seconds())
 
 
-def _shares_survive(res: Resource, status: Mapping[str, Any], pods: Sequence[WorkerPod]) -> bool:
+def _shares_survive(res: Resource, status: Status, pods: Sequence[WorkerPod]) -> bool:
     """Memory storage: shares die with the pod. The pods that hold them must still exist."""
     if res.ctx.spec.external or res.ctx.spec.workers.storage.medium != "Memory":
         return True
-    held = list(status.get("shareWorkerUIDs", []) or [])
+    held = list(status.share_worker_uids or ())
     current = {p.uid for p in pods}
     return len(held) == 3 and all(uid in current for uid in held)
 
 
-def reconcile(res: Resource, status: Mapping[str, Any], obs: Observed, now: datetime) -> Plan:
+def reconcile(res: Resource, status: Status, obs: Observed, now: datetime) -> Plan:
     ctx = res.ctx
     spec = ctx.spec
     plan = Plan()
-    old = copy.deepcopy(dict(status))
-    new: dict[str, Any] = copy.deepcopy(dict(status))
+    old = new = status  # frozen: each step below makes a new Status (dataclasses.replace)
     events = plan.events
 
     # Feed from the serve pod.
     ss = obs.serve_status
     if ss is not None:
-        new["requestsServed"] = ss.requests_served
-    limit_gen = new.get("limitReachedGeneration")
+        new = replace(new, requests_served=ss.requests_served)
+    limit_gen = new.limit_reached_generation
     if limit_gen is not None and limit_gen != res.generation:
         # Any spec change after the limit brings the model back.
-        new.pop("limitReachedGeneration", None)
-        new["requestsServed"] = 0
+        new = replace(new, limit_reached_generation=None, requests_served=0)
         limit_gen = None
     if (
         limit_gen is None
@@ -366,7 +378,7 @@ def reconcile(res: Resource, status: Mapping[str, Any], obs: Observed, now: date
         and spec.serving.max_requests is not None
         and not spec.shutdown
     ):
-        new["limitReachedGeneration"] = res.generation
+        new = replace(new, limit_reached_generation=res.generation)
         limit_gen = res.generation
         events.append(
             Event(
@@ -377,24 +389,24 @@ def reconcile(res: Resource, status: Mapping[str, Any], obs: Observed, now: date
             )
         )
 
-    failure = new.get("failure")
-    if failure is not None and failure.get("generation") != res.generation:
-        new.pop("failure", None)
+    failure = new.failure
+    if failure is not None and failure.generation != res.generation:
+        new = replace(new, failure=None)
         failure = None
 
     if spec.shutdown or limit_gen is not None:
-        _stop(res, new, obs, plan, now, limit_gen is not None)
+        new = _stop(res, new, obs, plan, now, limit_gen is not None)
     else:
-        _run(res, new, obs, plan, now, failure)
+        new = _run(res, new, obs, plan, now, failure)
 
     # Bookkeeping common to every path.
     if res.mesh is not None:
-        previous = (status.get("mesh") or {}).get("refused") or []
+        previous = (old.mesh.refused if old.mesh is not None else None) or ()
         refused, refusal_events = mesh_refusals(obs.refusals, previous, now)
-        new["mesh"] = {**res.mesh, "refused": refused}
+        new = replace(new, mesh=replace(res.mesh, refused=refused))
         plan.events += refusal_events
     else:
-        new.pop("mesh", None)
+        new = replace(new, mesh=None)
     # A share Job's identity goes with its Job.
     job_gens = {j.name: j.generation for j in obs.jobs}
     deletes: list[Ref] = []
@@ -404,47 +416,40 @@ def reconcile(res: Resource, status: Mapping[str, Any], obs: Observed, now: date
             secret = builders.share_secret_name(ctx.name, job_gens[ref.name])
             deletes.append(Ref("v1", "Secret", secret))
     plan.delete = deletes
-    new["observedGeneration"] = res.generation
-    new["workers"] = workers_status(res, new, obs)
-    plan.events.extend(key_changes(old, new["workers"]))
-    if new.get("phase") == "Serving" and not old.get("firstServingTime"):
-        new["firstServingTime"] = _ts(now)
+    workers = workers_status(res, new, obs)
+    new = replace(new, observed_generation=res.generation, workers=workers)
+    plan.events.extend(key_changes(old, workers))
+    if new.phase == "Serving" and not old.first_serving_time:
+        new = replace(new, first_serving_time=_ts(now))
         if res.created is not None:
             plan.time_to_serving = max(0.0, (now - res.created).total_seconds())
-    new["conditions"] = set_condition(
-        new.get("conditions", []),
-        "Ready",
-        new.get("phase") == "Serving",
-        "Serving" if new.get("phase") == "Serving" else str(new.get("phase")),
-        str(new.get("message", "")),
-        now,
+    serving = new.phase == "Serving"
+    message = "" if new.message is None else new.message
+    ready = set_condition(
+        new.conditions, "Ready", serving, "Serving" if serving else str(new.phase), message, now,
         res.generation,
-    )
-    if old.get("phase") != new.get("phase"):
+    )  # fmt: skip
+    new = replace(new, conditions=ready)
+    if old.phase != new.phase:
         events.append(
-            Event(
-                "Warning" if new.get("phase") == "Failed" else "Normal",
-                str(new.get("phase")),
-                str(new.get("message", "")),
-            )
+            Event("Warning" if new.phase == "Failed" else "Normal", str(new.phase), message)
         )
-    old_workers = condition(old, "WorkersReady") or {}
-    new_workers = condition(new, "WorkersReady") or {}
+    old_workers = condition(old, "WorkersReady")
+    new_workers = condition(new, "WorkersReady")
     if (
-        new_workers.get("status") == "False"
-        and new_workers.get("reason") not in ("Starting", "Stopped")
-        and old_workers.get("reason") != new_workers.get("reason")
+        new_workers is not None
+        and new_workers.status == "False"
+        and new_workers.reason not in ("Starting", "Stopped")
+        and (old_workers.reason if old_workers is not None else None) != new_workers.reason
     ):
-        events.append(Event("Warning", "WorkerNotReady", str(new_workers.get("message", ""))))
-    # The whole status, through the one typed definition of its fields (status.Status, checked
-    # against the CRD's status schema): a key or a type it does not know cannot reach the object.
-    plan.status = Status.from_dict(new).to_dict()
+        events.append(Event("Warning", "WorkerNotReady", new_workers.message or ""))
+    plan.status = new
     return plan
 
 
 def _stop(
-    res: Resource, new: dict[str, Any], obs: Observed, plan: Plan, now: datetime, limit: bool
-) -> None:
+    res: Resource, new: Status, obs: Observed, plan: Plan, now: datetime, limit: bool
+) -> Status:
     ctx = res.ctx
     spec = ctx.spec
     m = ctx.name
@@ -460,59 +465,61 @@ def _stop(
         plan.delete.append(Ref("v1", "Service", builders.relay_service_name(m)))
     for job in obs.jobs:
         plan.delete.append(Ref("batch/v1", "Job", job.name))
-    if new.get("sharing"):
-        new.pop("sharing", None)
+    new = replace(new, sharing=None)
     if not spec.external:
         if obs.statefulset:
             plan.delete.append(Ref("apps/v1", "StatefulSet", builders.statefulset_name(m)))
         storage = spec.workers.storage
         if storage.medium == "Memory":
-            if new.get("sharesStored"):
+            if new.shares_stored:
                 plan.events.append(
                     Event("Normal", "SharesDeleted", "memory storage: shares end with the workers")
                 )
-            new["sharesStored"] = False
+            new = replace(new, shares_stored=False)
         elif storage.retain_policy == "Delete":
-            if new.get("sharesStored"):
+            if new.shares_stored:
                 plan.events.append(
                     Event("Normal", "SharesDeleted", "retainPolicy Delete: worker volumes deleted")
                 )
-            new["sharesStored"] = False
+            new = replace(new, shares_stored=False)
             for pvc in obs.pvcs:
                 plan.delete.append(Ref("v1", "PersistentVolumeClaim", pvc))
     remaining = len(obs.worker_pods) + obs.serve_pods + obs.endpoint_pods
     stopped = remaining == 0 and obs.serve is None and obs.endpoint is None and not obs.statefulset
-    new["phase"] = "Stopped" if stopped else "ShuttingDown"
     what = "request limit reached" if limit else "shutdown requested"
-    kept = "shares kept" if new.get("sharesStored") else "no shares kept"
-    new["message"] = (
+    kept = "shares kept" if new.shares_stored else "no shares kept"
+    message = (
         f"{what}; workers and coordinator removed ({kept})"
         if stopped
         else f"{what}; removing workers and coordinator"
     )
-    new.pop("endpoint", None)
     g = res.generation
-    conds = new.get("conditions", [])
-    conds = set_condition(conds, "WorkersReady", False, "Stopped", what, now, g)
-    if new.get("sharesStored") and new.get("shareGeneration"):
+    conds = set_condition(new.conditions, "WorkersReady", False, "Stopped", what, now, g)
+    if new.shares_stored and new.share_generation:
         conds = set_condition(
             conds, "ModelShared", True, "Stored",
-            f"generation {new['shareGeneration']} stored on the worker volumes", now, g,
+            f"generation {new.share_generation} stored on the worker volumes", now, g,
         )  # fmt: skip
     else:
         conds = set_condition(conds, "ModelShared", False, "SharesDeleted", kept, now, g)
     conds = set_condition(conds, "Serving", False, now_reason, what, now, g)
-    new["conditions"] = conds
+    return replace(
+        new,
+        phase="Stopped" if stopped else "ShuttingDown",
+        message=message,
+        endpoint=None,
+        conditions=conds,
+    )
 
 
 def _run(
     res: Resource,
-    new: dict[str, Any],
+    new: Status,
     obs: Observed,
     plan: Plan,
     now: datetime,
-    failure: Mapping[str, Any] | None,
-) -> None:
+    failure: Failure | None,
+) -> Status:
     ctx = res.ctx
     spec = ctx.spec
     m = ctx.name
@@ -522,18 +529,18 @@ def _run(
 
     workers = assess_workers(res, obs)
     conds = set_condition(
-        new.get("conditions", []), "WorkersReady", workers.ready, workers.reason,
+        new.conditions, "WorkersReady", workers.ready, workers.reason,
         workers.message, now, g,
     )  # fmt: skip
 
     # Are the stored shares still there?
-    shares_valid = bool(new.get("sharesStored")) and int(new.get("shareGeneration", 0) or 0) > 0
+    shares_valid = bool(new.shares_stored) and (new.share_generation or 0) > 0
     # Memory storage, workers that report their generations: a replaced worker is recovered from
     # its peers below like a lost volume; without those reports, share again from the source.
     reported = bool(obs.worker_generations)
     if shares_valid and not reported and not _shares_survive(res, new, obs.worker_pods):
         shares_valid = False
-        new["sharesStored"] = False
+        new = replace(new, shares_stored=False)
         plan.events.append(
             Event(
                 "Warning",
@@ -541,12 +548,14 @@ def _run(
                 "a worker with memory storage was replaced: its shares are gone; sharing again",
             )
         )
-    serving_gen = int(new.get("shareGeneration", 0) or 0) if shares_valid else 0
-    need_share = not (shares_valid and new.get("modelHash") == model_hash)
-    if "shareGenerationTime" not in new and serving_gen > 0:
-        new["shareGenerationTime"] = _ts(now)  # a refresh interval counts from here
-    # The annotation's value when this model is first seen is no request; a later change is.
-    new.setdefault("refreshRequest", res.refresh_request)
+    serving_gen = (new.share_generation or 0) if shares_valid else 0
+    need_share = not (shares_valid and new.model_hash == model_hash)
+    if new.share_generation_time is None and serving_gen > 0:
+        # a refresh interval counts from here
+        new = replace(new, share_generation_time=_ts(now))
+    if new.refresh_request is None:
+        # The annotation's value when this model is first seen is no request; a later change is.
+        new = replace(new, refresh_request=res.refresh_request)
 
     # Do the workers still hold what is served? (docs/recovery.md)
     shares = assess_shares(serving_gen, obs)
@@ -558,39 +567,40 @@ def _run(
                 f"shares lost on {shares.names(shares.missing)}: recovery from peers needs two "
                 f"workers that hold generation {serving_gen}"
             )
-            _drop_reshare(new, obs, plan)
+            new = _drop_reshare(new, obs, plan)
             if obs.source_missing is None:
                 plan.events.append(
                     Event("Warning", "SharesLost", f"{what}; sharing the model again")
                 )
-                new["sharesStored"] = False
+                new = replace(new, shares_stored=False)
                 need_share = True
                 serving_gen = 0
             else:
                 lost = f"{what}, and the model source is gone ({obs.source_missing})"
         elif len(shares.missing) == 1 and len(shares.holders) == 2 and workers.ready:
-            done, reshare_msg = _reshare(res, new, obs, plan, now,
-                                         builders.Reshare(serving_gen, shares.missing[0]))
-            if done:
-                serving_gen = int(new["shareGeneration"])
+            step = _reshare(res, new, obs, plan, now,
+                            builders.Reshare(serving_gen, shares.missing[0]))  # fmt: skip
+            new, reshare_msg, failure = step.status, step.message, step.failure
+            if step.shared is not None:
+                serving_gen = step.shared
                 shares = assess_shares(serving_gen, obs)
         elif not shares.missing and workers.ready and len(shares.holders) == 3:
-            r = new.get("resharing") or {}
+            r = new.resharing
+            refreshing = r is not None and r.kind == "refresh"
             why = refresh_due(res, new, now)
-            if r.get("kind") == "refresh" or why is not None:
-                if why is not None and r.get("kind") != "refresh":
-                    new["refreshRequest"] = res.refresh_request
+            if refreshing or why is not None:
+                if why is not None and not refreshing:
+                    new = replace(new, refresh_request=res.refresh_request)
                     plan.events.append(Event("Normal", "RefreshRequested", why))
-                done, reshare_msg = _reshare(res, new, obs, plan, now,
-                                             builders.Reshare(serving_gen, None))
-                if done:
-                    serving_gen = int(new["shareGeneration"])
+                step = _reshare(res, new, obs, plan, now, builders.Reshare(serving_gen, None))
+                new, reshare_msg, failure = step.status, step.message, step.failure
+                if step.shared is not None:
+                    serving_gen = step.shared
                     shares = assess_shares(serving_gen, obs)
-            elif r:
-                _drop_reshare(new, obs, plan)
-        failure = new.get("failure")
-    elif new.get("resharing"):
-        _drop_reshare(new, obs, plan)
+            elif r is not None:
+                new = _drop_reshare(new, obs, plan)
+    elif new.resharing is not None:
+        new = _drop_reshare(new, obs, plan)
 
     shared_reason, shared_msg = "Shared", f"generation {serving_gen} shared"
     if lost is not None:
@@ -605,13 +615,14 @@ def _run(
     elif reshare_msg:
         shared_msg += f"; {reshare_msg}"
     if need_share and failure is None:
-        shared_reason, shared_msg = _share(res, new, obs, plan, workers.ready)
-        failure = new.get("failure")
-        if shared_reason == "Shared":
-            serving_gen = int(new["shareGeneration"])
+        shared = _share(res, new, obs, plan, workers.ready)
+        new, failure = shared.status, shared.failure
+        shared_reason, shared_msg = shared.reason, shared.message
+        if shared.shared is not None:
+            serving_gen = shared.shared
             need_share = False
     elif failure is not None:
-        shared_reason, shared_msg = str(failure.get("reason")), str(failure.get("message"))
+        shared_reason, shared_msg = str(failure.reason), str(failure.message)
 
     # The serve Deployment runs the newest valid generation; during a re-share the old one
     # keeps serving (the Deployment rolls only when the new generation is shared).
@@ -621,7 +632,7 @@ def _run(
         plan.apply.extend(
             builders.serving_objects(ctx, serving_gen, serve_slot(ctx, serving_gen, obs))
         )
-        new["endpoint"] = builders.endpoint(ctx)
+        new = replace(new, endpoint=builders.endpoint(ctx))
         ss = obs.serve_status
         coordinator_ready = (
             obs.serve is not None
@@ -635,7 +646,7 @@ def _run(
         if coordinator_ready and not endpoint_ready:
             starting = f"endpoint deployment starting (generation {serving_gen})"
     else:
-        new.pop("endpoint", None)
+        new = replace(new, endpoint=None)
         if obs.serve is not None:
             plan.delete.append(Ref("apps/v1", "Deployment", builders.serve_deployment_name(m)))
         if obs.endpoint is not None:
@@ -654,10 +665,9 @@ def _run(
         conds = set_condition(conds, "Serving", False, "Starting", starting, now, g)
     else:
         conds = set_condition(conds, "Serving", False, "NotShared", "no shares yet", now, g)
-    new["conditions"] = conds
 
     if failure is not None:
-        phase, message = "Failed", str(failure.get("message"))
+        phase, message = "Failed", str(failure.message)
         if serve_ready:
             message += f" (generation {serving_gen} keeps serving)"
     elif lost is not None:
@@ -672,54 +682,74 @@ def _run(
         phase, message = "Sharing", shared_msg
     else:
         phase, message = "Provisioning", starting
-    new["phase"] = phase
-    new["message"] = message
-    new.setdefault("shareGeneration", 0)
-    new.setdefault("requestsServed", 0)
+    return replace(
+        new,
+        phase=phase,
+        message=message,
+        conditions=conds,
+        share_generation=0 if new.share_generation is None else new.share_generation,
+        requests_served=0 if new.requests_served is None else new.requests_served,
+    )
 
 
 MAX_RESHARE_ATTEMPTS = 3
 
 
-def _next_generation(new: Mapping[str, Any], obs: Observed) -> int:
+def _next_generation(new: Status, obs: Observed) -> int:
     """A generation number no Job, status entry or worker disk has used (every worker that
     answered GET /v1/models/NAME/generations: old generations on retained volumes included)."""
     known = [
-        int(new.get("shareGeneration", 0) or 0),
-        int((new.get("sharing") or {}).get("generation", 0) or 0),
-        int((new.get("resharing") or {}).get("generation", 0) or 0),
+        new.share_generation or 0,
+        (new.sharing.generation if new.sharing is not None else None) or 0,
+        (new.resharing.generation if new.resharing is not None else None) or 0,
     ]
     known += [j.generation for j in obs.jobs]
     known += [g for gens in obs.worker_generations.values() for g in gens]
     return max(known) + 1
 
 
-def _drop_reshare(new: dict[str, Any], obs: Observed, plan: Plan) -> None:
+def _drop_reshare(new: Status, obs: Observed, plan: Plan) -> Status:
     """Forget a recovery/refresh that no longer applies (and delete its Job)."""
-    r = new.pop("resharing", None)
-    if r:
-        job = _job_for(obs, int(r.get("generation", 0) or 0))
+    r = new.resharing
+    if r is not None:
+        job = _job_for(obs, r.generation or 0)
         if job is not None:
             plan.delete.append(Ref("batch/v1", "Job", job.name))
+    return replace(new, resharing=None)
+
+
+@dataclass(frozen=True)
+class ShareStep:
+    """What driving a share, recovery or refresh Job did this round.
+
+    ``status``: the status after it (its ``failure`` is ``failure``); ``shared``: the generation
+    it finished, else None; ``reason``/``message``: the ModelShared condition's (a share Job) or
+    what it is doing (a recovery or refresh Job, ``message`` only)."""
+
+    status: Status
+    reason: str
+    message: str
+    shared: int | None = None
+    failure: Failure | None = None
 
 
 def _reshare(
-    res: Resource, new: dict[str, Any], obs: Observed, plan: Plan, now: datetime,
+    res: Resource, new: Status, obs: Observed, plan: Plan, now: datetime,
     want: builders.Reshare,
-) -> tuple[bool, str]:  # fmt: skip
-    """Drive a recovery or refresh Job (docs/recovery.md). Returns (done, what it is doing)."""
+) -> ShareStep:  # fmt: skip
+    """Drive a recovery or refresh Job (docs/recovery.md)."""
     ctx = res.ctx
     worker = f"server{want.lost}" if want.lost is not None else None
-    r = dict(new.get("resharing") or {})
-    same = (r.get("kind"), r.get("from"), r.get("worker")) == (want.kind, want.source, worker)
-    if r and not same:
-        _drop_reshare(new, obs, plan)
-        r = {}
-    if not r:
+    r = new.resharing
+    if r is not None and (
+        r.generation is None or (r.kind, r.source, r.worker) != (want.kind, want.source, worker)
+    ):
+        new = _drop_reshare(new, obs, plan)
+        r = None
+    if r is None:
         gen = _next_generation(new, obs)
-        r = {"generation": gen, "from": want.source, "kind": want.kind, "attempts": 1}
+        r = Resharing(generation=gen, source=want.source, kind=want.kind, worker=worker, attempts=1)
         if want.lost is not None:
-            r["worker"] = f"server{want.lost}"
             a, b = ((want.lost + 1) % 3, (want.lost + 2) % 3)
             plan.events.append(Event(
                 "Normal", "RecoveryStarted",
@@ -731,25 +761,30 @@ def _reshare(
                 "Normal", "RefreshStarted",
                 f"re-randomizing the shares of generation {want.source} as generation {gen}",
             ))  # fmt: skip
-    new["resharing"] = r
-    gen = int(r["generation"])
+    new = replace(new, resharing=r)
+    assert r.generation is not None
+    gen = r.generation
     job = _job_for(obs, gen)
     doing = (
         f"recovering {worker} from its peers as generation {gen}"
         if worker is not None
         else f"refreshing the shares as generation {gen}"
     )
+    reason = "Resharing"
     if job is None or job.phase == "active":
         plan.apply.append(builders.share_job(ctx, gen, want))
-        return False, doing
+        return ShareStep(new, reason, doing)
     seconds = _duration(job)
     took = f" in {seconds:.0f}s" if seconds is not None else ""
     if job.phase == "succeeded":
-        new["shareGeneration"] = gen
-        new["shareGenerationTime"] = _ts(now)
-        new["sharesStored"] = True
-        new["shareWorkerUIDs"] = [p.uid for p in obs.worker_pods]
-        new.pop("resharing", None)
+        new = replace(
+            new,
+            share_generation=gen,
+            share_generation_time=_ts(now),
+            shares_stored=True,
+            share_worker_uids=tuple(p.uid for p in obs.worker_pods),
+            resharing=None,
+        )
         reason = "SharesRecovered" if worker is not None else "SharesRefreshed"
         what = f"{worker} recovered from its peers" if worker is not None else "shares refreshed"
         plan.events.append(
@@ -758,50 +793,50 @@ def _reshare(
         for j in obs.jobs:
             if j.generation != gen:
                 plan.delete.append(Ref("batch/v1", "Job", j.name))
-        return True, doing
+        return ShareStep(new, reason, doing, shared=gen)
     # Failed: try again as a new generation, a few times.
-    attempts = int(r.get("attempts", 1) or 1)
+    attempts = r.attempts or 1
     plan.delete.append(Ref("batch/v1", "Job", job.name))
     message = job.message or f"job {job.name} failed"
     if attempts >= MAX_RESHARE_ATTEMPTS:
-        new.pop("resharing", None)
         reason = "RecoveryFailed" if worker is not None else "RefreshFailed"
-        new["failure"] = {
-            "generation": res.generation,
-            "reason": reason,
-            "message": f"{doing} failed {attempts} times: {message}",
-        }
-        return False, new["failure"]["message"]
+        failed = f"{doing} failed {attempts} times: {message}"
+        failure = Failure(generation=res.generation, reason=reason, message=failed)
+        return ShareStep(
+            replace(new, resharing=None, failure=failure), reason, failed, None, failure
+        )
     plan.events.append(Event("Warning", "ReshareJobFailed", f"{doing}: {message}; trying again"))
-    new["resharing"] = {**r, "generation": _next_generation(new, obs), "attempts": attempts + 1}
-    return False, doing
+    again = replace(r, generation=_next_generation(new, obs), attempts=attempts + 1)
+    return ShareStep(replace(new, resharing=again), reason, doing)
 
 
 def _share(
     res: Resource,
-    new: dict[str, Any],
+    new: Status,
     obs: Observed,
     plan: Plan,
     workers_ready: bool,
-) -> tuple[str, str]:
-    """Drive the share Job. Returns the ModelShared (reason, message)."""
+) -> ShareStep:
+    """Drive the share Job. The step's reason and message are the ModelShared condition's."""
     ctx = res.ctx
     m = ctx.name
     model_hash = ctx.spec.model_hash
     if obs.source_missing:
-        return "SourceMissing", obs.source_missing
+        return ShareStep(new, "SourceMissing", obs.source_missing)
     if not workers_ready:
-        return "WaitingForWorkers", "the share Job starts when 3/3 workers are ready"
+        return ShareStep(
+            new, "WaitingForWorkers", "the share Job starts when 3/3 workers are ready"
+        )
 
-    sharing = new.get("sharing") or None
-    if sharing is not None and sharing.get("modelHash") != model_hash:
+    sharing = new.sharing
+    if sharing is not None and (sharing.generation is None or sharing.model_hash != model_hash):
         # spec.model changed while sharing: that generation is obsolete.
-        stale = _job_for(obs, int(sharing.get("generation", 0)))
+        stale = _job_for(obs, sharing.generation or 0)
         if stale is not None:
             plan.delete.append(Ref("batch/v1", "Job", stale.name))
         sharing = None
     if sharing is None:
-        shared_gen = int(new.get("shareGeneration", 0) or 0)
+        shared_gen = new.share_generation or 0
         # After an operator restart, adopt a Job already made for this model: never a second.
         adopt = [
             j for j in obs.jobs
@@ -818,22 +853,26 @@ def _share(
             plan.events.append(
                 Event("Normal", "ShareStarted", f"sharing the model as generation {gen}")
             )
-        sharing = {"generation": gen, "modelHash": model_hash}
-    new["sharing"] = sharing
-    gen = int(sharing["generation"])
+        sharing = Sharing(generation=gen, model_hash=model_hash)
+    new = replace(new, sharing=sharing)
+    assert sharing.generation is not None
+    gen = sharing.generation
     job = _job_for(obs, gen)
 
     if job is None or job.phase == "active":
         plan.apply.append(builders.share_job(ctx, gen))
-        return "Sharing", f"share job {builders.share_job_name(m, gen)} running"
+        return ShareStep(new, "Sharing", f"share job {builders.share_job_name(m, gen)} running")
 
     seconds = _duration(job)
     if job.phase == "succeeded":
-        new["shareGeneration"] = gen
-        new["modelHash"] = model_hash
-        new["sharesStored"] = True
-        new["shareWorkerUIDs"] = [p.uid for p in obs.worker_pods]
-        new.pop("sharing", None)
+        new = replace(
+            new,
+            share_generation=gen,
+            model_hash=model_hash,
+            shares_stored=True,
+            share_worker_uids=tuple(p.uid for p in obs.worker_pods),
+            sharing=None,
+        )
         if seconds is not None:
             plan.share_durations.append(("succeeded", seconds))
         plan.events.append(
@@ -842,7 +881,7 @@ def _share(
         for j in obs.jobs:
             if j.generation != gen:
                 plan.delete.append(Ref("batch/v1", "Job", j.name))
-        return "Shared", f"generation {gen} shared"
+        return ShareStep(new, "Shared", f"generation {gen} shared", shared=gen)
 
     # Failed: exit 2 = the model itself is invalid (its message names the cause).
     invalid = job.exit_code == api.EXIT_INVALID_MODEL
@@ -850,8 +889,7 @@ def _share(
     message = job.message or f"share job {job.name} failed"
     if not invalid and job.exit_code is not None:
         message = f"share job {job.name} failed (exit {job.exit_code}): {message}"
-    new["failure"] = {"generation": res.generation, "reason": reason, "message": message}
-    new.pop("sharing", None)
+    failure = Failure(generation=res.generation, reason=reason, message=message)
     if seconds is not None:
         plan.share_durations.append(("failed", seconds))
-    return reason, message
+    return ShareStep(replace(new, failure=failure, sharing=None), reason, message, None, failure)

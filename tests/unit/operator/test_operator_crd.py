@@ -396,13 +396,14 @@ def test_status_with_mesh_is_in_the_schema(schema: dict[str, Any]) -> None:
     from tfe_operator import pki
     from tfe_operator.observe import Observed, WorkerPod
     from tfe_operator.reconcile import Resource, reconcile
+    from tfe_operator.status import MeshStatus, Status
 
     now = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
     mesh = pki.plan_mesh(make_ctx(), pki.Existing(), "r1", now)
-    res = Resource(ctx=make_ctx(), generation=1, created=now, mesh=mesh.status)
+    res = Resource(ctx=make_ctx(), generation=1, created=now, mesh=MeshStatus.from_dict(mesh.status))
     pods = tuple(WorkerPod(index=i, name=f"digits-worker-{i}", uid=f"u{i}", ready=True) for i in range(3))
-    plan = reconcile(res, {}, Observed(worker_pods=pods, statefulset=True, public_keys={0: "k"}), now)
-    status = plan.status
+    plan = reconcile(res, Status(), Observed(worker_pods=pods, statefulset=True, public_keys={0: "k"}), now)
+    status = plan.status.to_dict()
     assert status["mesh"] == {**mesh.status, "refused": []}
     status_schema = schema["properties"]["status"]
     assert _unknown_fields(status_schema, status) == []

@@ -14,6 +14,7 @@ from tfe_operator import handlers, metrics
 from tfe_operator.kube import Kube
 from tfe_operator.reconcile import Plan, Ref
 from tfe_operator.settings import Settings
+from tfe_operator.status import Status
 
 
 class FakeApi:
@@ -139,7 +140,7 @@ def test_first_reconcile_creates_base_objects_and_status(api: FakeApi) -> None:
         ]
     )
     assert patch["status"]["phase"] == "Provisioning"
-    assert memo["status"]["phase"] == "Provisioning"
+    assert memo["status"].phase == "Provisioning"
     assert api.events == [("Normal", "MeshCertificatesIssued"), ("Normal", "Provisioning")]  # type: ignore[attr-defined]
     assert set(patch["status"]["mesh"]) == {"caNotAfter", "notAfter", "rotation", "caSHA256", "refused"}
     assert metrics.PHASES.counts()["Provisioning"] >= 1
@@ -163,13 +164,13 @@ def test_full_flow_to_serving_without_duplicates(api: FakeApi) -> None:
     # the share Job's identity, issued just before its Job
     share_secret = ("apply", "/api/v1/namespaces/ml/secrets/digits-mesh-share-g1")
     assert api.writes.index(share_secret) < api.writes.index(("create", job_path))
-    assert memo["status"]["phase"] == "Sharing"
-    assert [w["publicKey"] for w in memo["status"]["workers"]] == ["key0", "key1", "key2"]
+    assert memo["status"].phase == "Sharing"
+    assert [w.public_key for w in memo["status"].workers] == ["key0", "key1", "key2"]
     # A second round (e.g. after an operator restart) creates nothing new.
     creates = [w for w in api.writes if w[0] == "create"]
     secret_writes = [w for w in api.writes if "/secrets/" in w[1]]
     run(b, memo)
-    run(body(status=memo["status"]), kopf.Memo())
+    run(body(status=memo["status"].to_dict()), kopf.Memo())
     assert [w for w in api.writes if w[0] == "create"] == creates
     # keys are made once, not every reconcile
     assert [w for w in api.writes if "/secrets/" in w[1]] == secret_writes
@@ -182,7 +183,7 @@ def test_full_flow_to_serving_without_duplicates(api: FakeApi) -> None:
     run(b, memo)
     dep_path = "/apis/apps/v1/namespaces/ml/deployments/digits-serve"
     assert ("apply", dep_path) in api.writes
-    assert memo["status"]["shareGeneration"] == 1
+    assert memo["status"].share_generation == 1
     # The serve pod becomes ready and reports its status.
     dep = api.objects[dep_path]
     dep["metadata"]["generation"] = 1
@@ -219,7 +220,7 @@ def test_full_flow_to_serving_without_duplicates(api: FakeApi) -> None:
     patch = run(b, memo)
     assert patch["status"]["phase"] == "Serving"
     assert patch["status"]["requestsServed"] == 3
-    assert memo["status"]["endpoint"] == "http://digits.ml.svc:8000"
+    assert memo["status"].endpoint == "http://digits.ml.svc:8000"
 
 
 def test_invalid_spec_is_failed_without_writes(api: FakeApi) -> None:
@@ -252,16 +253,16 @@ def test_execute_continues_after_errors(api: FakeApi) -> None:
 def test_memo_status_only_while_the_body_is_stale(api: FakeApi) -> None:
     """Continue from our own last status only if the object did not change since we read it."""
     memo = kopf.Memo()
-    memo["status"] = {"phase": "Sharing", "marker": 1}
+    memo["status"] = Status(phase="Sharing", share_generation=7)  # the marker: not in the body
     memo["status_rv"] = "5"
     stale = body({"model": {}})
     stale["metadata"]["resourceVersion"] = "5"
-    assert run(stale, memo)["status"]["marker"] == 1
-    memo["status"] = {"phase": "Sharing", "marker": 1}
+    assert run(stale, memo)["status"]["shareGeneration"] == 7
+    memo["status"] = Status(phase="Sharing", share_generation=7)
     memo["status_rv"] = "5"
     fresh = body({"model": {}})
     fresh["metadata"]["resourceVersion"] = "6"
-    assert "marker" not in run(fresh, memo)["status"]
+    assert "shareGeneration" not in run(fresh, memo)["status"]
     assert memo["status_rv"] == "6"
 
 

@@ -7,9 +7,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from operator_testlib import BASE_SPEC, make_ctx
+from operator_testlib import BASE_SPEC, WirePlan, make_ctx, reconcile_wire
 
 from tfe_operator import builders
+from tfe_operator import reconcile as reconcile_mod
 from tfe_operator.observe import (
     EndpointDeployment,
     JobState,
@@ -19,7 +20,8 @@ from tfe_operator.observe import (
     ServeStatus,
     WorkerPod,
 )
-from tfe_operator.reconcile import Plan, Ref, Resource, condition, keys_to_fetch, reconcile
+from tfe_operator.reconcile import Ref, Resource, condition, keys_to_fetch, reconcile
+from tfe_operator.status import Failure, MeshStatus, Sharing, Status
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 NOW = T0 + timedelta(seconds=90)
@@ -45,14 +47,14 @@ def job(gen: int, phase: str = "active", spec: dict[str, Any] | None = None, **k
     )
 
 
-def kinds(plan: Plan) -> list[tuple[str, str]]:
+def kinds(plan: WirePlan) -> list[tuple[str, str]]:
     return [(m["kind"], m["metadata"]["name"]) for m in plan.apply]
 
 
-def cond(plan: Plan, type_: str) -> tuple[str, str]:
-    c = condition(plan.status, type_)
+def cond(plan: WirePlan, type_: str) -> tuple[str, str]:
+    c = condition(plan.typed, type_)
     assert c is not None
-    return c["status"], c["reason"]
+    return str(c.status), str(c.reason)
 
 
 BASE_KINDS = [
@@ -105,7 +107,7 @@ SERVING_OBS = Observed(
 
 
 def test_new_model_provisions_workers() -> None:
-    plan = reconcile(res(), {}, Observed(), NOW)
+    plan = reconcile_wire(res(), {}, Observed(), NOW)
     assert kinds(plan) == BASE_KINDS
     assert plan.delete == []
     st = plan.status
@@ -133,7 +135,7 @@ def test_new_model_provisions_workers() -> None:
 
 def test_missing_source_is_pending() -> None:
     obs = Observed(worker_pods=pods(), source_missing="waiting for ConfigMap 'digits-model' (model source)")
-    plan = reconcile(res(), {}, obs, NOW)
+    plan = reconcile_wire(res(), {}, obs, NOW)
     assert plan.status["phase"] == "Pending"
     assert plan.status["message"] == "waiting for ConfigMap 'digits-model' (model source)"
     assert cond(plan, "ModelShared") == ("False", "SourceMissing")
@@ -141,7 +143,7 @@ def test_missing_source_is_pending() -> None:
 
 
 def test_ready_workers_start_share_job() -> None:
-    plan = reconcile(res(), {"phase": "Provisioning"}, Observed(worker_pods=pods(), statefulset=True), NOW)
+    plan = reconcile_wire(res(), {"phase": "Provisioning"}, Observed(worker_pods=pods(), statefulset=True), NOW)
     assert kinds(plan) == [*BASE_KINDS, ("Job", "digits-share-g1")]
     assert plan.apply[-1] == builders.share_job(make_ctx(), 1)
     assert plan.status["phase"] == "Sharing"
@@ -156,7 +158,7 @@ def test_recreated_model_on_retained_volumes_shares_above_their_generations() ->
     generations 2 and 3 of the deleted one (a worker that did not answer reports nothing). Sharing
     as generation 1 would overwrite nothing useful and be pruned as the oldest: it must be 4."""
     obs = Observed(worker_pods=pods(), statefulset=True, worker_generations={0: (3, 2), 1: (2,)})
-    plan = reconcile(res(), {}, obs, NOW)
+    plan = reconcile_wire(res(), {}, obs, NOW)
     assert kinds(plan) == [*BASE_KINDS, ("Job", "digits-share-g4")]
     assert plan.apply[-1] == builders.share_job(make_ctx(), 4)
     assert plan.status["sharing"] == {"generation": 4, "modelHash": HASH}
@@ -164,7 +166,7 @@ def test_recreated_model_on_retained_volumes_shares_above_their_generations() ->
     # and once it succeeded, generation 4 is what the serve Deployment runs
     st = plan.status
     obs = dataclasses.replace(obs, jobs=(job(4, "succeeded"),), worker_generations={i: (4, 3, 2) for i in range(3)})
-    plan = reconcile(res(), st, obs, NOW)
+    plan = reconcile_wire(res(), st, obs, NOW)
     assert plan.status["shareGeneration"] == 4
     dep = next(m for m in plan.apply if m["kind"] == "Deployment" and m["metadata"]["name"] == "digits-serve")
     assert dep["spec"]["template"]["metadata"]["labels"]["tfe.dev/share-generation"] == "4"
@@ -173,7 +175,7 @@ def test_recreated_model_on_retained_volumes_shares_above_their_generations() ->
 def test_share_job_running_is_reapplied_idempotently() -> None:
     st = {"phase": "Sharing", "sharing": {"generation": 1, "modelHash": HASH}}
     obs = Observed(worker_pods=pods(), statefulset=True, jobs=(job(1),))
-    plan = reconcile(res(), st, obs, NOW)
+    plan = reconcile_wire(res(), st, obs, NOW)
     assert kinds(plan)[-1] == ("Job", "digits-share-g1")
     assert plan.status["phase"] == "Sharing"
     assert plan.events == []
@@ -182,7 +184,7 @@ def test_share_job_running_is_reapplied_idempotently() -> None:
 def test_share_success_deploys_serve() -> None:
     st = {"phase": "Sharing", "sharing": {"generation": 1, "modelHash": HASH}}
     obs = Observed(worker_pods=pods(), statefulset=True, jobs=(job(1, "succeeded"),))
-    plan = reconcile(res(), st, obs, NOW)
+    plan = reconcile_wire(res(), st, obs, NOW)
     assert kinds(plan) == [*BASE_KINDS, *SERVING_KINDS]
     s = plan.status
     assert s["shareGeneration"] == 1
@@ -202,7 +204,7 @@ def test_share_success_deploys_serve() -> None:
 def test_serve_ready_is_serving() -> None:
     st = serving_status(phase="Provisioning", firstServingTime=None)
     del st["firstServingTime"]
-    plan = reconcile(res(), st, SERVING_OBS, NOW)
+    plan = reconcile_wire(res(), st, SERVING_OBS, NOW)
     s = plan.status
     assert s["phase"] == "Serving"
     assert s["message"] == "generation 1 at http://digits.ml.svc:8000"
@@ -215,8 +217,8 @@ def test_serve_ready_is_serving() -> None:
 
 
 def test_steady_state_is_quiet_and_stable() -> None:
-    first = reconcile(res(), serving_status(), SERVING_OBS, NOW)
-    second = reconcile(res(), first.status, SERVING_OBS, NOW + timedelta(seconds=5))
+    first = reconcile_wire(res(), serving_status(), SERVING_OBS, NOW)
+    second = reconcile_wire(res(), first.status, SERVING_OBS, NOW + timedelta(seconds=5))
     assert second.status == first.status
     assert second.events == []
     assert second.time_to_serving is None
@@ -229,7 +231,7 @@ def test_serving_waits_for_the_endpoint() -> None:
     behind an endpoint Deployment that is not rolled out (or missing) is not Serving yet."""
     for endpoint in (None, EndpointDeployment(ready=False)):
         obs = dataclasses.replace(SERVING_OBS, endpoint=endpoint)
-        plan = reconcile(res(), serving_status(phase="Provisioning"), obs, NOW)
+        plan = reconcile_wire(res(), serving_status(phase="Provisioning"), obs, NOW)
         assert plan.status["phase"] == "Provisioning"
         assert plan.status["message"] == "endpoint deployment starting (generation 1)"
         assert cond(plan, "Serving") == ("False", "Starting")
@@ -239,14 +241,14 @@ def test_serving_waits_for_the_endpoint() -> None:
 def test_external_workers_serve_without_an_endpoint() -> None:
     st = serving_status(modelHash=make_ctx(EXTERNAL).spec.model_hash)
     obs = dataclasses.replace(SERVING_OBS, worker_pods=(), statefulset=False, endpoint=None, relay_service=False)
-    plan = reconcile(res(EXTERNAL), st, obs, NOW)
+    plan = reconcile_wire(res(EXTERNAL), st, obs, NOW)
     assert plan.status["phase"] == "Serving"
     assert kinds(plan) == [("ConfigMap", "digits-tfe-config"), ("Deployment", "digits-serve"), ("Service", "digits")]
 
 
 def test_serve_of_wrong_generation_is_not_serving() -> None:
     obs = dataclasses.replace(SERVING_OBS, serve=ServeDeployment(generation=1, ready=True))
-    plan = reconcile(res(), serving_status(gen=2), obs, NOW)
+    plan = reconcile_wire(res(), serving_status(gen=2), obs, NOW)
     assert plan.status["phase"] == "Provisioning"
     assert cond(plan, "Serving") == ("False", "Starting")
 
@@ -256,7 +258,7 @@ def test_serve_of_wrong_generation_is_not_serving() -> None:
 
 def test_model_change_reshares_while_old_generation_serves() -> None:
     new_spec = {"model": {"configMap": {"name": "digits-model-v2", "key": "model.h5"}}}
-    plan = reconcile(res(new_spec, generation=2), serving_status(), SERVING_OBS, NOW)
+    plan = reconcile_wire(res(new_spec, generation=2), serving_status(), SERVING_OBS, NOW)
     # The old generation keeps serving: the Deployment stays at generation 1.
     dep = next(m for m in plan.apply if m["kind"] == "Deployment")
     assert dep["spec"]["template"]["metadata"]["labels"]["tfe.dev/share-generation"] == "1"
@@ -274,7 +276,7 @@ def test_reshare_success_rolls_serve_and_drops_old_jobs() -> None:
     h2 = make_ctx(new_spec).spec.model_hash
     st = serving_status(sharing={"generation": 2, "modelHash": h2})
     obs = dataclasses.replace(SERVING_OBS, jobs=(job(1, "succeeded"), job(2, "succeeded", spec=new_spec)))
-    plan = reconcile(res(new_spec, generation=2), st, obs, NOW)
+    plan = reconcile_wire(res(new_spec, generation=2), st, obs, NOW)
     dep = next(m for m in plan.apply if m["kind"] == "Deployment")
     assert dep["spec"]["template"]["metadata"]["labels"]["tfe.dev/share-generation"] == "2"
     # the old generation's Job goes, and its mesh identity with it
@@ -288,7 +290,7 @@ def test_model_changed_during_share_abandons_that_generation() -> None:
     spec3 = {"model": {"configMap": {"name": "v3", "key": "model.h5"}}}
     st = {"phase": "Sharing", "sharing": {"generation": 1, "modelHash": HASH}}
     obs = Observed(worker_pods=pods(), statefulset=True, jobs=(job(1),))
-    plan = reconcile(res(spec3, generation=2), st, obs, NOW)
+    plan = reconcile_wire(res(spec3, generation=2), st, obs, NOW)
     assert Ref("batch/v1", "Job", "digits-share-g1") in plan.delete
     assert plan.status["sharing"]["generation"] == 2
     assert kinds(plan)[-1] == ("Job", "digits-share-g2")
@@ -297,7 +299,7 @@ def test_model_changed_during_share_abandons_that_generation() -> None:
 def test_restart_adopts_existing_job_instead_of_duplicating() -> None:
     """Operator died after creating the Job, before writing status.sharing."""
     obs = Observed(worker_pods=pods(), statefulset=True, jobs=(job(1),))
-    plan = reconcile(res(), {"phase": "Provisioning"}, obs, NOW)
+    plan = reconcile_wire(res(), {"phase": "Provisioning"}, obs, NOW)
     assert plan.status["sharing"] == {"generation": 1, "modelHash": HASH}
     assert [m["metadata"]["name"] for m in plan.apply if m["kind"] == "Job"] == ["digits-share-g1"]
     assert "ShareStarted" not in [e.reason for e in plan.events]
@@ -305,7 +307,7 @@ def test_restart_adopts_existing_job_instead_of_duplicating() -> None:
 
 def test_restart_after_success_without_status() -> None:
     obs = Observed(worker_pods=pods(), statefulset=True, jobs=(job(1, "succeeded"),))
-    plan = reconcile(res(), {"phase": "Sharing"}, obs, NOW)
+    plan = reconcile_wire(res(), {"phase": "Sharing"}, obs, NOW)
     # Adoption only considers non-failed jobs of this model: a succeeded one is adopted.
     assert plan.status["shareGeneration"] == 1
     assert [m["kind"] for m in plan.apply].count("Job") == 0
@@ -318,7 +320,7 @@ def test_invalid_model_fails_with_the_layer_message() -> None:
     msg = "unsupported layer 'lstm' (LSTM); supported: Dense, Conv2D"
     st = {"phase": "Sharing", "sharing": {"generation": 1, "modelHash": HASH}}
     obs = Observed(worker_pods=pods(), statefulset=True, jobs=(job(1, "failed", exit_code=2, message=msg),))
-    plan = reconcile(res(), st, obs, NOW)
+    plan = reconcile_wire(res(), st, obs, NOW)
     s = plan.status
     assert s["phase"] == "Failed"
     assert s["message"] == msg
@@ -329,12 +331,12 @@ def test_invalid_model_fails_with_the_layer_message() -> None:
     assert ("Warning", "Failed", msg) in [(e.type, e.reason, e.message) for e in plan.events]
     assert plan.share_durations == [("failed", 30.0)]
     # Failed stays Failed (no new Job) until the spec changes.
-    again = reconcile(res(), s, obs, NOW)
+    again = reconcile_wire(res(), s, obs, NOW)
     assert again.status["phase"] == "Failed"
     assert "Job" not in [m["kind"] for m in again.apply]
     assert again.events == []
     # A spec change retries with a fresh generation.
-    retry = reconcile(res(generation=2), s, obs, NOW)
+    retry = reconcile_wire(res(generation=2), s, obs, NOW)
     assert "failure" not in retry.status
     assert retry.status["sharing"]["generation"] == 2
     assert retry.status["phase"] == "Sharing"
@@ -346,7 +348,7 @@ def test_transient_failure_exhausted_names_exit_code() -> None:
         worker_pods=pods(),
         jobs=(job(1, "failed", exit_code=1, message="connection refused"),),
     )
-    plan = reconcile(res(), st, obs, NOW)
+    plan = reconcile_wire(res(), st, obs, NOW)
     assert plan.status["failure"]["reason"] == "ShareJobFailed"
     assert plan.status["message"] == "share job digits-share-g1 failed (exit 1): connection refused"
 
@@ -357,7 +359,7 @@ def test_reshare_failure_keeps_old_generation_serving() -> None:
     obs = dataclasses.replace(
         SERVING_OBS, jobs=(job(2, "failed", spec=spec2, exit_code=2, message="unsupported layer 'x'"),)
     )
-    plan = reconcile(res(spec2, generation=2), st, obs, NOW)
+    plan = reconcile_wire(res(spec2, generation=2), st, obs, NOW)
     assert plan.status["phase"] == "Failed"
     assert plan.status["message"] == "unsupported layer 'x' (generation 1 keeps serving)"
     assert cond(plan, "Serving") == ("True", "Serving")
@@ -373,23 +375,23 @@ def test_crashing_worker_shows_in_workers_ready() -> None:
         ),
         WorkerPod(2, "digits-worker-2", "u2", True),
     )  # fmt: skip
-    plan = reconcile(res(), {"phase": "Provisioning"}, Observed(worker_pods=crash), NOW)
-    c = condition(plan.status, "WorkersReady")
+    plan = reconcile_wire(res(), {"phase": "Provisioning"}, Observed(worker_pods=crash), NOW)
+    c = condition(plan.typed, "WorkersReady")
     assert c is not None
-    assert (c["status"], c["reason"]) == ("False", "CrashLoopBackOff")
-    assert c["message"] == (
+    assert (c.status, c.reason) == ("False", "CrashLoopBackOff")
+    assert c.message == (
         "2/3 workers ready; digits-worker-1: CrashLoopBackOff: back-off 40s; "
         "last exit 1: ImportError: no tf_encrypted (restarts: 4)"
     )
     assert ("Warning", "WorkerNotReady") in [(e.type, e.reason) for e in plan.events]
     # Not repeated while the reason stays the same.
-    again = reconcile(res(), plan.status, Observed(worker_pods=crash), NOW)
+    again = reconcile_wire(res(), plan.status, Observed(worker_pods=crash), NOW)
     assert "WorkerNotReady" not in [e.reason for e in again.events]
 
 
 def test_deleted_worker_pod_with_pvc_keeps_shares() -> None:
     obs = dataclasses.replace(SERVING_OBS, worker_pods=pods(ready=2, uids=("u0", "u1", "NEW")))
-    plan = reconcile(res(), serving_status(), obs, NOW)
+    plan = reconcile_wire(res(), serving_status(), obs, NOW)
     assert plan.status["sharesStored"] is True
     assert "Job" not in [m["kind"] for m in plan.apply]
     assert plan.status["phase"] == "Provisioning"  # until the worker is ready again
@@ -401,7 +403,7 @@ MEMORY = {**BASE_SPEC, "workers": {"storage": {"medium": "Memory"}}}
 def test_deleted_worker_pod_with_memory_storage_reshares() -> None:
     obs = dataclasses.replace(SERVING_OBS, worker_pods=pods(uids=("u0", "u1", "NEW")))
     st = serving_status(modelHash=make_ctx(MEMORY).spec.model_hash)
-    plan = reconcile(res(MEMORY), st, obs, NOW)
+    plan = reconcile_wire(res(MEMORY), st, obs, NOW)
     assert plan.status["sharesStored"] is False
     assert plan.status["sharing"]["generation"] == 2
     assert ("Warning", "SharesLost") in [(e.type, e.reason) for e in plan.events]
@@ -416,7 +418,7 @@ def test_deleted_worker_pod_with_memory_storage_reshares() -> None:
 def test_shutdown_removes_workers_and_coordinator_keeping_shares() -> None:
     spec = {**BASE_SPEC, "shutdown": True}
     obs = dataclasses.replace(SERVING_OBS, jobs=(job(1, "succeeded"),), pvcs=("state-digits-worker-0",))
-    plan = reconcile(res(spec, generation=2), serving_status(), obs, NOW)
+    plan = reconcile_wire(res(spec, generation=2), serving_status(), obs, NOW)
     assert plan.apply == []
     assert plan.delete == [
         Ref("apps/v1", "Deployment", "digits-endpoint"),
@@ -433,13 +435,13 @@ def test_shutdown_removes_workers_and_coordinator_keeping_shares() -> None:
     assert "endpoint" not in s
     assert cond(plan, "ModelShared") == ("True", "Stored")
     assert cond(plan, "Serving") == ("False", "ShutdownRequested")
-    gone = reconcile(res(spec, generation=2), s, Observed(), NOW)
+    gone = reconcile_wire(res(spec, generation=2), s, Observed(), NOW)
     assert gone.delete == []
     assert gone.status["phase"] == "Stopped"
     assert gone.status["message"] == "shutdown requested; workers and coordinator removed (shares kept)"
     assert [e.reason for e in gone.events] == ["Stopped"]
     # an endpoint pod still draining: not Stopped yet
-    draining = reconcile(res(spec, generation=2), s, Observed(endpoint_pods=1), NOW)
+    draining = reconcile_wire(res(spec, generation=2), s, Observed(endpoint_pods=1), NOW)
     assert draining.status["phase"] == "ShuttingDown"
     assert draining.delete == [Ref("apps/v1", "Deployment", "digits-endpoint")]
 
@@ -448,7 +450,7 @@ def test_shutdown_with_delete_policy_deletes_volumes() -> None:
     spec = {**BASE_SPEC, "shutdown": True, "workers": {"storage": {"retainPolicy": "Delete"}}}
     obs = Observed(pvcs=("state-digits-worker-0", "state-digits-worker-1"))
     st = serving_status(modelHash=make_ctx(spec).spec.model_hash)
-    plan = reconcile(res(spec), st, obs, NOW)
+    plan = reconcile_wire(res(spec), st, obs, NOW)
     assert plan.delete == [
         Ref("v1", "PersistentVolumeClaim", "state-digits-worker-0"),
         Ref("v1", "PersistentVolumeClaim", "state-digits-worker-1"),
@@ -462,7 +464,7 @@ def test_restart_from_stored_shares_skips_share_job() -> None:
     stopped = serving_status(phase="Stopped")
     del stopped["endpoint"]
     obs = Observed(worker_pods=pods(uids=("n0", "n1", "n2")), statefulset=True)
-    plan = reconcile(res(generation=3), stopped, obs, NOW)
+    plan = reconcile_wire(res(generation=3), stopped, obs, NOW)
     assert "Job" not in [m["kind"] for m in plan.apply]
     assert kinds(plan) == [*BASE_KINDS, *SERVING_KINDS]
     assert plan.status["phase"] == "Provisioning"
@@ -477,7 +479,7 @@ def test_restart_after_memory_shutdown_reshares() -> None:
         "sharesStored": False,
     }
     obs = Observed(worker_pods=pods(uids=("n0", "n1", "n2")), statefulset=True)
-    plan = reconcile(res(MEMORY, generation=3), stopped, obs, NOW)
+    plan = reconcile_wire(res(MEMORY, generation=3), stopped, obs, NOW)
     assert plan.status["sharing"]["generation"] == 2
     assert plan.status["phase"] == "Sharing"
 
@@ -489,19 +491,19 @@ def test_max_requests_reached_stops_until_spec_changes() -> None:
         serve_status=ServeStatus(ready=True, requests_served=5, limit_reached=True, share_generation=1),
     )
     st = serving_status(modelHash=make_ctx(spec).spec.model_hash)
-    plan = reconcile(res(spec), st, obs, NOW)
+    plan = reconcile_wire(res(spec), st, obs, NOW)
     assert plan.status["limitReachedGeneration"] == 1
     assert plan.status["requestsServed"] == 5
     assert plan.status["phase"] == "ShuttingDown"
     assert Ref("apps/v1", "StatefulSet", "digits-worker") in plan.delete
     assert cond(plan, "Serving") == ("False", "MaxRequestsReached")
     assert "MaxRequestsReached" in [e.reason for e in plan.events]
-    stopped = reconcile(res(spec), plan.status, Observed(), NOW)
+    stopped = reconcile_wire(res(spec), plan.status, Observed(), NOW)
     assert stopped.status["phase"] == "Stopped"
     assert stopped.status["message"].startswith("request limit reached")
     # Any spec change (e.g. a higher limit) brings it back, from the stored shares.
     spec2 = {**BASE_SPEC, "serving": {"maxRequests": 50}}
-    back = reconcile(res(spec2, generation=2), stopped.status, Observed(), NOW)
+    back = reconcile_wire(res(spec2, generation=2), stopped.status, Observed(), NOW)
     assert "limitReachedGeneration" not in back.status
     assert back.status["requestsServed"] == 0
     assert back.status["phase"] == "Provisioning"
@@ -516,7 +518,7 @@ EXTERNAL = {
 
 
 def test_external_workers_share_without_spawning() -> None:
-    plan = reconcile(res(EXTERNAL), {}, Observed(public_keys={0: "k0"}), NOW)
+    plan = reconcile_wire(res(EXTERNAL), {}, Observed(public_keys={0: "k0"}), NOW)
     assert kinds(plan) == [("ConfigMap", "digits-tfe-config"), ("Job", "digits-share-g1")]
     assert cond(plan, "WorkersReady") == ("True", "External")
     assert plan.status["workers"][0] == {
@@ -531,7 +533,7 @@ def test_external_shutdown_removes_only_coordinator() -> None:
     spec = {**EXTERNAL, "shutdown": True}
     obs = Observed(serve=ServeDeployment(1, True), serve_pods=1, client_service=True)
     st = serving_status(modelHash=make_ctx(spec).spec.model_hash)
-    plan = reconcile(res(spec), st, obs, NOW)
+    plan = reconcile_wire(res(spec), st, obs, NOW)
     assert plan.delete == [
         Ref("apps/v1", "Deployment", "digits-serve"),
         Ref("v1", "Service", "digits"),
@@ -544,24 +546,24 @@ def test_external_shutdown_removes_only_coordinator() -> None:
 
 def test_public_keys_read_every_round_and_a_new_one_noticed() -> None:
     st = serving_status()
-    first = reconcile(res(), st, dataclasses.replace(SERVING_OBS, public_keys={0: "a", 1: "b", 2: "c"}), NOW)
+    first = reconcile_wire(res(), st, dataclasses.replace(SERVING_OBS, public_keys={0: "a", 1: "b", 2: "c"}), NOW)
     assert [w["publicKey"] for w in first.status["workers"]] == ["a", "b", "c"]
     # every ready worker, every round: a replaced volume changes the key without a new pod
-    assert keys_to_fetch(res(), first.status, SERVING_OBS) == [0, 1, 2]
-    assert keys_to_fetch(res(), first.status, dataclasses.replace(SERVING_OBS, worker_pods=pods(ready=2))) == [0, 1]
+    assert keys_to_fetch(res(), first.typed, SERVING_OBS) == [0, 1, 2]
+    assert keys_to_fetch(res(), first.typed, dataclasses.replace(SERVING_OBS, worker_pods=pods(ready=2))) == [0, 1]
     # a replaced pod, not ready yet: the last key read stays until the new pod's key is read
     gone = dataclasses.replace(SERVING_OBS, worker_pods=pods(ready=2)[:2])
-    second = reconcile(res(), first.status, gone, NOW)
+    second = reconcile_wire(res(), first.status, gone, NOW)
     assert second.status["workers"][2]["publicKey"] == "c"
     new_pod = dataclasses.replace(SERVING_OBS, worker_pods=pods(uids=("u0", "u1", "NEW")), public_keys={2: "C2"})
-    third = reconcile(res(), second.status, new_pod, NOW)
+    third = reconcile_wire(res(), second.status, new_pod, NOW)
     assert [w["publicKey"] for w in third.status["workers"]] == ["a", "b", "C2"]
     assert [e.reason for e in third.events if e.reason == "WorkerKeyChanged"] == ["WorkerKeyChanged"]
 
 
 @pytest.mark.parametrize("phase", ["Serving", "Stopped"])
 def test_observed_generation_always_written(phase: str) -> None:
-    plan = reconcile(res(generation=7), serving_status(phase=phase), SERVING_OBS, NOW)
+    plan = reconcile_wire(res(generation=7), serving_status(phase=phase), SERVING_OBS, NOW)
     assert plan.status["observedGeneration"] == 7
     assert all(c["observedGeneration"] == 7 for c in plan.status["conditions"])
 
@@ -578,11 +580,11 @@ MESH_STATUS = {
 
 
 def test_mesh_status_comes_from_the_pki_plan() -> None:
-    r = dataclasses.replace(res(), mesh=MESH_STATUS)
-    plan = reconcile(r, serving_status(mesh={"caNotAfter": "old"}), SERVING_OBS, NOW)
+    r = dataclasses.replace(res(), mesh=MeshStatus.from_dict(MESH_STATUS))
+    plan = reconcile_wire(r, serving_status(mesh={"caNotAfter": "old"}), SERVING_OBS, NOW)
     assert plan.status["mesh"] == {**MESH_STATUS, "refused": []}
     # no mesh (external workers): no stale mesh status either
-    plan = reconcile(res(), serving_status(mesh=MESH_STATUS), SERVING_OBS, NOW)
+    plan = reconcile_wire(res(), serving_status(mesh=MESH_STATUS), SERVING_OBS, NOW)
     assert "mesh" not in plan.status
 
 
@@ -590,7 +592,7 @@ def test_external_workers_keep_share_secrets_out_of_deletes() -> None:
     """External workers have no mesh: deleting their Job deletes no identity Secret."""
     spec = {**EXTERNAL, "shutdown": True}
     obs = Observed(jobs=(job(1, "succeeded", spec=spec),))
-    plan = reconcile(res(spec), serving_status(modelHash=make_ctx(spec).spec.model_hash), obs, NOW)
+    plan = reconcile_wire(res(spec), serving_status(modelHash=make_ctx(spec).spec.model_hash), obs, NOW)
     assert plan.delete == [Ref("batch/v1", "Job", "digits-share-g1")]
 
 
@@ -608,15 +610,15 @@ def test_serve_slot_kept_while_the_template_is_unchanged_and_flipped_when_it_cha
 
     h1 = builders.serve_template_hash(make_ctx(), 1)
     # First deployment: nothing runs, slot 0.
-    assert _slot_of(reconcile(res(), serving_status(), dataclasses.replace(SERVING_OBS, serve=None), NOW)) == 0
+    assert _slot_of(reconcile_wire(res(), serving_status(), dataclasses.replace(SERVING_OBS, serve=None), NOW)) == 0
     # Running with the same template in slot 1: stays in slot 1 (no needless rollout).
     live = ServeDeployment(generation=1, ready=True, slot=1, template_hash=h1)
     obs = dataclasses.replace(SERVING_OBS, serve=live, serve_pod_slots=(ServePod(1, h1, True),))
-    assert _slot_of(reconcile(res(), serving_status(), obs, NOW)) == 1
+    assert _slot_of(reconcile_wire(res(), serving_status(), obs, NOW)) == 1
     # A spec change (same share generation) changes the template: the other slot, so the new
     # coordinator does not share a name with the old one while both run.
     spec = {**BASE_SPEC, "serving": {"maxRequests": 50}}
-    plan = reconcile(res(spec, generation=2), serving_status(), obs, NOW)
+    plan = reconcile_wire(res(spec, generation=2), serving_status(), obs, NOW)
     assert _slot_of(plan) == 0
     # ...and once applied, it stays there while the old pod still runs.
     h2 = builders.serve_template_hash(make_ctx(spec), 1)
@@ -625,11 +627,11 @@ def test_serve_slot_kept_while_the_template_is_unchanged_and_flipped_when_it_cha
         serve=ServeDeployment(generation=1, ready=False, slot=0, template_hash=h2),
         serve_pod_slots=(ServePod(1, h1, True), ServePod(0, h2, False)),
     )
-    assert _slot_of(reconcile(res(spec, generation=2), serving_status(), rolling, NOW)) == 0
+    assert _slot_of(reconcile_wire(res(spec, generation=2), serving_status(), rolling, NOW)) == 0
     # A third template while the second has not come up: the slot the ready (old) pod does
     # not hold, i.e. the one the Deployment is about to scale down.
     spec3 = {**BASE_SPEC, "serving": {"maxRequests": 60}}
-    assert _slot_of(reconcile(res(spec3, generation=3), serving_status(), rolling, NOW)) == 0
+    assert _slot_of(reconcile_wire(res(spec3, generation=3), serving_status(), rolling, NOW)) == 0
 
 
 def _refusal(party: str, identity: str, reason: str, count: int, ago: timedelta) -> Refusal:
@@ -643,8 +645,8 @@ def test_refused_identities_are_in_status_with_one_event_per_change() -> None:
                       1, timedelta(minutes=3))
     stale = _refusal("server1", "-", "handshake: client presented no certificate", 9, timedelta(hours=2))
     obs = dataclasses.replace(SERVING_OBS, refusals=(denied, stale, expired))
-    r = dataclasses.replace(res(), mesh=MESH_STATUS)
-    plan = reconcile(r, serving_status(mesh=MESH_STATUS), obs, NOW)
+    r = dataclasses.replace(res(), mesh=MeshStatus.from_dict(MESH_STATUS))
+    plan = reconcile_wire(r, serving_status(mesh=MESH_STATUS), obs, NOW)
     assert plan.status["mesh"]["refused"] == [
         {"party": "server2", "identity": "server1", "listener": "grpc",
          "reason": "handshake: certificate has expired (not after X)", "count": 2,
@@ -660,15 +662,44 @@ def test_refused_identities_are_in_status_with_one_event_per_change() -> None:
     ]
     assert all(e.type == "Warning" for e in warnings)
     # the next reconcile with nothing new posts nothing; a count that grew posts again
-    again = reconcile(r, plan.status, obs, NOW)
+    again = reconcile_wire(r, plan.status, obs, NOW)
     assert [e for e in again.events if e.reason == "MeshRefused"] == []
     more = dataclasses.replace(obs, refusals=(denied, dataclasses.replace(expired, count=3)))
-    third = reconcile(r, plan.status, more, NOW)
+    third = reconcile_wire(r, plan.status, more, NOW)
     assert [e.message.split(" (")[0] for e in third.events if e.reason == "MeshRefused"] == ["server2 refused server1"]
 
 
 def test_refusals_are_capped_in_status() -> None:
     many = tuple(_refusal("server0", f"id{i}", "r", 1, timedelta(seconds=i)) for i in range(25))
-    r = dataclasses.replace(res(), mesh=MESH_STATUS)
-    plan = reconcile(r, serving_status(), dataclasses.replace(SERVING_OBS, refusals=many), NOW)
+    r = dataclasses.replace(res(), mesh=MeshStatus.from_dict(MESH_STATUS))
+    plan = reconcile_wire(r, serving_status(), dataclasses.replace(SERVING_OBS, refusals=many), NOW)
     assert [x["identity"] for x in plan.status["mesh"]["refused"]] == [f"id{i}" for i in range(10)]
+
+
+# ------------------------------------------------------------------ the typed status (issue 13)
+
+
+def test_reconcile_takes_and_returns_the_typed_status() -> None:
+    """reconcile works on the frozen Status whole: the one it is given stays as it was, the one
+    it returns is a Status that reads back unchanged from what lands in the object."""
+    given = Status.from_dict(serving_status())
+    plan = reconcile(res(), given, SERVING_OBS, NOW)
+    assert given == Status.from_dict(serving_status())
+    assert isinstance(plan.status, Status)
+    assert Status.from_dict(plan.status.to_dict()) == plan.status
+    assert (plan.status.phase, plan.status.requests_served) == ("Serving", 5)
+
+
+def test_driving_the_share_job_is_one_typed_step() -> None:
+    """_share says what it did in its result (no status key read back by the caller)."""
+    sharing = Status(phase="Sharing", sharing=Sharing(generation=1, model_hash=HASH))
+    obs = Observed(worker_pods=pods(), jobs=(job(1, "failed", exit_code=2, message="Lambda layers are refused"),))
+    step = reconcile_mod._share(res(), sharing, obs, reconcile_mod.Plan(), True)
+    assert step.failure == Failure(generation=1, reason="InvalidModel", message="Lambda layers are refused")
+    assert (step.status.failure, step.status.sharing) == (step.failure, None)
+    assert (step.reason, step.message, step.shared) == ("InvalidModel", "Lambda layers are refused", None)
+    obs = dataclasses.replace(obs, jobs=(job(1, "succeeded"),))
+    done = reconcile_mod._share(res(), sharing, obs, reconcile_mod.Plan(), True)
+    assert (done.reason, done.shared, done.failure) == ("Shared", 1, None)
+    assert (done.status.share_generation, done.status.shares_stored, done.status.sharing) == (1, True, None)
+    assert done.status.share_worker_uids == ("u0", "u1", "u2")
