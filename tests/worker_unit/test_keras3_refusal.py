@@ -2,35 +2,21 @@
 Keras 3 configs) are refused before anything is loaded, with a message that says how to save a
 file this TF 2.9.1 can load. Through the share job's own entry point, as a user meets it."""
 
-import json
-import zipfile
-
 import h5py
 import pytest
 import tensorflow as tf
+from model_files import share_main, write_keras_archive
 
 from tfe_worker import share
-from tfe_worker.config import Config
 from tfe_worker.plan import ModelError, build_plan, inspect_model, load_keras
 
 L = tf.keras.layers
 HOWTO = "TF_USE_LEGACY_KERAS=1"
 
 
-def share_main(tmp_path, model):
-    cfg = tmp_path / "tfe.json"
-    cfg.write_text(Config.loopback([1, 2, 3], [4, 5, 6]).to_json())
-    term = tmp_path / "termination-log"
-    rc = share.main(["--config", str(cfg), "--model", str(model), "--name", "m", "--coordinator-address",
-                     "127.0.0.1:1", "--ready-timeout", "0.1", "--termination-log", str(term)])
-    return rc, term.read_text() if term.exists() else ""
-
-
 def keras3_archive(path, version="3.3.3"):
-    with zipfile.ZipFile(path, "w") as z:
-        z.writestr("config.json", tf.keras.Sequential([L.Dense(2, input_shape=(3,))]).to_json())
-        z.writestr("metadata.json", json.dumps({"keras_version": version, "date_saved": "2026-01-01@00:00:00"}))
-        z.writestr("model.weights.h5", b"")
+    config = tf.keras.Sequential([L.Dense(2, input_shape=(3,))]).to_json()
+    write_keras_archive(path, config, {"keras_version": version, "date_saved": "2026-01-01@00:00:00"}, weights=True)
 
 
 def test_keras3_archive_is_refused_with_how_to_save_a_compatible_file(tmp_path):

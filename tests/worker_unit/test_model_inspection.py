@@ -2,16 +2,13 @@
 bytecode would touch a marker file is refused BY NAME and the marker never appears (h5, SavedModel,
 .keras archive), through the share job's own entry point. Allowed models still load and plan."""
 
-import json
-import zipfile
-
 import h5py
 import numpy as np
 import pytest
 import tensorflow as tf
+from model_files import share_main, write_keras_archive
 
 from tfe_worker import share
-from tfe_worker.config import Config
 from tfe_worker.plan import ModelError, build_plan, check_config, inspect_model, load_keras
 
 L = tf.keras.layers
@@ -30,15 +27,6 @@ def evil_h5(tmp_path):
     evil_model(marker).save(path)
     marker.unlink()  # building the model ran it once, here in the test; the file must not run it again
     return path, marker
-
-
-def share_main(tmp_path, model):
-    cfg = tmp_path / "tfe.json"
-    cfg.write_text(Config.loopback([1, 2, 3], [4, 5, 6]).to_json())
-    term = tmp_path / "termination-log"
-    rc = share.main(["--config", str(cfg), "--model", str(model), "--name", "m", "--coordinator-address",
-                     "127.0.0.1:1", "--ready-timeout", "0.1", "--termination-log", str(term)])
-    return rc, term.read_text() if term.exists() else ""
 
 
 def test_the_payload_really_runs_when_keras_loads_the_file(evil_h5):
@@ -92,17 +80,14 @@ def test_allowed_saved_model_loads_and_plans(tmp_path):
 
 def test_keras_v3_archive_with_lambda_is_refused_by_name(tmp_path):
     marker = tmp_path / "pwned"
-    cfg = json.loads(evil_model(marker).to_json())
+    config = evil_model(marker).to_json()
     marker.unlink()
     path = tmp_path / "evil.keras"
-    with zipfile.ZipFile(path, "w") as z:
-        z.writestr("config.json", json.dumps(cfg))
-        z.writestr("metadata.json", "{}")
+    write_keras_archive(path, config, {})
     with pytest.raises(ModelError, match=r"unsupported layer 'evil' \(Lambda\)"):
         load_keras(str(path))
     ok = tmp_path / "ok.keras"
-    with zipfile.ZipFile(ok, "w") as z:
-        z.writestr("config.json", tf.keras.Sequential([L.Dense(2, input_shape=(3,))]).to_json())
+    write_keras_archive(ok, tf.keras.Sequential([L.Dense(2, input_shape=(3,))]).to_json())
     assert inspect_model(str(ok)) == "keras"
     with pytest.raises(ModelError, match=r"TF 2\.9\.1 cannot load"):
         load_keras(str(ok))
