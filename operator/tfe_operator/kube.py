@@ -206,10 +206,12 @@ def http_get_json(url: str, timeout: float) -> Any:
         return json.loads(resp.read().decode())
 
 
-def kubernetes_transport(in_cluster: bool | None = None) -> tuple[Transport, bool]:
-    """A Transport over the kubernetes client's public API (its configuration from kubeconfig or
-    the pod's service account, requests through ``kubernetes.dynamic.DynamicClient.request``).
-    Returns (transport, in_cluster)."""
+def kubernetes_transport(
+    in_cluster: bool | None = None, kubeconfig: str | None = None
+) -> tuple[Transport, bool]:
+    """A Transport over the kubernetes client's public API (its configuration from kubeconfig,
+    ``kubeconfig`` or $KUBECONFIG or ~/.kube/config, or the pod's service account; requests
+    through ``kubernetes.dynamic.DynamicClient.request``). Returns (transport, in_cluster)."""
     import kubernetes.client as k8s_client
     import kubernetes.config as k8s_config
     import kubernetes.dynamic as k8s_dynamic
@@ -230,7 +232,7 @@ def kubernetes_transport(in_cluster: bool | None = None) -> tuple[Transport, boo
             if in_cluster:
                 raise
     if not loaded_in_cluster:
-        config.load_kube_config(client_configuration=configuration)
+        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
     dynamic: Any = dynamic_client(client.ApiClient(configuration))
 
     def transport(
