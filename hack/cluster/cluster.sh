@@ -237,6 +237,7 @@ hostpath_sweeper() {
   # The in-tree hostPath provisioner creates /tmp/hostpath_pv/<uuid> with mode 0750 (root): make
   # each new volume directory writable for non-root pods (the worker runs as uid 10001), as the
   # directory appears (inotify; no polling).
+  [ -e "$HOSTPATH_PV" ] || journal "tree $HOSTPATH_PV"
   mkdir -p "$HOSTPATH_PV"
   start hostpath-sweeper python3 "$HERE/hostpath-sweeper.py" "$HOSTPATH_PV"
 }
@@ -366,7 +367,10 @@ undo_journal() { # undo the journal's lines, last first; each line once
     case $kind in
       sysctl) log "restoring $arg=$rest"; sysctl -qw "$arg=$rest" || true ;;
       link) if ip link show "$arg" >/dev/null 2>&1; then log "deleting interface $arg"; ip link del "$arg" || true; fi ;;
-      file) [ -e "$arg" ] && { log "removing $arg"; rm -f "$arg"; } ;;
+      # (if/fi, not `[ ] && ...`: a line already undone must not end the loop with status 1, which
+      # set -e/pipefail turn into a cluster-down that fails on every rerun)
+      file) if [ -e "$arg" ]; then log "removing $arg"; rm -f "$arg"; fi ;;
+      tree) if [ -e "$arg" ]; then log "removing $arg"; rm -rf "$arg"; fi ;;
       dir) rmdir "$arg" 2>/dev/null || true ;;
       kube-proxy) if [ -x "$BIN/kube-proxy" ]; then log "kube-proxy --cleanup (its own iptables chains)"
                     "$BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true; fi ;;
@@ -408,7 +412,7 @@ down() {
   # the pods' bridge, made by our CNI network (the CNI bridge plugin creates it; no one else names it so)
   if ip link show "$CNI_IF" >/dev/null 2>&1; then ip link del "$CNI_IF"; fi
   undo_journal
-  rm -rf "$STATE" "$RUN" "$HOSTPATH_PV"
+  rm -rf "$STATE" "$RUN"
   # containerd's metadata DB references the removed state; keep only its image content/snapshots
   rm -rf "$PIDS" "$CL/config" "$CL/pki" "$CL/kubeconfig"
   log "cluster down"

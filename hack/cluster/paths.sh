@@ -61,6 +61,8 @@ close_fds() { local fd; for fd in $(ls /proc/$BASHPID/fd); do [ "$fd" -gt 2 ] &&
 #   link NAME             delete interface NAME (created by us)
 #   file PATH             remove PATH (an apt source/preference deps.sh wrote)
 #   dir PATH              rmdir PATH if empty (a fixed directory a daemon of ours created)
+#   tree PATH             rm -rf PATH (a directory at a fixed path up created for the cluster's data:
+#                         $HOSTPATH_PV; one that was there before up is left, with what is in it)
 #   kube-proxy            `kube-proxy --cleanup`: kube-proxy removes the iptables chains it made
 #   kubelet               delete the kubelet's KUBE-KUBELET-CANARY chains (by name)
 # Nothing else of the host's iptables is touched: our CNI network adds no iptables rules
