@@ -1,8 +1,9 @@
 # Local Kubernetes cluster and images without a registry (included by the Makefile).
 # See docs/cluster.md. Needs root (interfaces, mounts, iptables, dockerd).
 TFE_VERSION := $(shell cat VERSION)
-# The local OCI registry cluster-up runs (hack/cluster/versions.sh); make push REGISTRY=... for another.
-LOCAL_REGISTRY := 127.0.0.1:5000
+# The local OCI registry cluster-up runs (named once, in hack/cluster/versions.sh); make push
+# REGISTRY=... for another.
+LOCAL_REGISTRY := $(shell . hack/cluster/versions.sh && echo $$LOCAL_REGISTRY)
 REGISTRY ?=
 
 .PHONY: cluster-up cluster-down cluster-down-check cluster-status images push cluster-smoke
