@@ -3,6 +3,7 @@
 #   $CLUSTER_CACHE/bin-<k8s>/ : kube-apiserver kube-controller-manager kube-scheduler kubelet
 #                               kube-proxy kubectl coredns helm crictl
 #                               registry-<v> (distribution) gofakes3-<v> (S3 test server)
+#                               cert-manager-<v>/ (controller + CRDs, for the issuerRef tests)
 #                               htpasswd (hack/cluster/htpasswd: the registry's bcrypt password file)
 # Idempotent: binaries already present are not rebuilt (htpasswd: unless its source is newer).
 # Usage: build.sh [k8s|coredns|helm|crictl|registry|gofakes3|htpasswd|all|path]
@@ -53,6 +54,23 @@ build_local() { # name: a tool whose source is in hack/cluster/<name> (its own g
   (cd "$src" && go build -mod=readonly -ldflags "-s -w" -o "$BIN/$name" .)
 }
 
+# cert-manager's controller: its main (the unpublished cmd/controller module) is kept in
+# hack/cluster/cert-manager; the controllers and the CRDs come from the published module.
+build_cert_manager() {
+  local v=$CERT_MANAGER_VERSION out=$BIN/cert-manager-$CERT_MANAGER_VERSION
+  [ -x "$out/controller" ] && [ -f "$out/crds.yaml" ] && return 0
+  local d=$WORK/cert-manager-$v src=$HERE/cert-manager
+  grep -q "github.com/cert-manager/cert-manager $v\$" "$src/go.mod" \
+    || { echo "hack/cluster/cert-manager/go.mod is not at $v" >&2; return 1; }
+  rm -rf "$d"; mkdir -p "$d" "$out"
+  cp -r "$src/main.go" "$src/app" "$src/go.mod" "$src/go.sum" "$d/"
+  echo ">> building cert-manager controller $v into $out"
+  (cd "$d" && "${TIME[@]}" go build -mod=mod -ldflags "-s -w \
+      -X github.com/cert-manager/cert-manager/pkg/util.AppVersion=$v" -o "$out/controller" .)
+  local mod; mod=$(cd "$d" && go list -m -f '{{.Dir}}' github.com/cert-manager/cert-manager)
+  cat "$mod"/deploy/crds/cert-manager.io_*.yaml > "$out/crds.yaml.tmp" && mv "$out/crds.yaml.tmp" "$out/crds.yaml"
+}
+
 case $what in
   k8s) build_k8s ;;
   coredns) build_mod coredns github.com/coredns/coredns "$COREDNS_VERSION" github.com/coredns/coredns "" ;;
@@ -67,6 +85,7 @@ case $what in
   gofakes3) build_mod "gofakes3-$GOFAKES3_VERSION" github.com/johannesboyne/gofakes3 "$GOFAKES3_VERSION" \
               github.com/johannesboyne/gofakes3/cmd/gofakes3 "" ;;
   htpasswd) build_local htpasswd ;;
+  cert-manager) build_cert_manager ;;
   all) "$0" k8s; "$0" coredns; "$0" helm; "$0" crictl; "$0" registry; "$0" htpasswd ;;
   path) echo "$BIN" ;;
   *) echo "usage: $0 [k8s|coredns|helm|crictl|registry|gofakes3|htpasswd|all|path]" >&2; exit 2 ;;
