@@ -346,6 +346,13 @@ def ensure_share_identities(
         try:
             if issuer is not None:
                 kube.apply(certmgr.share_certificate(ctx, issuer, gen))
+                # once issued, its Secret goes with the model too (see ensure_issued)
+                found = kube.get_metadata("v1", "Secret", ctx.namespace, name)
+                action = certmgr.secret_action(found, ctx.uid)
+                if action == "adopt":
+                    kube.apply(certmgr.secret_owner(ctx, name))
+                elif action == "delete":
+                    kube.delete(ctx.namespace, Ref("v1", "Secret", name))
             elif kube.get_metadata("v1", "Secret", ctx.namespace, name) is None:
                 assert mesh.ca is not None
                 kube.apply(pki.share_secret(ctx, mesh.ca, gen, now))

@@ -418,3 +418,8 @@ def test_share_job_gets_a_certificate_and_loses_it_with_its_secret(api: FakeApi)
     assert f"{CERTS}/digits-mesh-share-g4" in api.objects
     assert f"{SECRETS}/digits-mesh-share-g4" not in api.objects  # cert-manager writes it
     assert ("delete", f"{CERTS}/digits-mesh-share-g3") in api.writes
+    # once cert-manager has written it, the next reconcile makes the model its owner
+    api.objects[f"{SECRETS}/digits-mesh-share-g4"] = {"metadata": {"name": "digits-mesh-share-g4"}}
+    plan = Plan(apply=[job])
+    assert handlers.ensure_share_identities(handlers.RUNTIME.kube, c, mesh_plan, plan, NOW) == []  # type: ignore[arg-type]
+    assert api.objects[f"{SECRETS}/digits-mesh-share-g4"]["metadata"]["ownerReferences"] == [OWNER]
