@@ -184,7 +184,7 @@ try:
         c.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
         got = c.recv(64)
     peer = hashlib.sha256(der).hexdigest()
-    hs = f"answered {len(got)}" if got else "closed"
+    hs = f"answered {len(got)}" if got else "closed -"
 except (ssl.SSLError, OSError) as e:
     peer, hs = "-", f"refused {type(e).__name__}"
 import grpc
@@ -285,7 +285,6 @@ def test_issued_identities_serve_and_predict(
     assert mesh["issuer"] == f"Issuer/{ISSUER}"
     assert [(c["identity"], c["state"]) for c in mesh["certificates"]] == [(i, "Ready") for i in IDENTITIES]
     root = secret_pem(ns, "mesh-root", "tls.crt")
-    assert mesh["caSHA256"] == hashlib.sha256(root.encode()).hexdigest()
     # No CA of the operator's own; the issued Secrets belong to the model and carry cert-manager's CA.
     assert get_json("secret", f"{MODEL}-mesh-ca", "-n", ns) is None
     uid = get_json("encryptedmodel", MODEL, "-n", ns)["metadata"]["uid"]
@@ -293,7 +292,9 @@ def test_issued_identities_serve_and_predict(
         sec = get_json("secret", f"{MODEL}-mesh-{c['identity']}", "-n", ns)
         assert sec["metadata"]["annotations"]["cert-manager.io/certificate-name"] == f"{MODEL}-mesh-{c['identity']}"
         assert uid in [o["uid"] for o in sec["metadata"].get("ownerReferences", [])]
-        assert base64.b64decode(sec["data"]["ca.crt"]).decode() == root
+        ca_pem = base64.b64decode(sec["data"]["ca.crt"])
+        assert der_sha256(ca_pem.decode()) == der_sha256(root)  # the issuer's CA is the trust anchor
+        assert mesh["caSHA256"] == hashlib.sha256(ca_pem).hexdigest()
         from cryptography import x509
 
         leaf = x509.load_pem_x509_certificate(base64.b64decode(sec["data"]["tls.crt"]))
