@@ -4,7 +4,7 @@
 KIND_DIR ?= $(CURDIR)/.kind
 KIND_KUBECTL = $(shell hack/cluster/build.sh path)/kubectl
 
-.PHONY: kind-up kind-down kind-image kind-load kind-e2e
+.PHONY: kind-up kind-down kind-down-check kind-image kind-load kind-e2e
 
 kind-image: ## build the offline kind node image tfe-kind/node (debootstrap trixie + k8s from Go modules + pre-loaded images)
 	hack/kind/node-image.sh build
@@ -21,3 +21,6 @@ kind-e2e: $(VENV)/.stamp $(WVENV)/.stamp ## the cluster suite on kind (make kind
 
 kind-down: ## delete the kind cluster and its host routes
 	hack/kind/kind.sh down
+
+kind-down-check: ## kind-down, then check it left no node container, volume, host route, kind network, kube-router chain/ipset
+	hack/kind/down-check.sh

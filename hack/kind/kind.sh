@@ -111,19 +111,26 @@ unroutes() {
 }
 
 load() { # every node: test pods with the worker image may tolerate the control plane's taint
-  # worker, operator and the S3 test server (test_s3_cluster; no registry on kind)
-  local img imgs=("tfe-operator/worker:$VERSION" "tfe-operator/operator:$VERSION"
-    "tfe-operator/gofakes3:$GOFAKES3_VERSION")
+  # worker, operator and, where make images built it, the S3 test server (test_s3_cluster skips
+  # on kind without it)
+  local img imgs=("tfe-operator/worker:$VERSION" "tfe-operator/operator:$VERSION") s3="tfe-operator/gofakes3:$GOFAKES3_VERSION"
   for img in "${imgs[@]}"; do
     docker image inspect "$img" >/dev/null 2>&1 || die "$img not built (make images)"
   done
+  if docker image inspect "$s3" >/dev/null 2>&1; then imgs+=("$s3"); else log "$s3 not built: test_s3_cluster will skip"; fi
   log "kind load docker-image into every node of $NAME"
   "$KIND" load docker-image --name "$NAME" "${imgs[@]}"
 }
 
 down() {
   unroutes
-  if exists; then "$KIND" delete cluster --name "$NAME"; fi
+  if exists; then "$KIND" delete cluster --name "$NAME"; fi  # docker rm -f -v: the nodes' volumes too
+  # kind keeps its `kind` network (a host bridge) for the next cluster; on the project's dockerd
+  # nothing else uses it, so it goes once empty
+  if [ "$DOCKER_HOST" = "$PROJECT_DOCKER" ] && docker network inspect kind >/dev/null 2>&1 &&
+     [ "$(docker network inspect kind -f '{{len .Containers}}')" = 0 ]; then
+    docker network rm kind >/dev/null
+  fi
   rm -f "$KUBECONFIG" "$KD/kube-router.restarted"
 }
 
