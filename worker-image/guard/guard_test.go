@@ -222,6 +222,73 @@ func TestBidiStreamAndMetadata(t *testing.T) {
 	}
 }
 
+// TF's unary methods are forwarded as unary calls: metadata both ways, and a second request on
+// the same stream never reaches the backend.
+func TestUnaryMethodForwarding(t *testing.T) {
+	f := newGRPCFixture(t)
+	coord := f.client(t, "coordinator")
+	ctx := metadata.AppendToOutgoingContext(context.Background(), "x-tfe-test", "unary")
+	var hdr, tr metadata.MD
+	out := &frame{}
+	if err := coord.Invoke(ctx, runGraph, bytesFrame([]byte("graph")), out, grpc.Header(&hdr), grpc.Trailer(&tr)); err != nil {
+		t.Fatal(err)
+	}
+	if string(out.data.Materialize()) != "graph" {
+		t.Fatalf("answer %q", out.data.Materialize())
+	}
+	out.free()
+	if v := hdr.Get("x-backend"); len(v) != 1 || v[0] != "echo" {
+		t.Fatalf("backend header not forwarded: %v", hdr)
+	}
+	if v := tr.Get("x-backend-trailer"); len(v) != 1 || v[0] != "done" {
+		t.Fatalf("backend trailer not forwarded: %v", tr)
+	}
+	if calls := f.backend.seen(); len(calls) != 1 || len(calls[0].md.Get("x-tfe-test")) != 1 {
+		t.Fatalf("backend call: %+v", calls)
+	}
+
+	// A stream that sends a second request on a unary method: the answer to the first, then an error.
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := coord.NewStream(sctx, &grpc.StreamDesc{ClientStreams: true, ServerStreams: true}, runGraph)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.SendMsg(bytesFrame([]byte("one"))); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.RecvMsg(&frame{}); err != nil {
+		t.Fatalf("first request: %v", err)
+	}
+	st.SendMsg(bytesFrame([]byte("two")))
+	for {
+		err = st.RecvMsg(&frame{})
+		if err != nil {
+			break
+		}
+		t.Fatal("second request on a unary method was answered")
+	}
+	wantCode(t, err, codes.InvalidArgument, "more than one request")
+	if n := len(f.backend.seen()); n != 2 {
+		t.Fatalf("backend saw %d calls, want 2", n)
+	}
+}
+
+func TestUnaryMethods(t *testing.T) {
+	for m, want := range map[string]bool{
+		recvTensorMethod: true, runGraph: true,
+		"/tensorflow.eager.EagerService/RunComponentFunction": true,
+		"/tensorflow.eager.EagerService/Enqueue":              true,
+		"/tensorflow.eager.EagerService/StreamingEnqueue":     false,
+		"/grpc.health.v1.Health/Watch":                        false,
+		"/tensorflow.WorkerServiceX/RunGraph":                 false,
+	} {
+		if unaryMethod(m) != want {
+			t.Errorf("unaryMethod(%q) = %v, want %v", m, !want, want)
+		}
+	}
+}
+
 func TestBackendStatusPassesThrough(t *testing.T) {
 	f := newGRPCFixture(t)
 	coord := f.client(t, "coordinator")
