@@ -31,6 +31,10 @@ from .spec import IssuerRef
 
 API_VERSION = "cert-manager.io/v1"
 KIND = "Certificate"
+REQUEST_KIND = "CertificateRequest"
+# cert-manager's annotations on a CertificateRequest
+REQUEST_CERTIFICATE = "cert-manager.io/certificate-name"
+REQUEST_REVISION = "cert-manager.io/certificate-revision"
 # Long-lived identities (as pki.IDENTITIES) and the operator's own client identity.
 IDENTITIES: tuple[str, ...] = (*pki.IDENTITIES, mesh.OPERATOR)
 # The same lifetimes as the operator's own CA issues (pki.LEAF_DAYS, pki.LEAF_RENEW).
@@ -138,6 +142,8 @@ class Issued:
 
     certificate: Mapping[str, Any] | None
     secret: Mapping[str, bytes] | None
+    # its newest CertificateRequest (read only while something waits): why it waits
+    request: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -168,15 +174,49 @@ def _condition(cert: Mapping[str, Any] | None, type_: str) -> Mapping[str, Any] 
     return None
 
 
-def _waiting(identity: str, cert: Mapping[str, Any] | None) -> IdentityState:
-    """No usable Secret yet: what the Certificate's conditions say."""
+def latest_requests(items: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    """Certificate name -> its newest CertificateRequest (by cert-manager's revision)."""
+    out: dict[str, tuple[int, Mapping[str, Any]]] = {}
+    for cr in items:
+        ann = (cr.get("metadata") or {}).get("annotations") or {}
+        name = ann.get(REQUEST_CERTIFICATE)
+        try:
+            rev = int(ann.get(REQUEST_REVISION, 0))
+        except (TypeError, ValueError):
+            rev = 0
+        if isinstance(name, str) and (name not in out or rev >= out[name][0]):
+            out[name] = (rev, cr)
+    return {k: v[1] for k, v in out.items()}
+
+
+def _request_state(identity: str, cr: Mapping[str, Any] | None) -> IdentityState | None:
+    """What a CertificateRequest that is not Ready says (e.g. the issuer does not exist or is
+    not ready: reason Pending; the issuer refused: Failed; an approver denied it: Denied)."""
+    ready = _condition(cr, "Ready")
+    if ready is None or ready.get("status") != "False":
+        return None
+    name = str(((cr or {}).get("metadata") or {}).get("name", ""))
+    reason = str(ready.get("reason", ""))
+    why = f"cert-manager: CertificateRequest {name}: {reason}: {ready.get('message', '')}"
+    state = "Failed" if reason in ("Failed", "Denied") else "Pending"
+    return IdentityState(identity, state, why.strip(": "))
+
+
+def _waiting(
+    identity: str, cert: Mapping[str, Any] | None, request: Mapping[str, Any] | None = None
+) -> IdentityState:
+    """No usable Secret yet: what the Certificate's conditions (and its newest
+    CertificateRequest's) say."""
     if cert is None:
         return IdentityState(identity, "Pending", "Certificate not created yet")
+    from_request = _request_state(identity, request)
     issuing = _condition(cert, "Issuing")
     ready = _condition(cert, "Ready")
     if issuing is not None and issuing.get("status") == "False":
         why = f"{issuing.get('reason', '')}: {issuing.get('message', '')}".strip(": ")
         return IdentityState(identity, "Failed", f"cert-manager: {why}")
+    if from_request is not None:
+        return from_request
     if ready is not None and ready.get("status") == "False" and ready.get("message"):
         return IdentityState(identity, "Pending", f"cert-manager: {ready.get('message')}")
     if issuing is not None and issuing.get("message"):
@@ -203,7 +243,7 @@ def judge(identity: str, issued: Issued, now: dt.datetime) -> IdentityState:
     """Whether the issued Secret holds what the guards will accept for this identity."""
     data = issued.secret
     if data is None or not data.get("tls.crt"):
-        return _waiting(identity, issued.certificate)
+        return _waiting(identity, issued.certificate, issued.request)
     ca_pem = data.get("ca.crt") or b""
     if not ca_pem.strip():
         return IdentityState(
@@ -238,7 +278,7 @@ def judge(identity: str, issued: Issued, now: dt.datetime) -> IdentityState:
         )
     not_after = leaf.not_valid_after_utc
     if not_after <= now:
-        st = _waiting(identity, issued.certificate)
+        st = _waiting(identity, issued.certificate, issued.request)
         return IdentityState(
             identity,
             "Failed" if st.state == "Failed" else "Pending",

@@ -314,6 +314,21 @@ def ensure_issued(kube: Kube, ctx: Context, issuer: IssuerRef, now: datetime) ->
             cert, _secret_data(secret, with_key=identity == mesh_mod.OPERATOR)
         )
     plan = certmgr.plan_issued(ctx, issuer, observed, now)
+    if plan.pending:
+        # why: the CertificateRequests cert-manager made (they carry the Certificates' labels)
+        try:
+            crs = kube.list(
+                certmgr.API_VERSION, certmgr.REQUEST_KIND, ns, builders.selector(ctx, builders.MESH)
+            )
+        except ApiError as e:
+            log.info("%s/%s: CertificateRequests unreadable: %s", ns, ctx.name, e)
+            crs = []
+        latest = certmgr.latest_requests(crs)
+        observed = {
+            i: dataclasses.replace(o, request=latest.get(certmgr.certificate_name(ctx.name, i)))
+            for i, o in observed.items()
+        }
+        plan = certmgr.plan_issued(ctx, issuer, observed, now)
     errors: list[str] = []
     for manifest in plan.apply:
         try:

@@ -35,6 +35,10 @@ RESOURCES: Mapping[tuple[str, str], tuple[str, str]] = {
     (api.API_VERSION, api.KIND): (f"/apis/{api.API_VERSION}", api.PLURAL),
     # spec.mesh.issuerRef (certmgr): the mesh identities issued by cert-manager
     ("cert-manager.io/v1", "Certificate"): ("/apis/cert-manager.io/v1", "certificates"),
+    ("cert-manager.io/v1", "CertificateRequest"): (
+        "/apis/cert-manager.io/v1",
+        "certificaterequests",
+    ),
 }
 
 # Kinds whose spec cannot change after creation: created once, never patched.

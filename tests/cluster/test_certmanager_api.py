@@ -384,7 +384,15 @@ def test_selfsigned_and_missing_issuers_keep_the_model_pending_with_the_reason(
     st = reconcile("ss")
     assert st["phase"] == "Pending" and "server0: ca.crt is not a CA certificate" in st["message"], st
     assert {c["state"] for c in st["mesh"]["certificates"]} == {"Failed"}
-    st = reconcile("none")
-    assert st["phase"] == "Pending" and "server0: cert-manager: " in st["message"], st
+
+    # the reason is the CertificateRequest's: the issuer does not exist
+    def issuer_named() -> dict[str, Any] | None:
+        s = reconcile("none")
+        return s if "not found" in s.get("message", "") else None
+
+    st = wait("the missing issuer named", issuer_named)
+    assert st["phase"] == "Pending" and "server0: cert-manager: CertificateRequest " in st["message"], st
+    assert "no-such-issuer" in st["message"], st
+    print(st["message"][:400])
     for m in ("ss", "none"):
         assert api.get("statefulset", f"{m}-worker", "-n", NS) is None

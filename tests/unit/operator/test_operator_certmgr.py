@@ -236,6 +236,35 @@ def test_judge_waiting(conditions: list[dict[str, str]] | None, state: str, reas
     assert (st.state, st.reason) == (state, reason)
 
 
+def _cr(name: str, revision: str, reason: str, message: str, cert: str = "digits-mesh-server1") -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": name,
+            "annotations": {certmgr.REQUEST_CERTIFICATE: cert, certmgr.REQUEST_REVISION: revision},
+        },
+        "status": {"conditions": [{"type": "Ready", "status": "False", "reason": reason, "message": message}]},
+    }
+
+
+def test_the_newest_certificate_request_says_why() -> None:
+    old = _cr("digits-mesh-server1-abc", "1", "Failed", "old")
+    new = _cr("digits-mesh-server1-def", "2", "Pending", 'Referenced "Issuer" not found: "mesh-ca"')
+    other = _cr("digits-mesh-server2-x", "1", "Denied", "no", cert="digits-mesh-server2")
+    latest = certmgr.latest_requests([new, old, other])
+    assert latest == {"digits-mesh-server1": new, "digits-mesh-server2": other}
+    issuing = {"status": {"conditions": [{"type": "Issuing", "status": "True", "message": "Secret does not exist"}]}}
+    st = certmgr.judge("server1", certmgr.Issued(issuing, None, new), NOW)
+    assert (st.state, st.reason) == (
+        "Pending",
+        'cert-manager: CertificateRequest digits-mesh-server1-def: Pending: Referenced "Issuer" not found: "mesh-ca"',
+    )
+    st = certmgr.judge("server2", certmgr.Issued(issuing, None, other), NOW)
+    assert (st.state, st.reason) == ("Failed", "cert-manager: CertificateRequest digits-mesh-server2-x: Denied: no")
+    ready = {"metadata": {"name": "r"}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+    st = certmgr.judge("server1", certmgr.Issued(issuing, None, ready), NOW)
+    assert st.reason == "cert-manager: Secret does not exist"
+
+
 def test_judge_refuses_what_the_guards_would_refuse() -> None:
     good = issued(CA, "server0")
     assert good.secret is not None
@@ -386,6 +415,21 @@ def test_handler_adopts_issued_secrets_and_deletes_an_earlier_models(api: FakeAp
     owned = api.objects[f"{SECRETS}/digits-mesh-endpoint"]["metadata"]["ownerReferences"]
     assert owned == [OWNER]
     assert STS not in api.objects  # waits for the reissued ones
+
+
+def test_handler_reads_the_certificate_requests_while_waiting(api: FakeApi) -> None:  # noqa: F811
+    api.objects["/api/v1/namespaces/ml/configmaps/digits-model"] = {"metadata": {"name": "digits-model"}}
+    b = body(SPEC)
+    run(b, kopf.Memo())
+    cr = _cr("digits-mesh-server1-1", "1", "Pending", 'Referenced "ClusterIssuer" not found')
+    cr["metadata"]["labels"] = {"tfe.dev/model": "digits", "app.kubernetes.io/component": "mesh"}
+    api.objects["/apis/cert-manager.io/v1/namespaces/ml/certificaterequests/digits-mesh-server1-1"] = cr
+    st = run(b, kopf.Memo())["status"]
+    row = next(c for c in st["mesh"]["certificates"] if c["identity"] == "server1")
+    assert row["reason"].endswith('Pending: Referenced "ClusterIssuer" not found'), row
+    assert (
+        'server1: cert-manager: CertificateRequest digits-mesh-server1-1: Pending: Referenced "Cluster' in st["message"]
+    )
 
 
 def test_handler_without_cert_manager_says_so(api: FakeApi) -> None:  # noqa: F811
