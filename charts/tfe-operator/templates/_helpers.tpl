@@ -67,7 +67,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
   verbs: [get, list, watch, delete]
 # Secrets: existence checks of model/token Secrets (metadata only; their data is never read),
 # and the mesh PKI it owns (<model>-mesh-ca, read in full; <model>-mesh-<identity>, written by
-# server-side apply and deleted with their share Job). No list/watch: it reads by name only.
+# server-side apply and deleted with their share Job; with spec.mesh.issuerRef cert-manager writes
+# them and the operator reads them in full by name, to judge what was issued, and adds itself as
+# owner). No list/watch: it reads by name only.
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get, create, patch, delete]
