@@ -60,9 +60,10 @@ func (f *frame) free() {
 	}
 }
 
-// Fixed HTTP/2 flow-control windows for both sides of the grpc inbound. A window set by hand
+// Fixed HTTP/2 flow-control windows on both sides of the grpc inbound. A window set by hand
 // turns off grpc-go's bandwidth-delay probing, which otherwise answers nearly every DATA frame
-// with a PING: one more frame, write and wake-up for TF's gRPC on each side of every call.
+// of TF's small request/answer calls with a PING: one more frame, write and wake-up for TF's gRPC
+// on each side of every call (README, Performance).
 const (
 	flowWindow     = 16 << 20
 	flowConnWindow = 64 << 20
@@ -200,9 +201,6 @@ func (g *grpcInbound) handle(_ any, ss grpc.ServerStream) error {
 	}
 	slog.Debug("admitted call", "listener", g.name, "identity", identity, "method", method)
 	recvTensor := method == recvTensorMethod
-	if unaryMethod(method) {
-		return g.forwardUnary(ss, identity, method, recvTensor)
-	}
 
 	// For RecvTensor, the request is checked before the backend sees anything.
 	var first *frame
@@ -322,83 +320,4 @@ func (g *grpcInbound) handle(_ any, ss grpc.ServerStream) error {
 			return err // the backend's status, passed through
 		}
 	}
-}
-
-// unaryMethod: the methods of TF's WorkerService and EagerService that take one request and
-// give one answer (every one but EagerService/StreamingEnqueue). They are forwarded as unary
-// calls (forwardUnary); anything else, known or not, goes through the streaming proxy.
-func unaryMethod(method string) bool {
-	switch {
-	case strings.HasPrefix(method, "/tensorflow.WorkerService/"):
-		return true
-	case strings.HasPrefix(method, "/tensorflow.eager.EagerService/"):
-		return method != "/tensorflow.eager.EagerService/StreamingEnqueue"
-	}
-	return false
-}
-
-var unaryDesc = &grpc.StreamDesc{}
-
-// forwardUnary passes one request (checked first if it is a RecvTensor) to the backend as a
-// unary call and its answer back, on the handler's own goroutine: no copying goroutines, the
-// request reaches the backend with END_STREAM on its DATA frame, and the answer, its headers and
-// the status leave in one write. Only the first request is ever forwarded; a caller that sends
-// another on the same stream gets an error (PERMISSION_DENIED if it is a refused RecvTensor).
-func (g *grpcInbound) forwardUnary(ss grpc.ServerStream, identity, method string, recvTensor bool) error {
-	req := &frame{}
-	if err := ss.RecvMsg(req); err != nil {
-		if errors.Is(err, io.EOF) {
-			return status.Errorf(codes.InvalidArgument, "tfe-guard: %s without a request", method)
-		}
-		return err
-	}
-	defer req.free()
-	if recvTensor {
-		if reason := g.cfg.checkRecvTensor(identity, req.data.Materialize()); reason != "" {
-			return g.deny(identity, method, reason)
-		}
-	}
-	reqBytes := int64(req.data.Len())
-	var respBytes int64
-	defer func() { callStatsAll.add(g.name, identity, method, reqBytes, respBytes) }()
-
-	ctx := ss.Context()
-	if md, ok := metadata.FromIncomingContext(ctx); ok {
-		ctx = metadata.NewOutgoingContext(ctx, forwardedMetadata(md))
-	}
-	resp := &frame{}
-	var hdr, tr metadata.MD
-	err := g.backend.Invoke(ctx, method, req, resp, grpc.Header(&hdr), grpc.Trailer(&tr))
-	if len(hdr) > 0 {
-		if herr := ss.SetHeader(forwardedMetadata(hdr)); herr != nil {
-			resp.free()
-			return herr
-		}
-	}
-	ss.SetTrailer(forwardedMetadata(tr))
-	if err != nil {
-		resp.free()
-		return err // the backend's status, passed through
-	}
-	respBytes = int64(resp.data.Len())
-	if err := ss.SendMsg(resp); err != nil {
-		resp.free()
-		return err
-	}
-	// The caller's end of the request (already here for a unary client): anything else is refused.
-	extra := &frame{}
-	err = ss.RecvMsg(extra)
-	if errors.Is(err, io.EOF) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	defer extra.free()
-	if recvTensor {
-		if reason := g.cfg.checkRecvTensor(identity, extra.data.Materialize()); reason != "" {
-			return g.deny(identity, method, reason)
-		}
-	}
-	return status.Errorf(codes.InvalidArgument, "tfe-guard: more than one request on the unary call %s", method)
 }
