@@ -107,14 +107,16 @@ def share_certificate(ctx: Context, issuer: IssuerRef, generation: int) -> Manif
 def secret_owner(ctx: Context, name: str) -> Manifest:
     """What the operator applies to an issued Secret: only its ownerReference (cert-manager does
     not own its Secrets), so that the keys go with the EncryptedModel and a re-created one gets
-    new ones. Applied only to a Secret that exists (server-side apply would create it)."""
+    new ones. Applied only to a Secret that exists (server-side apply would create it). Not as
+    its controller: cert-manager may be one (--enable-certificate-owner-ref), and a Secret may
+    have only one."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {
             "name": name,
             "namespace": ctx.namespace,
-            "ownerReferences": [builders.owner_reference(ctx)],
+            "ownerReferences": [{**builders.owner_reference(ctx), "controller": False}],
         },
     }
 

@@ -304,12 +304,17 @@ def ensure_issued(kube: Kube, ctx: Context, issuer: IssuerRef, now: datetime) ->
             cert = None
         secret = kube.get("v1", "Secret", ns, name)
         action = certmgr.secret_action(secret, ctx.uid)
-        if action == "delete":
-            kube.delete(ns, Ref("v1", "Secret", name))
-            log.info("%s/%s: %s was an earlier model's: deleted for reissue", ns, ctx.name, name)
-            secret = None
-        elif action == "adopt":
-            kube.apply(certmgr.secret_owner(ctx, name))
+        try:
+            if action == "delete":
+                kube.delete(ns, Ref("v1", "Secret", name))
+                log.info(
+                    "%s/%s: %s was an earlier model's: deleted for reissue", ns, ctx.name, name
+                )
+                secret = None
+            elif action == "adopt":
+                kube.apply(certmgr.secret_owner(ctx, name))
+        except ApiError as e:  # not fatal: the next reconcile tries again
+            log.warning("%s/%s: owning Secret %s: %s", ns, ctx.name, name, e)
         observed[identity] = certmgr.Issued(
             cert, _secret_data(secret, with_key=identity == mesh_mod.OPERATOR)
         )

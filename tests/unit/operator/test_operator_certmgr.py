@@ -25,6 +25,8 @@ NOW = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
 ISSUER = IssuerRef("mesh-ca", "ClusterIssuer")
 SPEC = {**BASE_SPEC, "mesh": {"issuerRef": {"name": "mesh-ca", "kind": "ClusterIssuer"}}}
 CERTS = "/apis/cert-manager.io/v1/namespaces/ml/certificates"
+# an issued Secret's owner: the model, not as controller (cert-manager may be that)
+ADOPTER = {**OWNER, "controller": False}
 LABELS = {
     "app.kubernetes.io/name": "encryptedmodel",
     "app.kubernetes.io/instance": "digits",
@@ -152,7 +154,7 @@ def test_secret_ownership() -> None:
     assert certmgr.secret_owner(ctx(), "digits-mesh-server0") == {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": "digits-mesh-server0", "namespace": "ml", "ownerReferences": [OWNER]},
+        "metadata": {"name": "digits-mesh-server0", "namespace": "ml", "ownerReferences": [ADOPTER]},
     }
 
 
@@ -413,7 +415,7 @@ def test_handler_adopts_issued_secrets_and_deletes_an_earlier_models(api: FakeAp
     deleted = sorted(p for op, p in api.writes if op == "delete")
     assert deleted == sorted(f"{SECRETS}/digits-mesh-{i}" for i in certmgr.IDENTITIES if i != "endpoint")
     owned = api.objects[f"{SECRETS}/digits-mesh-endpoint"]["metadata"]["ownerReferences"]
-    assert owned == [OWNER]
+    assert owned == [ADOPTER]
     assert STS not in api.objects  # waits for the reissued ones
 
 
@@ -466,4 +468,4 @@ def test_share_job_gets_a_certificate_and_loses_it_with_its_secret(api: FakeApi)
     api.objects[f"{SECRETS}/digits-mesh-share-g4"] = {"metadata": {"name": "digits-mesh-share-g4"}}
     plan = Plan(apply=[job])
     assert handlers.ensure_share_identities(handlers.RUNTIME.kube, c, mesh_plan, plan, NOW) == []  # type: ignore[arg-type]
-    assert api.objects[f"{SECRETS}/digits-mesh-share-g4"]["metadata"]["ownerReferences"] == [OWNER]
+    assert api.objects[f"{SECRETS}/digits-mesh-share-g4"]["metadata"]["ownerReferences"] == [ADOPTER]
