@@ -68,7 +68,7 @@ build_cert_manager() {
   (cd "$d" && "${TIME[@]}" go build -mod=mod -ldflags "-s -w \
       -X github.com/cert-manager/cert-manager/pkg/util.AppVersion=$v" -o "$out/controller" .)
   local mod; mod=$(cd "$d" && go list -m -f '{{.Dir}}' github.com/cert-manager/cert-manager)
-  cat "$mod"/deploy/crds/cert-manager.io_*.yaml > "$out/crds.yaml.tmp" && mv "$out/crds.yaml.tmp" "$out/crds.yaml"
+  cat "$mod"/deploy/crds/*.yaml > "$out/crds.yaml.tmp" && mv "$out/crds.yaml.tmp" "$out/crds.yaml"
 }
 
 case $what in
