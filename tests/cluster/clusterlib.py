@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 REPO = Path(__file__).resolve().parents[2]
 KUBECONFIG = Path(os.environ.get("TFE_KUBECONFIG", str(REPO / ".cluster" / "kubeconfig")))
@@ -257,3 +257,119 @@ def create_pull_secret(ns: str, name: str = "regcred") -> None:
     """A docker-registry Secret for the local registry (its real credentials: pulls need them)."""
     kubectl("create", "secret", "docker-registry", name, "-n", ns, f"--docker-server={REGISTRY}",
             "--docker-username=tfe", f"--docker-password={registry_password() or 'none'}")  # fmt: skip
+
+
+# ------------------------------------------------------------------ a key-swapping proxy (issue 10 item 2)
+
+
+class KeySwappingProxy:
+    """A reverse proxy on loopback in front of a model's endpoint, as an Ingress, a load balancer
+    or anyone on the path could be: plain HTTP to the client, HTTP(S) to `upstream` (verified
+    against `ca`). Honest while `swap` is None; with `swap = "serverI"` it replaces that worker's
+    publicKey in GET /v1/models/<name> with its own, and keeps the predict requests for itself
+    (not forwarded): for each, the share pair meant for that worker, opened with its own key.
+    Every request line is recorded in `seen`."""
+
+    def __init__(self, upstream: str, ca: Path | None = None) -> None:
+        import http.client
+        import ssl
+        import urllib.parse
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from tfe_client.crypto import WorkerKey
+
+        self.attacker = WorkerKey.generate()
+        self.swap: str | None = None
+        self.seen: list[str] = []
+        self.stolen: list[Any] = []  # share pairs opened with the attacker's key
+        u = urllib.parse.urlsplit(upstream)
+        ctx = ssl.create_default_context(cafile=str(ca) if ca else None) if u.scheme == "https" else None
+        proxy = self
+
+        def connect() -> http.client.HTTPConnection:
+            if ctx is not None:
+                return http.client.HTTPSConnection(u.hostname or "", u.port, timeout=300, context=ctx)
+            return http.client.HTTPConnection(u.hostname or "", u.port, timeout=300)
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a: Any) -> None:
+                pass
+
+            def reply(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def forward(self, body: bytes | None) -> tuple[int, bytes, dict[str, str]]:
+                conn = connect()
+                try:
+                    fwd = {k: v for k, v in self.headers.items()
+                           if k.lower() in ("accept", "content-type", "authorization")}
+                    conn.request(self.command, self.path, body=body, headers=fwd)
+                    r = conn.getresponse()
+                    keep = {k: v for k, v in r.getheaders() if k.lower() in ("content-type", "retry-after")}
+                    return r.status, r.read(), keep
+                finally:
+                    conn.close()
+
+            def do_GET(self) -> None:
+                proxy.seen.append(f"GET {self.path}")
+                status, body, headers = self.forward(None)
+                if proxy.swap and status == 200 and self.path.startswith("/v1/models/"):
+                    body = proxy._swapped(body)
+                self.reply(status, body, headers)
+
+            def do_POST(self) -> None:
+                proxy.seen.append(f"POST {self.path}")
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if proxy.swap and self.path.endswith(":predict"):
+                    proxy._steal(self.path, body)
+                    err = {"error": {"code": "unavailable", "message": "upstream unavailable"}}
+                    self.reply(502, json.dumps(err).encode(), {"Content-Type": "application/json"})
+                    return
+                self.reply(*self.forward(body))
+
+        self._srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._srv.server_address[1]}"
+        self._thread = threading.Thread(target=self._srv.serve_forever, daemon=True)
+
+    def _swapped(self, body: bytes) -> bytes:
+        from tfe_client.crypto import b64e
+
+        doc = json.loads(body)
+        for w in doc["workers"]:
+            if w["name"] == self.swap:
+                w["publicKey"] = b64e(self.attacker.public)
+        return json.dumps(doc).encode()
+
+    def _steal(self, path: str, body: bytes) -> None:
+        import base64
+
+        from tfe_client import wire
+        from tfe_client.crypto import Sealed
+
+        model = path.rsplit("/", 1)[1].removesuffix(":predict")
+        req = json.loads(body)
+        shape = tuple(req["shape"])
+        (b,) = [b for b in req["bundles"] if b["worker"] == self.swap]
+        sealed = Sealed(base64.b64decode(b["nonce"]), base64.b64decode(b["ciphertext"]))
+        raw = self.attacker.open_request(base64.b64decode(req["ephemeralKey"]), sealed,
+                                         wire.aad("req", model, req["requestId"], str(self.swap), shape), "proxy")
+        self.stolen.append(wire.pair_from_bytes(raw, shape, "proxy"))
+
+    def posts(self) -> list[str]:
+        return [s for s in self.seen if s.startswith("POST")]
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._srv.shutdown()
+        self._srv.server_close()
+        self._thread.join(10)

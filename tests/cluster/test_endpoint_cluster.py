@@ -1,7 +1,10 @@
 """Issue 10 items 3 and 5 on the cluster: the endpoint over HTTPS from a kubernetes.io/tls Secret
 (what a cert-manager Certificate writes), reached by the client with a test CA; a replaced Secret
 (a renewal) is served without a restart; /metrics of the worker, serve and endpoint pods on their
-own port (9090), scrapeable as Prometheus would (through the API server's pod proxy here)."""
+own port (9090), scrapeable as Prometheus would (through the API server's pod proxy here).
+Item 2 on the same model: a proxy in the path that swaps one worker's public key gets no input
+from a client pinned from the cluster (Client.from_kubernetes, `tfe-client keys pull`, TOFU's
+record), and does get it from an unpinned one."""
 
 from __future__ import annotations
 
@@ -9,14 +12,16 @@ import datetime
 import http.client
 import ipaddress
 import json
+import os
 import socket
 import ssl
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
-from clusterlib import em_status, get_json, kubectl, model_configmap, wait_for, wait_phase
+from clusterlib import KUBECONFIG, KeySwappingProxy, em_status, get_json, kubectl, model_configmap, wait_for, wait_phase
 from test_operator_cluster import SERVING_TIMEOUT, apply, plaintext, port_forward
 
 pytestmark = [pytest.mark.cluster, pytest.mark.worker_image]
@@ -90,6 +95,74 @@ def ready_pods(ns: str, component: str) -> list[str]:
                    for c in p.get("status", {}).get("conditions", []))]
 
 
+def key_swapping_proxy(ns: str, upstream: str, ca: Path, keys: list[str], x: Any, want: Any, tmp: Path) -> None:
+    """A proxy between the client and the endpoint (here in front of the port-forward; TLS to the
+    endpoint, as an Ingress terminating TLS would be) swaps server1's key: clients pinned from the
+    cluster refuse before sending anything; unpinned first use sends, and the proxy opens the share
+    pair meant for server1."""
+    import numpy as np
+
+    from tfe_client.client import Client
+    from tfe_client.crypto import b64e
+    from tfe_client.errors import RemoteError
+    from tfe_client.pins import KeyMismatchError, Pins
+
+    env = {**os.environ, "KUBECONFIG": str(KUBECONFIG)}
+    tmp.mkdir(parents=True, exist_ok=True)
+    with KeySwappingProxy(upstream, ca) as proxy:
+        # pins from the cluster: the CLI's pin file, and Client.from_kubernetes, both from the status
+        pulled = tmp / "pins.json"
+        out = subprocess.run([sys.executable, "-m", "tfe_client.cli", "keys", "pull", f"em/{MODEL}", "-n", ns],
+                             capture_output=True, text=True, timeout=120, env=env, check=False)
+        assert out.returncode == 0, out.stderr
+        pulled.write_text(out.stdout)
+        assert [b64e(k) for k in Pins.load(pulled).keys] == keys
+        # honest proxy: pinned clients predict through it, TOFU records the real keys
+        tofu = tmp / "tofu.json"
+        for c in (Client.from_kubernetes(MODEL, ns, endpoint=proxy.url, timeout=120, retry_for=120),
+                  Client(proxy.url, trust_on_first_use=tofu, timeout=120)):
+            np.testing.assert_allclose(c.predict_proba(MODEL, x), want, atol=3e-2)
+            c.close()
+        assert [b64e(k) for k in Pins.load(tofu).keys] == keys
+        assert len(proxy.posts()) == 2
+
+        proxy.swap = "server1"
+        attacker = b64e(proxy.attacker.public)
+        swapped = f"server1: pinned {keys[1]}, endpoint says {attacker}"
+        for how, c in (("from_kubernetes", Client.from_kubernetes(MODEL, ns, endpoint=proxy.url, timeout=120)),
+                       ("keys pull", Client(proxy.url, pins=pulled, timeout=120)),
+                       ("TOFU record", Client(proxy.url, trust_on_first_use=tofu, timeout=120))):
+            with pytest.raises(KeyMismatchError) as e:
+                c.predict(MODEL, x)
+            c.close()
+            msg = str(e.value)
+            assert swapped in msg and "nothing was sent" in msg, (how, msg)
+            assert "server0:" not in msg and "server2:" not in msg, (how, msg)
+            # how to verify the new set: from the cluster, in the model's namespace where the pins know it
+            where = f"-n {ns}" if how != "TOFU record" else "-n <namespace>"
+            assert f"kubectl get encryptedmodel {MODEL} {where}" in msg, (how, msg)
+        np.save(tmp / "x.npy", x)
+        cli = subprocess.run([sys.executable, "-m", "tfe_client.cli", "predict", "--endpoint", proxy.url, "--model",
+                              MODEL, "--pins", str(pulled), "--input", str(tmp / "x.npy")],
+                             capture_output=True, text=True, timeout=120, env=env, check=False)
+        assert cli.returncode == 2 and swapped in cli.stderr, cli.stderr
+        assert len(proxy.posts()) == 2 and proxy.stolen == [], "a pinned client sent input to the proxy"
+        assert [b64e(k) for k in Pins.load(tofu).keys] == keys, "the TOFU record was overwritten"
+
+        # unpinned (a fresh TOFU file: first use; the explicit insecure switch): the request is
+        # sent, sealed to the proxy's key for server1, which opens it
+        fresh = tmp / "tofu-first-use.json"
+        with pytest.warns(UserWarning, match="INSECURE"):
+            insecure = Client(proxy.url, insecure_trust_endpoint_keys=True, timeout=120)
+        for c in (Client(proxy.url, trust_on_first_use=fresh, timeout=120), insecure):
+            with pytest.raises(RemoteError, match="502"):
+                c.predict(MODEL, x)
+            c.close()
+        assert len(proxy.posts()) == 4 and len(proxy.stolen) == 2
+        assert all(p.shape == (2, *x.shape) for p in proxy.stolen)
+        assert b64e(Pins.load(fresh).keys[1]) == attacker  # first use records whatever it is handed
+
+
 def test_https_endpoint_from_a_secret_and_metrics_ports(namespace: str, models: Path, tmp_path: Path) -> None:
     import numpy as np
 
@@ -142,6 +215,8 @@ def test_https_endpoint_from_a_secret_and_metrics_ports(namespace: str, models: 
         r = conn.getresponse()
         assert (r.status, wire.OipReady.parse(json.loads(r.read()))) == (200, wire.OipReady(True))
         conn.close()
+
+        key_swapping_proxy(ns, url, ca, keys, x, want, tmp_path / "proxy")
 
         # A renewed certificate (another CA here, so that the change is visible): the Secret is
         # replaced as cert-manager would, and the guard serves the new one without a restart.

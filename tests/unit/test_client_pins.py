@@ -354,3 +354,31 @@ def test_cli_predict_needs_pins(endpoint: Endpoint, capsys: pytest.CaptureFixtur
 def test_pin_errors_are_protocol_errors() -> None:
     assert issubclass(KeyMismatchError, ProtocolError) and issubclass(PinsRequiredError, PinError)
     assert pins.parse_em_ref("encryptedmodels.tfe.dev/digits") == "digits" == pins.parse_em_ref("digits")
+
+
+# -- the cluster test's proxy ------------------------------------------------------------------
+def test_the_cluster_tests_key_swapping_proxy(endpoint: Endpoint, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """tests/cluster's KeySwappingProxy (test_endpoint_cluster puts it in front of a real endpoint),
+    here in front of the stand-in: honest, it relays both ways; swapping server1, pinned clients
+    refuse and it gets nothing, an unpinned first use sends and it opens the pair meant for server1."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "cluster"))
+    from clusterlib import KeySwappingProxy
+
+    from tfe_client.errors import RemoteError
+
+    x = np.full((2, 4), 0.25)
+    with KeySwappingProxy(endpoint.url) as proxy:
+        with pytest.raises(RemoteError, match="HTTP 500"):  # relayed: the stand-in cannot compute
+            Client(proxy.url, expected_keys=KEYS).predict("digits", x)
+        assert proxy.seen == endpoint.seen == ["GET /v1/models/digits", "POST /v1/models/digits:predict"]
+        proxy.swap = "server1"
+        with pytest.raises(KeyMismatchError) as e:
+            Client(proxy.url, expected_keys=KEYS).predict("digits", x)
+        assert f"server1: pinned {KEYS[1]}, endpoint says {b64e(proxy.attacker.public)}" in str(e.value)
+        assert proxy.posts() == ["POST /v1/models/digits:predict"] and proxy.stolen == []
+        with pytest.raises(RemoteError, match="HTTP 502"):  # kept by the proxy, not relayed
+            Client(proxy.url, trust_on_first_use=tmp_path / "tofu.json").predict("digits", x)
+        assert len(endpoint.posted) == 1 and len(proxy.posts()) == 2
+        (pair,) = proxy.stolen
+        assert pair.shape == (2, *x.shape)
