@@ -54,20 +54,19 @@ build_local() { # name: a tool whose source is in hack/cluster/<name> (its own g
   (cd "$src" && go build -mod=readonly -ldflags "-s -w" -o "$BIN/$name" .)
 }
 
-# cert-manager's controller: its main (the unpublished cmd/controller module) is kept in
-# hack/cluster/cert-manager; the controllers and the CRDs come from the published module.
+# cert-manager's controller: our own main (hack/cluster/cert-manager) on the published module's
+# controllers; the CRDs come from the same module. Rebuilt when that folder is newer.
 build_cert_manager() {
-  local v=$CERT_MANAGER_VERSION out=$BIN/cert-manager-$CERT_MANAGER_VERSION
-  [ -x "$out/controller" ] && [ -f "$out/crds.yaml" ] && return 0
-  local d=$WORK/cert-manager-$v src=$HERE/cert-manager
+  local v=$CERT_MANAGER_VERSION out=$BIN/cert-manager-$CERT_MANAGER_VERSION src=$HERE/cert-manager
+  if [ -x "$out/controller" ] && [ -f "$out/crds.yaml" ] \
+     && [ -z "$(find "$src" -newer "$out/controller" -print -quit)" ]; then return 0; fi
   grep -q "github.com/cert-manager/cert-manager $v\$" "$src/go.mod" \
     || { echo "hack/cluster/cert-manager/go.mod is not at $v" >&2; return 1; }
-  rm -rf "$d"; mkdir -p "$d" "$out"
-  cp -r "$src/main.go" "$src/app" "$src/go.mod" "$src/go.sum" "$d/"
-  echo ">> building cert-manager controller $v into $out"
-  (cd "$d" && "${TIME[@]}" go build -mod=mod -ldflags "-s -w \
+  mkdir -p "$out"
+  echo ">> building cert-manager controller ($v) into $out"
+  (cd "$src" && "${TIME[@]}" go build -mod=readonly -ldflags "-s -w \
       -X github.com/cert-manager/cert-manager/pkg/util.AppVersion=$v" -o "$out/controller" .)
-  local mod; mod=$(cd "$d" && go list -m -f '{{.Dir}}' github.com/cert-manager/cert-manager)
+  local mod; mod=$(cd "$src" && go list -mod=readonly -m -f '{{.Dir}}' github.com/cert-manager/cert-manager)
   cat "$mod"/deploy/crds/*.yaml > "$out/crds.yaml.tmp" && mv "$out/crds.yaml.tmp" "$out/crds.yaml"
 }
 

@@ -80,10 +80,7 @@ def cert_manager(operator: InProcessOperator, tmp_path_factory: pytest.TempPathF
             [
                 str(d / "controller"),
                 f"--kubeconfig={KUBECONFIG}",
-                "--leader-elect=false",
                 f"--cluster-resource-namespace={CM_NAMESPACE}",
-                "--metrics-listen-address=127.0.0.1:0",
-                "--internal-healthz-listen-address=127.0.0.1:0",
                 "--v=2",
             ],
             stdout=f,
