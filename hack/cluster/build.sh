@@ -55,11 +55,12 @@ build_local() { # name: a tool whose source is in hack/cluster/<name> (its own g
 }
 
 # cert-manager's controller: our own main (hack/cluster/cert-manager) on the published module's
-# controllers; the CRDs come from the same module. Rebuilt when that folder is newer.
+# controllers; the CRDs come from the same module. Rebuilt when its sources change (sha256).
 build_cert_manager() {
   local v=$CERT_MANAGER_VERSION out=$BIN/cert-manager-$CERT_MANAGER_VERSION src=$HERE/cert-manager
+  local sum; sum=$(cd "$src" && cat go.mod go.sum ./*.go | sha256sum | cut -d' ' -f1)
   if [ -x "$out/controller" ] && [ -f "$out/crds.yaml" ] \
-     && [ -z "$(find "$src" -newer "$out/controller" -print -quit)" ]; then return 0; fi
+     && [ "$(cat "$out/source.sha256" 2>/dev/null)" = "$sum" ]; then return 0; fi
   grep -q "github.com/cert-manager/cert-manager $v\$" "$src/go.mod" \
     || { echo "hack/cluster/cert-manager/go.mod is not at $v" >&2; return 1; }
   mkdir -p "$out"
@@ -68,6 +69,7 @@ build_cert_manager() {
       -X github.com/cert-manager/cert-manager/pkg/util.AppVersion=$v" -o "$out/controller" .)
   local mod; mod=$(cd "$src" && go list -mod=readonly -m -f '{{.Dir}}' github.com/cert-manager/cert-manager)
   cat "$mod"/deploy/crds/*.yaml > "$out/crds.yaml.tmp" && mv "$out/crds.yaml.tmp" "$out/crds.yaml"
+  echo "$sum" > "$out/source.sha256"
 }
 
 case $what in

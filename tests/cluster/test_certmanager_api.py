@@ -11,8 +11,8 @@ operator judges them Ready, adopting the issued Secrets keeps their data, a rene
 missing one keeps the model Pending with the reason. The pods themselves (Serving, predictions,
 the guards' certificates, refusals) are ``test_certmanager_cluster.py`` on the host cluster.
 
-Run: ``.venv/bin/pytest tests/cluster/test_certmanager_api.py`` (under /tmp/tfe-integration.lock
-on a shared machine). Skipped when the binaries are not built.
+``make e2e`` runs it (marker ``cluster``); alone: ``.venv/bin/pytest -m cluster
+tests/cluster/test_certmanager_api.py``. Skipped when the binaries are not built.
 """
 
 from __future__ import annotations
@@ -31,6 +31,10 @@ from typing import Any
 import pytest
 from cryptography import x509
 from test_certmanager_cluster import IDENTITIES, _build_dir
+
+# runs with the cluster suite (make e2e): it needs the cluster build's kube-apiserver and etcd,
+# not the cluster itself
+pytestmark = pytest.mark.cluster
 
 REPO = Path(__file__).resolve().parents[2]
 EM_CRD = REPO / "charts" / "tfe-operator" / "crds" / "encryptedmodels.tfe.dev.yaml"
