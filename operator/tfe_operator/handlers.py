@@ -395,7 +395,12 @@ _OPERATOR_TLS_GUARD = threading.Lock()
 
 def operator_tls(mesh: pki.MeshPlan, now: datetime) -> ssl.SSLContext:
     """The operator's client TLS context for one mesh: its certificate made from the mesh CA
-    (in memory), or the one cert-manager issued (from its Secret)."""
+    (in memory), or the one cert-manager issued (from its Secret). Contexts whose certificate has
+    expired are dropped, so the cache holds no more than the meshes of the last certificate lifetime
+    (a deleted model's entry goes when its certificate would have expired)."""
+    with _OPERATOR_TLS_GUARD:
+        for k in [k for k, (not_after, _) in _OPERATOR_TLS.items() if not_after <= now]:
+            del _OPERATOR_TLS[k]
     if mesh.operator is not None:
         key = pki.sha256(mesh.trust + mesh.operator.cert)
         with _OPERATOR_TLS_GUARD:

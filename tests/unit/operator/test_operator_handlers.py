@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import copy
+import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import kopf
 import pytest
-from operator_testlib import BASE_SPEC
+from operator_testlib import BASE_SPEC, make_ctx
 
-from tfe_operator import handlers, metrics
+from tfe_operator import handlers, metrics, pki
 from tfe_operator.kube import Kube
 from tfe_operator.reconcile import Plan, Ref
 from tfe_operator.settings import Settings
@@ -372,3 +373,22 @@ def test_a_deleted_models_lock_is_forgotten() -> None:
     handlers.forget_deleted(kopf.RawEvent({"type": "DELETED", "object": {"metadata": {"uid": "uid-x", "name": "m",
                                                                                     "namespace": "ns"}}}))
     assert "uid-x" not in runtime.locks
+
+
+def test_operator_tls_contexts_of_expired_certificates_are_dropped() -> None:
+    """The operator's per-mesh client TLS cache does not grow with every model ever seen: a
+    context whose certificate has expired is dropped on the next call."""
+    now = dt.datetime(2026, 11, 27, tzinfo=dt.timezone.utc)
+    handlers._OPERATOR_TLS.clear()
+    a = pki.plan_mesh(make_ctx(), pki.Existing(), "", now)
+    b = pki.plan_mesh(make_ctx(), pki.Existing(), "", now)
+    assert a.ca is not None and b.ca is not None and a.ca.cert != b.ca.cert
+    sa = handlers.operator_tls(a, now)
+    assert handlers.operator_tls(a, now) is sa  # cached
+    handlers.operator_tls(b, now)
+    assert len(handlers._OPERATOR_TLS) == 2
+    # past the operator certificate's lifetime: both expired, only the one asked for is back
+    later = now + pki.OPERATOR_LIFETIME + dt.timedelta(minutes=1)
+    handlers.operator_tls(b, later)
+    assert set(handlers._OPERATOR_TLS) == {pki.sha256(b.ca.cert)}
+    handlers._OPERATOR_TLS.clear()
