@@ -39,6 +39,21 @@ NS_PREFIX = f"tfe-e2e-{RUN_ID}-"
 T = TypeVar("T")
 
 
+def cluster_setting(name: str) -> str:
+    """A name from hack/cluster/paths.sh (the one file that names the local cluster's paths,
+    interfaces and address ranges), read by sourcing it."""
+    out = subprocess.run(
+        ["bash", "-c", f'. "$1" && printf %s "${{{name}}}"', "paths", str(REPO / "hack" / "cluster" / "paths.sh")],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
+    if not out:
+        raise KeyError(f"{name} is not set by hack/cluster/paths.sh")
+    return out
+
+
 # ------------------------------------------------------------------ kubectl and waiting
 
 

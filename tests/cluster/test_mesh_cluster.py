@@ -33,6 +33,7 @@ from clusterlib import (
     REPO,
     WORKER_IMAGE,
     InProcessOperator,
+    cluster_setting,
     dump,
     em_status,
     get_json,
@@ -46,8 +47,10 @@ pytestmark = [pytest.mark.cluster, pytest.mark.worker_image]
 
 MODEL = "m"
 SERVING_TIMEOUT = 900
-BRIDGE = "tfe-cni0"  # hack/cluster/cluster.sh: CNI_IF
-POD_NET = (10, 244)  # hack/cluster/cluster.sh: POD_CIDR 10.244.0.0/16
+BRIDGE = cluster_setting("CNI_IF")  # the pods' bridge on the host cluster
+# the first two octets of the pod network (POD_CIDR is a /16)
+POD_NET = tuple(int(o) for o in cluster_setting("POD_CIDR").split(".")[:2])
+assert cluster_setting("POD_CIDR").endswith("/16")
 # make kind-e2e: several nodes (pod traffic stays inside them, no host bridge to sniff) and a
 # CNI that enforces NetworkPolicy (the model's policies reject another namespace's connections).
 KIND = os.environ.get("TFE_E2E_CLUSTER") == "kind"
