@@ -59,7 +59,9 @@ def lose_volume(ns: str, *workers: int) -> None:
     for i in workers:
         wait_for(f"worker-{i}'s old PVC gone", lambda i=i: pvc_uid(ns, i) != old[i] or None, 120)
         if pvc_uid(ns, i) is None:  # its pod came back while the old claim was still terminating
-            kubectl("delete", "pod", f"{MODEL}-worker-{i}", "-n", ns, "--wait=true", "--timeout=120s")
+            # (or is being replaced right now: NotFound then, seen on kind)
+            kubectl("delete", "pod", f"{MODEL}-worker-{i}", "-n", ns, "--wait=true", "--timeout=120s",
+                    "--ignore-not-found")  # fmt: skip
         wait_for(f"worker-{i}'s new PVC", lambda i=i: pvc_uid(ns, i) not in (None, old[i]) or None, 180)
 
 
