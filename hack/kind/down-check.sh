@@ -8,9 +8,10 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
+. "$HERE/versions.sh"
 NAME=${KIND_CLUSTER:-tfe}
 KD=${KIND_DIR:-$REPO/.kind}
-export DOCKER_HOST=${KIND_DOCKER_HOST:-unix:///run/tfe-cluster/docker.sock}
+export DOCKER_HOST=${KIND_DOCKER_HOST:-unix://$PROJECT_DOCKER_SOCK}
 fail=0
 check() { if "$@" >/dev/null 2>&1; then echo "ok: $*"; else echo "FAILED: $*" >&2; fail=1; fi; }
 docker version >/dev/null 2>&1 || { echo "ERROR: no Docker at $DOCKER_HOST" >&2; exit 1; }
@@ -26,7 +27,7 @@ check bash -c "[ -z \"\$(docker ps -aq --filter label=io.x-k8s.kind.cluster=$NAM
 for v in $vols; do check bash -c "! docker volume inspect $v"; done
 for r in $routes; do check bash -c "[ -z \"\$(ip route show exact $r)\" ]"; done
 # kind-down removes the emptied `kind` network on the project's dockerd only (elsewhere kind keeps it)
-[ "$DOCKER_HOST" = unix:///run/tfe-cluster/docker.sock ] && check bash -c "! docker network inspect kind"
+[ "$DOCKER_HOST" = "unix://$PROJECT_DOCKER_SOCK" ] && check bash -c "! docker network inspect kind"
 for ipt in iptables iptables-legacy; do
   command -v $ipt >/dev/null || continue
   for t in filter nat mangle; do

@@ -8,7 +8,7 @@
 #          reach ClusterIPs and pod IPs as they do on the host cluster)
 #   down   delete the cluster and those routes
 # Docker: $KIND_DOCKER_HOST, by default the project's dockerd (the one `make images` uses,
-# /run/tfe-cluster/docker.sock), started or restarted by hack/kind/dockerd.sh with the runtime shim
+# hack/cluster/paths.sh DOCKER_SOCK), started or restarted by hack/kind/dockerd.sh with the runtime shim
 # this VM needs; any other Docker (KIND_DOCKER_HOST=unix:///var/run/docker.sock) is used as it is.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -16,7 +16,7 @@ REPO=$(cd "$HERE/../.." && pwd)
 . "$HERE/versions.sh"
 NAME=${KIND_CLUSTER:-tfe}
 KD=${KIND_DIR:-$REPO/.kind}
-PROJECT_DOCKER=unix:///run/tfe-cluster/docker.sock
+PROJECT_DOCKER=unix://$PROJECT_DOCKER_SOCK
 export DOCKER_HOST=${KIND_DOCKER_HOST:-$PROJECT_DOCKER}
 export KIND_EXPERIMENTAL_PROVIDER=docker
 KIND=${KIND:-$("$HERE/build.sh" path)/kind}

@@ -15,7 +15,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 . "$HERE/versions.sh"
-export DOCKER_HOST=${DOCKER_HOST:-unix:///run/tfe-cluster/docker.sock}
+export DOCKER_HOST=${DOCKER_HOST:-unix://$PROJECT_DOCKER_SOCK}
 export DOCKER_BUILDKIT=0
 NODE_IMAGE=tfe-kind/node:$K8S_VERSION
 [ "${1:-build}" = name ] && { echo "$NODE_IMAGE"; exit 0; }
