@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -236,7 +237,9 @@ def kubernetes_transport(
             if in_cluster:
                 raise
     if not loaded_in_cluster:
-        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        # $KUBECONFIG read now: the client's own default was read once, when it was imported
+        config_file = kubeconfig or os.environ.get("KUBECONFIG") or None
+        config.load_kube_config(config_file=config_file, client_configuration=configuration)
     dynamic: Any = dynamic_client(client.ApiClient(configuration))
 
     def transport(

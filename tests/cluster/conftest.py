@@ -29,6 +29,12 @@ from clusterlib import (
     kubectl,
 )
 
+# Before any test imports the kubernetes client: it reads $KUBECONFIG once, at import, as the
+# default for every later load_kube_config() (kopf's login_via_client of the in-process operator
+# included). A test that imports it first (test_certmanager_api, with its own API server) would
+# otherwise freeze the default at ~/.kube/config for the whole session.
+os.environ["KUBECONFIG"] = str(KUBECONFIG)
+
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "cluster: needs the local Kubernetes cluster (.cluster/kubeconfig)")
