@@ -39,7 +39,7 @@ from clusterlib import (
     model_configmap,
     wait_for,
 )
-from test_mesh_cluster import attacker_pod, pod_ready, probe
+from test_mesh_cluster import CONTROLLER_LABELS, attacker_pod, pod_ready, probe
 from test_operator_cluster import SERVING_TIMEOUT, apply, plaintext, predict
 
 pytestmark = [pytest.mark.cluster, pytest.mark.worker_image]
@@ -308,7 +308,8 @@ def test_issued_identities_serve_and_predict(
 def test_guards_present_the_issued_certificates_and_refuse_foreign_and_wrong_identities(
     issued_model: tuple[str, dict[str, Any]],
 ) -> None:
-    """From a pod in the model's namespace (the worker image, no mesh certificate of its own):
+    """From a pod in the model's namespace with the workers' labels (the worker image, no mesh
+    certificate of its own):
     worker 1's guard presents exactly the tls.crt of Secret cm-mesh-server1 (cert-manager's);
     the model's coordinator certificate is admitted to GetStatus (control); a coordinator
     certificate from another CA fails the handshake; a certificate from the model's own issuer
@@ -316,7 +317,11 @@ def test_guards_present_the_issued_certificates_and_refuse_foreign_and_wrong_ide
     from tfe_client import mesh
 
     ns, _ = issued_model
-    kubectl("apply", "-n", ns, "-f", "-", input=attacker_pod("attacker", {"app": "attacker"}))
+    # The workers' labels: where NetworkPolicy is enforced (kind) only such a pod reaches the guard
+    # port, and what is tested here is the guard's TLS and rules, not the policy.
+    worker = get_json("pod", f"{MODEL}-worker-0", "-n", ns)
+    labels = {k: v for k, v in worker["metadata"]["labels"].items() if k not in CONTROLLER_LABELS}
+    kubectl("apply", "-n", ns, "-f", "-", input=attacker_pod("attacker", labels))
     wait_for("probe pod ready", lambda: pod_ready(ns, "attacker"), 120)
     # An identity the mesh does not know, issued by the model's own CA Issuer.
     _apply(
