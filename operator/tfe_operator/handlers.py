@@ -11,7 +11,7 @@ import json
 import logging
 import ssl
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +20,7 @@ import kopf
 from tfe_client import mesh as mesh_mod
 
 from . import api, builders, certmgr, metrics, observe, pki
-from .builders import Context
+from .builders import Context, Manifest
 from .kube import ApiError, Kube, http_get_json, kubernetes_transport
 from .reconcile import Plan, Ref, Resource, keys_to_fetch, reconcile
 from .settings import Settings
@@ -334,12 +334,7 @@ def ensure_issued(kube: Kube, ctx: Context, issuer: IssuerRef, now: datetime) ->
             for i, o in observed.items()
         }
         plan = certmgr.plan_issued(ctx, issuer, observed, now)
-    errors: list[str] = []
-    for manifest in plan.apply:
-        try:
-            kube.apply(manifest)
-        except ApiError as e:
-            errors.append(f"Certificate {manifest['metadata']['name']}: {e}")
+    errors = apply_all(kube, plan.apply)
     if errors:
         why = "; ".join(errors) + " (is cert-manager installed?)"
         log.warning("%s/%s: %s", ns, ctx.name, why)
@@ -422,14 +417,20 @@ def operator_tls(mesh: pki.MeshPlan, now: datetime) -> ssl.SSLContext:
         return sc
 
 
-def execute(kube: Kube, namespace: str, plan: Plan) -> list[str]:
-    """Apply and delete what the plan says; returns the errors (it never stops half-way)."""
+def apply_all(kube: Kube, manifests: Sequence[Manifest]) -> list[str]:
+    """Apply every manifest; returns one error per manifest that failed ("Kind name: why")."""
     errors: list[str] = []
-    for manifest in plan.apply:
+    for manifest in manifests:
         try:
             kube.apply(manifest)
         except ApiError as e:
             errors.append(f"{manifest['kind']} {manifest['metadata']['name']}: {e}")
+    return errors
+
+
+def execute(kube: Kube, namespace: str, plan: Plan) -> list[str]:
+    """Apply and delete what the plan says; returns the errors (it never stops half-way)."""
+    errors = apply_all(kube, plan.apply)
     for ref in plan.delete:
         try:
             kube.delete(namespace, ref)
