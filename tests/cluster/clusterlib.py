@@ -193,6 +193,17 @@ class InProcessOperator:
         self.thread = None
 
 
+def stop_process(p: subprocess.Popen[bytes], grace: float = 20) -> None:
+    """Terminate a process this test started; kill it if it outlives ``grace`` seconds."""
+    if p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(grace)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(10)
+
+
 def _free_port() -> int:
     import socket
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from clusterlib import stop_process
 from cryptography import x509
 from test_certmanager_cluster import IDENTITIES, _build_dir
 
@@ -46,16 +47,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _stop(p: subprocess.Popen[bytes]) -> None:
-    if p.poll() is None:
-        p.terminate()
-        try:
-            p.wait(15)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(10)
 
 
 @dataclass
@@ -202,7 +193,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
         yield a
     finally:
         for p in reversed(procs):
-            _stop(p)
+            stop_process(p, 15)
         for f in logs:
             f.close()
 

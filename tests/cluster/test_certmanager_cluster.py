@@ -37,6 +37,7 @@ from clusterlib import (
     get_json,
     kubectl,
     model_configmap,
+    stop_process,
     wait_for,
 )
 from test_mesh_cluster import CONTROLLER_LABELS, attacker_pod, pod_ready, probe
@@ -91,12 +92,7 @@ def cert_manager(operator: InProcessOperator, tmp_path_factory: pytest.TempPathF
         assert proc.poll() is None, log.read_text()[-3000:]
         yield log
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc)
         print(f"cert-manager controller log: {log}")
 
 
