@@ -94,6 +94,25 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval:
         tick.wait(interval)
 
 
+def delete_pods(ns: str, *names: str, timeout: float = 180) -> None:
+    """Delete pods and wait until each is gone or replaced (a new UID under the same name).
+
+    Not ``kubectl delete --wait``: for pods a controller recreates under the same name it was seen
+    to keep waiting after the old pods were long gone (CI: two StatefulSet pods, 120 s timeout,
+    the replacements Running 2 s after the delete)."""
+    old = {n: ((get_json("pod", n, "-n", ns) or {}).get("metadata") or {}).get("uid") for n in names}
+    kubectl("delete", "pod", *names, "-n", ns, "--wait=false", "--ignore-not-found")
+
+    def gone() -> bool:
+        for n, uid in old.items():
+            now = ((get_json("pod", n, "-n", ns) or {}).get("metadata") or {}).get("uid")
+            if uid is not None and now == uid:
+                return False
+        return True
+
+    wait_for(f"pods {', '.join(names)} deleted", gone, timeout)
+
+
 def em_status(ns: str, name: str) -> dict[str, Any]:
     doc = get_json("encryptedmodel", name, "-n", ns)
     return (doc or {}).get("status", {}) or {}

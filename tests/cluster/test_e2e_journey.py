@@ -38,6 +38,7 @@ from clusterlib import (
     apiserver_cidrs,
     condition,
     create_pull_secret,
+    delete_pods,
     dump,
     em_status,
     get_json,
@@ -380,7 +381,7 @@ def test_user_journey(
 
     # 5. Delete one worker pod: it comes back (same key, its shares on its volume), serving resumes.
     old = get_json("pod", f"{MODEL}-worker-1", "-n", ns)["metadata"]["uid"]
-    kubectl("delete", "pod", f"{MODEL}-worker-1", "-n", ns, "--timeout=120s")
+    delete_pods(ns, f"{MODEL}-worker-1")
 
     def worker_back() -> bool:
         p = get_json("pod", f"{MODEL}-worker-1", "-n", ns)
@@ -426,7 +427,7 @@ def test_user_journey(
         "NetworkPolicy/digits-coordinator",
         "NetworkPolicy/digits-endpoint",
     }, owned(ns, em_uid)
-    kubectl("delete", "pod", op["metadata"]["name"], "-n", ns, "--timeout=120s")
+    delete_pods(ns, op["metadata"]["name"])
     op = wait_operator_reconciled(ns, not_uid=op["metadata"]["uid"])
     assert objects(ns) == before, "the restarted operator duplicated or replaced objects"
     assert model_pods(ns) == before_pods, "the restarted operator replaced pods"

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from clusterlib import condition, em_status, get_json, kubectl, model_configmap, wait_for, wait_phase
+from clusterlib import condition, delete_pods, em_status, get_json, kubectl, model_configmap, wait_for, wait_phase
 from test_operator_cluster import SERVING_TIMEOUT, apply, plaintext, port_forward
 
 pytestmark = [pytest.mark.cluster, pytest.mark.worker_image]
@@ -55,13 +55,12 @@ def lose_volume(ns: str, *workers: int) -> None:
     assert all(old.values())
     kubectl("delete", "pvc", *(f"state-{MODEL}-worker-{i}" for i in workers), "-n", ns, "--wait=false")
     # all in one call: no worker comes back while another of the lost ones still holds its shares
-    kubectl("delete", "pod", *(f"{MODEL}-worker-{i}" for i in workers), "-n", ns, "--wait=true", "--timeout=120s")
+    delete_pods(ns, *(f"{MODEL}-worker-{i}" for i in workers))
     for i in workers:
         wait_for(f"worker-{i}'s old PVC gone", lambda i=i: pvc_uid(ns, i) != old[i] or None, 120)
         if pvc_uid(ns, i) is None:  # its pod came back while the old claim was still terminating
             # (or is being replaced right now: NotFound then, seen on kind)
-            kubectl("delete", "pod", f"{MODEL}-worker-{i}", "-n", ns, "--wait=true", "--timeout=120s",
-                    "--ignore-not-found")  # fmt: skip
+            delete_pods(ns, f"{MODEL}-worker-{i}")
         wait_for(f"worker-{i}'s new PVC", lambda i=i: pvc_uid(ns, i) not in (None, old[i]) or None, 180)
 
 
