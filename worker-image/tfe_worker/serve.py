@@ -55,6 +55,7 @@ from tfe_worker.batcher import Batch, Batcher, BatcherOptions, Rejected, Ticket
 from tfe_worker.config import Config
 from tfe_worker.endpoint import EndpointApp, EndpointOptions, ServeMetrics, read_token
 from tfe_worker.httpapp import HTTPOptions, Server, split_hostport, start_metrics_server
+from tfe_worker.pipeline import Failed, Pipeline
 
 log = logging.getLogger("tfe_worker.serve")
 R = TypeVar("R")
@@ -86,9 +87,10 @@ class WorkerPool:
         self.pools = []
         for a in addrs:
             host, port = split_hostport(a)
-            self.pools.append(urllib3.HTTPConnectionPool(host, port, maxsize=2, block=False, retries=False,
+            # up to three calls at once per player: one batch's ingress, another's egress, a count record
+            self.pools.append(urllib3.HTTPConnectionPool(host, port, maxsize=3, block=False, retries=False,
                                                          timeout=urllib3.Timeout(connect=5.0, read=timeout)))
-        self.executor = ThreadPoolExecutor(len(addrs), thread_name_prefix="worker-pool")
+        self.executor = ThreadPoolExecutor(3 * len(addrs), thread_name_prefix="worker-pool")
 
     def call(self, i: int, method: str, path: str, body: Any = None, timeout: float | None = None) -> Any:
         data = json.dumps(body.to_json(), separators=(",", ":")).encode() if body is not None else None
@@ -188,6 +190,20 @@ def max_ingress_body(max_batch: int, feature_shape: tuple[int, ...]) -> int:
     return max_batch * ((per_row + 2) // 3 * 4 + 400) + 1024
 
 
+PIPELINE_DEFAULT = True
+
+
+@dataclass
+class Flight:
+    """A batch between the pipeline's stages (tfe_worker.pipeline)."""
+
+    batch: Batch[wire.PredictRequest]
+    bid: str
+    count: bool  # observe its stage times (not a warm-up)
+    failed: dict[int, wire.ErrorBody]  # items a worker refused at ingress
+    answers: list[tuple[Ticket[wire.PredictRequest], int, Any]] | None = None  # set: answered without a graph
+
+
 @dataclass(frozen=True)
 class ServeOptions:
     name: str
@@ -199,6 +215,7 @@ class ServeOptions:
     worker_timeout: float = 60.0
     count_scope: str | None = None  # where the served count is kept on the workers; default: by the limit
     warm_all: bool = False  # trace every bucket before ready (default: the smallest, the rest after)
+    pipeline: bool = PIPELINE_DEFAULT  # ingress of one batch and egress of another beside a graph
 
 
 class Coordinator:
@@ -211,6 +228,7 @@ class Coordinator:
         self.buckets = self.batcher.buckets
         self.pool = WorkerPool([p.http for p in config.players], opts.worker_timeout)
         self._recorder = ThreadPoolExecutor(1, thread_name_prefix="served-count")  # in order, off the hot path
+        self._stages = ThreadPoolExecutor(2, thread_name_prefix="stage")  # ingress and finish beside a graph
         self.stop = threading.Event()
         self.is_ready = False
         self.gone: str | None = None  # set while the served generation is missing on a player
@@ -424,8 +442,16 @@ class Coordinator:
 
     # -- the batch loop ---------------------------------------------------------------------------
     def run(self) -> None:
-        while not self.stop.is_set():
-            if self.engine is None or not self.is_ready:
+        """With --pipeline on, up to three batches are in flight: while one runs its private graph
+        the next does its ingress and the previous its egress and answer (tfe_worker.pipeline);
+        off, one batch at a time. The graph runs strictly one batch after another either way."""
+        pipe: Pipeline[Batch[wire.PredictRequest], Flight] = Pipeline(
+            self._ingress_stage, self._graph_locked, self._finish, lambda f: self.pool.drop(f.bid),
+            self._stages if self.opts.pipeline else None)
+        while not self.stop.is_set() or not pipe.empty:
+            if pipe.empty and (self.engine is None or not self.is_ready):
+                if self.stop.is_set():
+                    return
                 try:
                     self.m_reconnects.inc()
                     with self._tf:
@@ -439,78 +465,139 @@ class Coordinator:
                     log.warning("reconnect failed: %s", _short(e))
                     self.stop.wait(2.0)
                 continue
-            batch = self.batcher.next_batch(self.stop)
-            if batch is None:
-                continue
-            self.m_queue.set(self.batcher.queued())
+            batch: Batch[wire.PredictRequest] | None = None
+            if self.stop.is_set():
+                pass  # stopping: finish what is in flight
+            elif pipe.empty:
+                batch = self.batcher.next_batch(self.stop)
+                if batch is None:
+                    continue
+            elif self.opts.pipeline:
+                batch = self.batcher.take()  # never waits: the batches in flight go on
+            if batch is not None:
+                self.m_queue.set(self.batcher.queued())
             try:
-                with self._tf:
-                    answers = self._process(batch)
-                self._answer(answers)
-            except GenerationGone as e:
-                self._generation_gone(str(e))
-                err = wire.ErrorBody("not_ready", self.gone or str(e))
-                for t in batch.tickets:
-                    self.batcher.complete(t, 503, err)
-                self.batcher.reject_queued(503, err)
-                continue
-            except Exception as e:  # noqa: BLE001 - transport, worker 5xx or TF error: a worker failed
-                log.warning("batch of %d request(s) failed (%s); reconnecting and retrying", len(batch.tickets),
-                            _short(e))
-                self.m.errors.labels("worker_failure").inc()
-                self.is_ready = False
-                self.m_ready.set(0)
-                self.engine = None
-                self.batcher.fail(batch, wire.ErrorBody("workers_unavailable",
-                                                        "the workers failed this request repeatedly"))
+                pipe.step(batch)
+            except Failed as f:
+                self._failed(f)
                 continue
             self.m_served.set(self.batcher.served)
 
+    def _failed(self, f: Failed) -> None:
+        """A stage failed: every batch in flight and not answered is in f.batches (oldest first)."""
+        batches: list[Batch[wire.PredictRequest]] = f.batches
+        gone = next((e for e in f.errors if isinstance(e, GenerationGone)), None)
+        if gone is not None:
+            self._generation_gone(str(gone))
+            err = wire.ErrorBody("not_ready", self.gone or str(gone))
+            for b in batches:
+                for t in b.tickets:
+                    self.batcher.complete(t, 503, err)
+            self.batcher.reject_queued(503, err)
+            return
+        # transport, worker 5xx or TF error: a worker failed
+        log.warning("%d batch(es) of %d request(s) failed (%s); reconnecting and retrying", len(batches),
+                    sum(len(b.tickets) for b in batches), _short(f.errors[0]))
+        self.m.errors.labels("worker_failure").inc()
+        self.is_ready = False
+        self.m_ready.set(0)
+        self.engine = None
+        give_up = wire.ErrorBody("workers_unavailable", "the workers failed this request repeatedly")
+        for b in reversed(batches):  # each goes back to the head of the queue: the oldest ends first
+            self.batcher.fail(b, give_up)
+
     def _process(self, batch: Batch[wire.PredictRequest], count: bool = True
                  ) -> list[tuple[Ticket[wire.PredictRequest], int, Any]]:
-        assert self.engine is not None and self.manifest is not None
+        """One batch through every stage on this thread (the caller holds self._tf)."""
+        f = self._ingress(batch, count)
+        if f.answers is not None:
+            return f.answers
+        return self._egress(self._graph(f))
+
+    def _ingress_stage(self, batch: Batch[wire.PredictRequest]) -> Flight:
+        return self._ingress(batch, True)
+
+    def _graph_locked(self, f: Flight) -> Flight:
+        if f.answers is not None:
+            return f
+        with self._tf:  # the background warm-up takes turns with the graph
+            return self._graph(f)
+
+    def _finish(self, f: Flight) -> None:
+        self._answer(f.answers if f.answers is not None else self._egress(f))
+
+    def _ingress(self, batch: Batch[wire.PredictRequest], count: bool) -> Flight:
+        """The workers open and spool the batch's inputs. A batch refused as a whole, or whose
+        every item was refused, leaves answered (502 / 400); GenerationGone when a worker lacks
+        the served generation."""
+        assert self.manifest is not None
         man, tickets, bucket = self.manifest, batch.tickets, batch.bucket
         bid = os.urandom(12).hex()
         bodies = [wire.IngressRequest(bid, self.name, man.generation, bucket, man.input_shape, tuple(
             wire.IngressItem(t.payload.request_id, t.payload.shape, t.payload.ephemeral_key,
                              t.payload.bundles[i].sealed) for t in tickets)) for i in range(len(wire.WORKERS))]
-        failed: dict[int, wire.ErrorBody] = {}
+        f = Flight(batch, bid, count, {})
         try:
             t0 = time.perf_counter()
             acks = self.pool.all(lambda i: wire.IngressAck.parse(self.pool.call(i, "POST", "/v1/ingress", bodies[i])))
-            t1 = time.perf_counter()
-            for w, ack in zip(wire.WORKERS, acks):
-                for f in ack.failed:
-                    if 0 <= f.index < len(tickets) and f.index not in failed:
-                        failed[f.index] = wire.ErrorBody(f.code, f"{w} rejected its bundle: {f.message}")
-            if len(failed) == len(tickets):  # nothing left to compute
-                self.pool.drop(bid)
-                return [(t, 400, failed[k]) for k, t in enumerate(tickets)]
-            self.engine.run(bid, bucket)
-            t2 = time.perf_counter()
-            egress = wire.EgressRequest(bid, man.output_shape)
-            try:
-                outs = self.pool.all(lambda i: wire.EgressResponse.parse(
-                    self.pool.call(i, "POST", "/v1/egress", egress)))
-            except WorkerRefused as e:  # the worker lost the batch (restarted, expired): a worker failure
-                raise WorkerFailure(str(e)) from None
             if count:
-                self.m_batch.observe(batch.rows)
-                for stage, dt in (("ingress", t1 - t0), ("graph", t2 - t1), ("egress", time.perf_counter() - t2)):
-                    self.m_stage.labels(stage).observe(dt)
+                self.m_stage.labels("ingress").observe(time.perf_counter() - t0)
+            for w, ack in zip(wire.WORKERS, acks):
+                for fl in ack.failed:
+                    if 0 <= fl.index < len(tickets) and fl.index not in f.failed:
+                        f.failed[fl.index] = wire.ErrorBody(fl.code, f"{w} rejected its bundle: {fl.message}")
+            if len(f.failed) == len(tickets):  # nothing left to compute
+                self.pool.drop(bid)
+                f.answers = [(t, 400, f.failed[k]) for k, t in enumerate(tickets)]
+            return f
         except WorkerRefused as e:  # an ingress refused as a whole: this batch fails, nothing else
             self.pool.drop(bid)
             if e.err.code == "no_such_generation":
                 raise GenerationGone(f"{e.worker} lacks share generation {man.generation}") from None
             log.error("batch %s refused: %s", bid, e)
-            self.pool.drop(bid)
             err = wire.ErrorBody("worker_refused", f"{e.worker} refused the batch: {e.err.code}")
-            return [(t, 502, err) for t in tickets]
+            f.answers = [(t, 502, err) for t in tickets]
+            return f
         except ProtocolError as e:  # a worker answered something outside the contract
             self.pool.drop(bid)
             raise WorkerFailure(f"malformed worker answer: {e}") from None
         except BaseException:
             self.pool.drop(bid)
+            raise
+
+    def _graph(self, f: Flight) -> Flight:
+        """The private computation of an ingressed batch (the caller holds self._tf)."""
+        assert self.engine is not None
+        try:
+            t0 = time.perf_counter()
+            self.engine.run(f.bid, f.batch.bucket)
+            if f.count:
+                self.m_batch.observe(f.batch.rows)
+                self.m_stage.labels("graph").observe(time.perf_counter() - t0)
+            return f
+        except BaseException:
+            self.pool.drop(f.bid)
+            raise
+
+    def _egress(self, f: Flight) -> list[tuple[Ticket[wire.PredictRequest], int, Any]]:
+        """The workers seal the batch's outputs to its clients; the answers, in ticket order."""
+        assert self.manifest is not None
+        man, tickets, failed = self.manifest, f.batch.tickets, f.failed
+        egress = wire.EgressRequest(f.bid, man.output_shape)
+        try:
+            t0 = time.perf_counter()
+            try:
+                outs = self.pool.all(lambda i: wire.EgressResponse.parse(
+                    self.pool.call(i, "POST", "/v1/egress", egress)))
+            except WorkerRefused as e:  # the worker lost the batch (restarted, expired): a worker failure
+                raise WorkerFailure(str(e)) from None
+            if f.count:
+                self.m_stage.labels("egress").observe(time.perf_counter() - t0)
+        except ProtocolError as e:  # a worker answered something outside the contract
+            self.pool.drop(f.bid)
+            raise WorkerFailure(f"malformed worker answer: {e}") from None
+        except BaseException:
+            self.pool.drop(f.bid)
             raise
         by_index = [{o.index: o for o in out.outputs} for out in outs]
         answers: list[tuple[Ticket[wire.PredictRequest], int, Any]] = []
@@ -562,6 +649,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ready-timeout", type=float, default=600.0)
     p.add_argument("--warm", choices=("first", "all"), default="first",
                    help="batch buckets traced before ready: the smallest (the rest after, between batches) or all")
+    p.add_argument("--pipeline", choices=("on", "off"), default="on" if PIPELINE_DEFAULT else "off",
+                   help="on: the ingress of one batch and the egress of another run beside a batch's private "
+                        "graph (up to three in flight); off: one batch at a time")
     p.add_argument("--request-timeout", type=float, default=120.0, help="seconds before a request gets 504")
     p.add_argument("--max-queue", type=int, default=1024, help="requests waiting; beyond that 503 overloaded")
     p.add_argument("--http-threads", type=int, default=64, help="HTTP handler threads (bounded)")
@@ -586,7 +676,7 @@ def main(argv: list[str] | None = None) -> int:
     batch = BatcherOptions(a.max_batch_size, buckets, a.max_wait_ms / 1000.0, a.request_timeout, a.max_queue,
                            a.max_requests)
     opts = ServeOptions(a.name, a.coordinator_address, a.generation, a.protocol, batch, a.ready_timeout,
-                        count_scope=a.count_scope, warm_all=a.warm == "all")
+                        count_scope=a.count_scope, warm_all=a.warm == "all", pipeline=a.pipeline == "on")
     http = HTTPOptions(threads=a.http_threads, connection_limit=a.max_connections, channel_timeout=a.idle_timeout,
                        max_body_bytes=a.max_body_bytes)
     metrics = ServeMetrics(CollectorRegistry())
