@@ -179,25 +179,8 @@ def private_http(stack: Stack, name: str, x: np.ndarray[Any, Any], n: int, secon
             c.predict(name, row)
             ts.append(time.perf_counter() - t)
         wire = wire_per_inference(before, guard_stats(stack, name), n) if before is not None else None
-        rows_done = [0] * 8
-        stop = time.monotonic() + seconds
-
-        def load(i: int) -> None:
-            cl = Client(url, pins=pins)
-            k = 16 * i
-            while time.monotonic() < stop:
-                cl.predict(name, np.resize(x[k % len(x):], (16, *x.shape[1:])))
-                rows_done[i] += 16
-                k += 16
-
-        threads = [threading.Thread(target=load, args=(i,)) for i in range(8)]
-        t0 = time.perf_counter()
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join(timeout=seconds + 120)
-        elapsed = time.perf_counter() - t0
-        out = {"batch1": stats(ts), "predictions_per_s": sum(rows_done) / elapsed,
+        per_s, elapsed = throughput(url, pins, name, x, seconds)
+        out = {"batch1": stats(ts), "predictions_per_s": per_s,
                "concurrency": {"clients": 8, "rows_per_request": 16, "seconds": elapsed},
                "start_to_ready_s": {"warm_first": cold, "warm_all": cold_all}}
         if wire is not None:
@@ -205,6 +188,62 @@ def private_http(stack: Stack, name: str, x: np.ndarray[Any, Any], n: int, secon
         return out
     finally:
         s.kill(f"serve-{name}", signal.SIGTERM)  # and its coordinator
+
+
+def throughput(url: str, pins: Any, name: str, x: np.ndarray[Any, Any], seconds: float) -> tuple[float, float]:
+    """Predictions/s with 8 concurrent clients of 16 rows per request; and the seconds it ran."""
+    from tfe_client import Client
+
+    rows_done = [0] * 8
+    stop = time.monotonic() + seconds
+
+    def load(i: int) -> None:
+        cl = Client(url, pins=pins)
+        k = 16 * i
+        while time.monotonic() < stop:
+            cl.predict(name, np.resize(x[k % len(x):], (16, *x.shape[1:])))
+            rows_done[i] += 16
+            k += 16
+
+    threads = [threading.Thread(target=load, args=(i,)) for i in range(8)]
+    t0 = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=seconds + 120)
+    elapsed = time.perf_counter() - t0
+    return sum(rows_done) / elapsed, elapsed
+
+
+def pipeline_compare(stack: Stack, name: str, x: np.ndarray[Any, Any], seconds: float, rounds: int
+                     ) -> dict[str, Any]:
+    """Predictions/s with 8 clients, serve --pipeline off and on alternating (off, on, off, on ...),
+    each a fresh coordinator with every bucket warm, in this one run: the same machine load for both."""
+    from tfe_client import Client
+
+    s = stack.for_model(name)
+    runs: dict[str, list[float]] = {"off": [], "on": []}
+    load: dict[str, list[float]] = {"off": [], "on": []}
+    for _ in range(rounds):
+        for mode in ("off", "on"):
+            port = free_ports(1)[0]
+            serve = s.start_serve(port, ["--max-batch-size", "128", "--max-wait-ms", "5", "--warm", "all",
+                                         "--pipeline", mode])
+            url = f"http://127.0.0.1:{port}"
+            try:
+                wait_endpoint(url, serve, 600)
+                pins = s.pins(name)
+                c = Client(url, pins=pins)
+                for k in range(10):
+                    c.predict(name, x[k:k + 1])
+                per_s, _ = throughput(url, pins, name, x, seconds)
+                runs[mode].append(per_s)
+                load[mode].append(os.getloadavg()[0])
+            finally:
+                s.kill(f"serve-{name}", signal.SIGTERM)
+    med = {m: float(np.median(v)) for m, v in runs.items()}
+    return {"clients": 8, "rows_per_request": 16, "seconds": seconds, "predictions_per_s": runs,
+            "median": med, "on_vs_off": med["on"] / med["off"], "load_avg_1m": load}
 
 
 def protocol(m: Any) -> dict[str, Any]:
@@ -221,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=200, help="batch-1 requests per measurement")
     p.add_argument("--seconds", type=float, default=10.0, help="duration of the concurrent-clients run")
     p.add_argument("--models", nargs="*", default=None, help="only these (digits-mlp, net-a, digits-cnn)")
+    p.add_argument("--pipeline-compare", type=int, default=0, metavar="ROUNDS",
+                   help="also measure pred/s with serve --pipeline off and on, alternating, ROUNDS times each")
+    p.add_argument("--pipeline-only", action="store_true",
+                   help="with --pipeline-compare: measure only that (no plaintext, TFE queue or latency runs)")
     a = p.parse_args(argv)
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
@@ -229,8 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tfe-bench-") as tmp:
         models = {k: v for k, v in build_models(tmp).items() if not a.models or k in a.models}
         for name, m in models.items():
-            results["models"][name] = {"plaintext": plaintext(m["keras"], m["x"], a.n),
-                                       "protocol": protocol(m["keras"])}
+            results["models"][name] = {} if a.pipeline_only else {"plaintext": plaintext(m["keras"], m["x"], a.n),
+                                                                  "protocol": protocol(m["keras"])}
         # TLS off first (also TF Encrypted's own serving path, which has no TLS), then the default:
         # mutual TLS through tfe-guard, every party in a namespace of its own, endpoint split off.
         for tls in (False, True):
@@ -242,14 +285,23 @@ def main(argv: list[str] | None = None) -> int:
                     s = stack.for_model(name)
                     if s.share(m["path"]) != 0:
                         raise RuntimeError(f"share of {name} failed (TLS {'on' if tls else 'off'})")
-                    if not tls:
-                        r["tfe_queue"] = queue_baseline(stack, name, m["keras"], min(a.n, 100), tmp)
-                    r["private_http" if tls else "private_http_insecure"] = private_http(stack, name, m["x"], a.n,
-                                                                                      a.seconds)
+                    key = "private_http" if tls else "private_http_insecure"
+                    if not a.pipeline_only:
+                        if not tls:
+                            r["tfe_queue"] = queue_baseline(stack, name, m["keras"], min(a.n, 100), tmp)
+                        r[key] = private_http(stack, name, m["x"], a.n, a.seconds)
+                    if a.pipeline_compare:
+                        pc = pipeline_compare(stack, name, m["x"], a.seconds, a.pipeline_compare)
+                        r.setdefault(key, {})["pipeline_compare"] = pc
+                        runs = pc["predictions_per_s"]
+                        print(f"  {name} (TLS {'on' if tls else 'off'}): pred/s pipeline off {runs['off']}, "
+                              f"on {runs['on']}", flush=True)
                     print(f"  {name} (TLS {'on' if tls else 'off'}): done", flush=True)
             finally:
                 stack.stop()
         for r in results["models"].values():
+            if a.pipeline_only:
+                break
             on, off = r["private_http"]["batch1"], r["private_http_insecure"]["batch1"]
             r["ratios"] = {
                 "p50_vs_plaintext": on["p50_ms"] / r["plaintext"]["batch1"]["p50_ms"],
@@ -258,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
             }
     with open(a.out, "w") as f:
         json.dump(results, f, indent=2)
-    print(table(results))
+    if not a.pipeline_only:
+        print(table(results))
     print(f"results written to {a.out}")
     return 0
 
