@@ -3,11 +3,9 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"io"
 	"log/slog"
 	"net"
-	"sync"
 	"time"
 )
 
@@ -19,90 +17,19 @@ type outbound struct {
 	name   string
 	dial   Addr
 	tlsCfg *tls.Config
-
-	mu     sync.Mutex
-	l      net.Listener
-	conns  map[net.Conn]struct{}
-	closed bool
-	wg     sync.WaitGroup
+	conns  connServer
 }
 
 func newOutbound(cfg *Loaded, o Outbound) *outbound {
 	d, _ := parseAddr(o.Dial)
 	return &outbound{cfg: cfg, out: o, name: "outbound " + o.Listen + " -> " + o.Dial, dial: d,
-		tlsCfg: clientTLS(cfg, o.Expect), conns: map[net.Conn]struct{}{}}
+		tlsCfg: clientTLS(cfg, o.Expect)}
 }
 
-func (o *outbound) Serve(l net.Listener) error {
-	o.mu.Lock()
-	o.l = l
-	o.mu.Unlock()
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			o.mu.Lock()
-			closed := o.closed
-			o.mu.Unlock()
-			if closed || errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(10 * time.Millisecond)
-				continue
-			}
-			return err
-		}
-		if !o.track(c) {
-			c.Close()
-			return nil
-		}
-		o.wg.Add(1)
-		go func() {
-			defer o.wg.Done()
-			defer o.untrack(c)
-			o.handle(c)
-		}()
-	}
-}
-
-func (o *outbound) track(c net.Conn) bool {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if o.closed {
-		return false
-	}
-	o.conns[c] = struct{}{}
-	return true
-}
-
-func (o *outbound) untrack(c net.Conn) {
-	o.mu.Lock()
-	delete(o.conns, c)
-	o.mu.Unlock()
-}
+func (o *outbound) Serve(l net.Listener) error { return o.conns.serve(l, o.handle) }
 
 // Shutdown stops accepting, waits for open connections until ctx ends, then closes them.
-func (o *outbound) Shutdown(ctx context.Context) {
-	o.mu.Lock()
-	o.closed = true
-	if o.l != nil {
-		o.l.Close()
-	}
-	o.mu.Unlock()
-	done := make(chan struct{})
-	go func() { o.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		o.mu.Lock()
-		for c := range o.conns {
-			c.Close()
-		}
-		o.mu.Unlock()
-		<-done
-	}
-}
+func (o *outbound) Shutdown(ctx context.Context) { o.conns.shutdown(ctx) }
 
 func (o *outbound) handle(local net.Conn) {
 	defer local.Close()

@@ -124,13 +124,7 @@ type publicServer struct {
 	p       *Public
 	backend Addr
 	tlsCfg  *tls.Config
-	slots   chan struct{}
-
-	mu     sync.Mutex
-	l      net.Listener
-	conns  map[net.Conn]struct{}
-	closed bool
-	wg     sync.WaitGroup
+	conns   connServer
 }
 
 func newPublic(p *Public) (*publicServer, error) {
@@ -143,65 +137,20 @@ func newPublic(p *Public) (*publicServer, error) {
 	if n == 0 {
 		n = defaultPublicConnections
 	}
-	return &publicServer{p: p, backend: b, tlsCfg: publicTLS(files), slots: make(chan struct{}, n),
-		conns: map[net.Conn]struct{}{}}, nil
-}
-
-func (s *publicServer) Serve(l net.Listener) error {
-	s.mu.Lock()
-	s.l = l
-	s.mu.Unlock()
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			s.mu.Lock()
-			closed := s.closed
-			s.mu.Unlock()
-			if closed || errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(10 * time.Millisecond)
-				continue
-			}
-			return err
-		}
+	slots := make(chan struct{}, n)
+	s := &publicServer{p: p, backend: b, tlsCfg: publicTLS(files)}
+	s.conns.admit = func() (func(), bool) {
 		select {
-		case s.slots <- struct{}{}:
+		case slots <- struct{}{}:
+			return func() { <-slots }, true
 		default: // over the limit: refuse at once rather than queue
-			c.Close()
-			continue
+			return nil, false
 		}
-		if !s.track(c) {
-			c.Close()
-			return nil
-		}
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			defer func() { <-s.slots }()
-			defer s.untrack(c)
-			s.handle(c)
-		}()
 	}
+	return s, nil
 }
 
-func (s *publicServer) track(c net.Conn) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return false
-	}
-	s.conns[c] = struct{}{}
-	return true
-}
-
-func (s *publicServer) untrack(c net.Conn) {
-	s.mu.Lock()
-	delete(s.conns, c)
-	s.mu.Unlock()
-}
+func (s *publicServer) Serve(l net.Listener) error { return s.conns.serve(l, s.handle) }
 
 func (s *publicServer) handle(raw net.Conn) {
 	defer raw.Close()
@@ -224,23 +173,4 @@ func (s *publicServer) handle(raw net.Conn) {
 }
 
 // Shutdown stops accepting, waits for open connections until ctx ends, then closes them.
-func (s *publicServer) Shutdown(ctx context.Context) {
-	s.mu.Lock()
-	s.closed = true
-	if s.l != nil {
-		s.l.Close()
-	}
-	s.mu.Unlock()
-	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		s.mu.Lock()
-		for c := range s.conns {
-			c.Close()
-		}
-		s.mu.Unlock()
-		<-done
-	}
-}
+func (s *publicServer) Shutdown(ctx context.Context) { s.conns.shutdown(ctx) }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"crypto/tls"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -133,5 +134,72 @@ func TestPublicValidation(t *testing.T) {
 		Outbound: []Outbound{{Listen: "tcp:127.0.0.1:8090", Dial: "tcp:relay:5443", Expect: "coordinator"}}}
 	if err := c.validate(); err == nil || !strings.Contains(err.Error(), "identity") {
 		t.Fatalf("mesh config without identity: %v", err)
+	}
+}
+
+// The public endpoint holds at most MaxConnections: one more is closed at once (not queued), a
+// freed slot admits the next; Stop closes what is still open once its grace period ends.
+func TestPublicConnectionLimitAndShutdown(t *testing.T) {
+	ca := newCA(t, "public-ca")
+	leaf := ca.issue(t, "localhost")
+	backend := startPlainHTTP(t)
+	g, _ := startGuard(t, Config{Public: &Public{Listen: "tcp:127.0.0.1:0", Backend: backend,
+		Cert: leaf.cert, Key: leaf.key, MaxConnections: 1}})
+	cfg := &tls.Config{RootCAs: ca.pool(), ServerName: "localhost"}
+	held, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", g.addr(0), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	closedAtOnce := func() bool {
+		c, err := net.DialTimeout("tcp", g.addr(0), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, err = c.Read(make([]byte, 1))
+		var ne net.Error
+		return err != nil && !(errors.As(err, &ne) && ne.Timeout())
+	}
+	if !closedAtOnce() {
+		t.Fatal("a connection over the limit was queued, not closed")
+	}
+	held.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := httpsClient(ca).Get("https://" + g.addr(0) + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the freed slot admitted no connection: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// A connection held open through Stop is closed when the grace period ends (dialled once the
+	// last request's slot is free again).
+	var open *tls.Conn
+	for open == nil {
+		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", g.addr(0), cfg)
+		if err == nil {
+			open = c
+		} else if time.Now().After(deadline) {
+			t.Fatalf("no slot came free for a held connection: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	defer open.Close()
+	stopped := make(chan struct{})
+	go func() { g.Stop(200 * time.Millisecond); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Stop did not close a held connection after its grace period")
+	}
+	open.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := open.Read(make([]byte, 1)); err == nil {
+		t.Fatal("the held connection still answers after Stop")
 	}
 }
