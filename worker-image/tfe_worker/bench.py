@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from tfe_worker import cpu
 from tfe_worker.demo import digits, wait_endpoint
 from tfe_worker.local import Stack, free_ports, new_stack
 
@@ -173,14 +174,16 @@ def private_http(stack: Stack, name: str, x: np.ndarray[Any, Any], n: int, secon
             c.predict(name, x[k:k + 1])
         before = guard_stats(stack, name) if stack.tls else None
         ts = []
+        cpu0 = cpu.snapshot()
         for k in range(n):
             row = x[k % len(x):k % len(x) + 1]
             t = time.perf_counter()
             c.predict(name, row)
             ts.append(time.perf_counter() - t)
+        cpu_ms = cpu.per_request_ms(cpu0, cpu.snapshot(), n)
         wire = wire_per_inference(before, guard_stats(stack, name), n) if before is not None else None
         per_s, elapsed = throughput(url, pins, name, x, seconds)
-        out = {"batch1": stats(ts), "predictions_per_s": per_s,
+        out = {"batch1": stats(ts), "batch1_cpu_ms": cpu_ms, "predictions_per_s": per_s,
                "concurrency": {"clients": 8, "rows_per_request": 16, "seconds": elapsed},
                "start_to_ready_s": {"warm_first": cold, "warm_all": cold_all}}
         if wire is not None:
@@ -351,6 +354,20 @@ def table(results: dict[str, Any]) -> str:
         ready = ", ".join(f"{x['start_to_ready_s']['warm_first']:.1f} / {x['start_to_ready_s']['warm_all']:.1f}"
                           for x in (r["private_http_insecure"], r["private_http"]))
         rows.append(f"| {name} | {pr['rounds']} | {layers} | {g_msg} / {m_msg} | {g_kib} / {m_kib} | {c} | {ready} |")
+    roles = ("players", "coordinator", "endpoint", "guards", "client")
+    cores = int(results.get("machine", {}).get("cpus") or 1)
+    rows += ["", "CPU per batch-1 request by process role, ms (TLS off / mTLS; read from /proc around the b1 loop)", "",
+             "| model | " + " | ".join(roles) + f" | all | all / {cores} cores vs b1 p50 (off; mTLS) |",
+             "|---|" + "---|" * (len(roles) + 2)]
+    for name, r in results["models"].items():
+        off, on = r["private_http_insecure"], r["private_http"]
+        if "batch1_cpu_ms" not in off or "batch1_cpu_ms" not in on:
+            continue
+        co, cn = off["batch1_cpu_ms"], on["batch1_cpu_ms"]
+        cells = [f"{co.get(k, 0.0):.1f} / {cn.get(k, 0.0):.1f}" for k in roles]
+        ao, an = sum(co.values()), sum(cn.values())
+        bound = f"{ao / cores:.1f} vs {off['batch1']['p50_ms']:.1f}; {an / cores:.1f} vs {on['batch1']['p50_ms']:.1f}"
+        rows.append(f"| {name} | " + " | ".join(cells) + f" | {ao:.1f} / {an:.1f} | {bound} |")
     return "\n".join(rows)
 
 
