@@ -61,9 +61,12 @@ KUBE_ROUTER=tfe-kind/kube-router:$KUBE_ROUTER_VERSION
 LP_PROV=$(sed -n 's/^const storageProvisionerImage = "\(.*\)"/\1/p' "$KINDSRC/pkg/build/nodeimage/const_storage.go")
 LP_HELPER=$(sed -n 's/^const storageHelperImage = "\(.*\)"/\1/p' "$KINDSRC/pkg/build/nodeimage/const_storage.go")
 IMG=$W/images-$K8S_VERSION; mkdir -p "$IMG"
-stamp=$( (sha256sum "$NODE_TAR" "$NET_TAR" "$HERE"/node/* "$HERE/build.sh" "$HERE/versions.sh" "$0" \
-          "$KBIN"/* "$("$HERE/build.sh" path)"/* /usr/bin/etcd | awk '{print $1}'; echo "$LP_PROV $LP_HELPER") \
-        | sha256sum | cut -c1-16)
+stamp_inputs=()  # files only: the tools directory also holds cert-manager's build directory
+for f in "$NODE_TAR" "$NET_TAR" "$HERE"/node/* "$HERE/build.sh" "$HERE/versions.sh" "$0" \
+         "$KBIN"/* "$("$HERE/build.sh" path)"/* /usr/bin/etcd; do
+  [ -f "$f" ] && stamp_inputs+=("$f")
+done
+stamp=$( (sha256sum "${stamp_inputs[@]}" | awk '{print $1}'; echo "$LP_PROV $LP_HELPER") | sha256sum | cut -c1-16)
 if [ "$(docker image inspect -f '{{index .Config.Labels "tfe.kind.stamp"}}' "$NODE_IMAGE" 2>/dev/null)" = "$stamp" ]; then
   log "$NODE_IMAGE is up to date"; exit 0
 fi
