@@ -626,6 +626,16 @@ def _run(
 
     # The serve Deployment runs the newest valid generation; during a re-share the old one
     # keeps serving (the Deployment rolls only when the new generation is shared).
+    # The model's first share (no generation shared before): the serve pods start beside the
+    # share Job, on the generation it is writing; their coordinator waits until all three workers
+    # hold it, so scheduling, imports and the guards' start overlap the Job. Serving still needs
+    # the Job's success (need_share). A re-share after lost shares keeps the serial order.
+    early_gen = 0
+    first = not new.share_generation
+    if first and serving_gen == 0 and need_share and failure is None and lost is None:
+        sharing = new.sharing
+        if shared_reason == "Sharing" and sharing is not None and sharing.generation:
+            early_gen = sharing.generation
     serve_ready = False
     starting = f"serve deployment starting (generation {serving_gen})"
     if serving_gen > 0:
@@ -645,6 +655,15 @@ def _run(
         serve_ready = coordinator_ready and endpoint_ready and not shares.missing
         if coordinator_ready and not endpoint_ready:
             starting = f"endpoint deployment starting (generation {serving_gen})"
+    elif early_gen > 0:
+        plan.apply.extend(
+            builders.serving_objects(ctx, early_gen, serve_slot(ctx, early_gen, obs))
+        )
+        new = replace(new, endpoint=None)  # nothing answers yet
+        starting = (
+            f"serve deployment starting beside the share Job; it serves generation {early_gen} "
+            "once the Job succeeded"
+        )
     else:
         new = replace(new, endpoint=None)
         if obs.serve is not None:
@@ -661,7 +680,7 @@ def _run(
         )  # fmt: skip
     elif serving_gen > 0 and (shares.missing or lost is not None):
         conds = set_condition(conds, "Serving", False, "SharesMissing", shared_msg, now, g)
-    elif serving_gen > 0:
+    elif serving_gen > 0 or early_gen > 0:
         conds = set_condition(conds, "Serving", False, "Starting", starting, now, g)
     else:
         conds = set_condition(conds, "Serving", False, "NotShared", "no shares yet", now, g)

@@ -144,8 +144,8 @@ def test_missing_source_is_pending() -> None:
 
 def test_ready_workers_start_share_job() -> None:
     plan = reconcile_wire(res(), {"phase": "Provisioning"}, Observed(worker_pods=pods(), statefulset=True), NOW)
-    assert kinds(plan) == [*BASE_KINDS, ("Job", "digits-share-g1")]
-    assert plan.apply[-1] == builders.share_job(make_ctx(), 1)
+    assert kinds(plan) == [*BASE_KINDS, ("Job", "digits-share-g1"), *SERVING_KINDS]
+    assert plan.apply[len(BASE_KINDS)] == builders.share_job(make_ctx(), 1)
     assert plan.status["phase"] == "Sharing"
     assert plan.status["sharing"] == {"generation": 1, "modelHash": HASH}
     assert cond(plan, "WorkersReady") == ("True", "AllReady")
@@ -159,8 +159,8 @@ def test_recreated_model_on_retained_volumes_shares_above_their_generations() ->
     as generation 1 would overwrite nothing useful and be pruned as the oldest: it must be 4."""
     obs = Observed(worker_pods=pods(), statefulset=True, worker_generations={0: (3, 2), 1: (2,)})
     plan = reconcile_wire(res(), {}, obs, NOW)
-    assert kinds(plan) == [*BASE_KINDS, ("Job", "digits-share-g4")]
-    assert plan.apply[-1] == builders.share_job(make_ctx(), 4)
+    assert kinds(plan) == [*BASE_KINDS, ("Job", "digits-share-g4"), *SERVING_KINDS]
+    assert plan.apply[len(BASE_KINDS)] == builders.share_job(make_ctx(), 4)
     assert plan.status["sharing"] == {"generation": 4, "modelHash": HASH}
     assert plan.events[0].message == "sharing the model as generation 4"
     # and once it succeeded, generation 4 is what the serve Deployment runs
@@ -176,7 +176,7 @@ def test_share_job_running_is_reapplied_idempotently() -> None:
     st = {"phase": "Sharing", "sharing": {"generation": 1, "modelHash": HASH}}
     obs = Observed(worker_pods=pods(), statefulset=True, jobs=(job(1),))
     plan = reconcile_wire(res(), st, obs, NOW)
-    assert kinds(plan)[-1] == ("Job", "digits-share-g1")
+    assert kinds(plan) == [*BASE_KINDS, ("Job", "digits-share-g1"), *SERVING_KINDS]
     assert plan.status["phase"] == "Sharing"
     assert plan.events == []
 
@@ -199,6 +199,100 @@ def test_share_success_deploys_serve() -> None:
     assert cond(plan, "Serving") == ("False", "Starting")
     assert plan.share_durations == [("succeeded", 30.0)]
     assert "ModelShared" in [e.reason for e in plan.events]
+
+
+def serve_generation(plan: WirePlan) -> str:
+    dep = next(m for m in plan.apply if m["kind"] == "Deployment" and m["metadata"]["name"] == "digits-serve")
+    return str(dep["spec"]["template"]["metadata"]["labels"]["tfe.dev/share-generation"])
+
+
+EARLY = ("serve deployment starting beside the share Job; it serves generation 1 once the Job succeeded")
+
+
+def test_first_share_starts_serve_beside_the_share_job() -> None:
+    """A model's first share: the serve Deployment and the endpoint start with the share Job, on
+    the generation it writes (their coordinator waits for it), but nothing is Serving, Ready,
+    ModelShared or advertised as an endpoint until the Job succeeded and the serve pod is ready."""
+    ctx = make_ctx()
+    obs = Observed(worker_pods=pods(), statefulset=True)
+    first = reconcile_wire(res(), {"phase": "Provisioning"}, obs, NOW)
+    assert first.apply == [*builders.base_objects(ctx), builders.share_job(ctx, 1),
+                           *builders.serving_objects(ctx, 1, 0)]
+    assert first.delete == []
+    assert first.share_durations == [] and first.time_to_serving is None
+    assert [(e.reason, e.message) for e in first.events] == [
+        ("ShareStarted", "sharing the model as generation 1"), ("Sharing", "share job digits-share-g1 running")]
+    st = first.status
+    assert (st["phase"], st["message"]) == ("Sharing", "share job digits-share-g1 running")
+    assert st["sharing"] == {"generation": 1, "modelHash": HASH}
+    assert "endpoint" not in st and st["shareGeneration"] == 0 and "sharesStored" not in st
+    assert [(c["type"], c["status"], c["reason"], c["message"]) for c in st["conditions"]] == [
+        ("WorkersReady", "True", "AllReady", "3/3 workers ready"),
+        ("ModelShared", "False", "Sharing", "share job digits-share-g1 running"),
+        ("Serving", "False", "Starting", EARLY),
+        ("Ready", "False", "Sharing", "share job digits-share-g1 running"),
+    ]
+
+    # The Job runs; the serve pod is up and even (hypothetically) ready: still not Serving.
+    ready_serve = dataclasses.replace(
+        obs, jobs=(job(1),), serve=ServeDeployment(generation=1, ready=True), serve_pods=1, client_service=True,
+        endpoint=EndpointDeployment(ready=True), endpoint_pods=1, relay_service=True,
+        serve_status=ServeStatus(ready=True, requests_served=0, limit_reached=False, share_generation=1))
+    for serve_obs in (dataclasses.replace(obs, jobs=(job(1),), serve=ServeDeployment(generation=1, ready=False),
+                                          serve_pods=1), ready_serve):
+        running = reconcile_wire(res(), st, serve_obs, NOW)
+        assert running.apply == first.apply
+        assert running.delete == [] and running.events == []
+        assert running.status == st
+
+    # The Job succeeded and the serve pod is ready: Serving in the same round, same slot, no roll.
+    done = dataclasses.replace(ready_serve, jobs=(job(1, "succeeded"),))
+    plan = reconcile_wire(res(), st, done, NOW)
+    assert plan.apply == [*builders.base_objects(ctx), *builders.serving_objects(ctx, 1, 0)]
+    assert plan.delete == []
+    assert [e.reason for e in plan.events] == ["ModelShared", "Serving"]
+    assert plan.time_to_serving == 90.0 and plan.share_durations == [("succeeded", 30.0)]
+    s = plan.status
+    assert (s["phase"], s["message"]) == ("Serving", "generation 1 at http://digits.ml.svc:8000")
+    assert (s["shareGeneration"], s["sharesStored"], s["endpoint"]) == (1, True, "http://digits.ml.svc:8000")
+    assert "sharing" not in s
+    assert cond(plan, "ModelShared") == ("True", "Shared")
+    assert cond(plan, "Serving") == ("True", "Serving")
+    assert cond(plan, "Ready") == ("True", "Serving")
+
+    # The Job succeeded but the coordinator is still loading: shared, not yet Serving.
+    loading = dataclasses.replace(done, serve=ServeDeployment(generation=1, ready=False),
+                                  serve_status=ServeStatus(False, 0, False, None))
+    plan = reconcile_wire(res(), st, loading, NOW)
+    assert plan.apply == [*builders.base_objects(ctx), *builders.serving_objects(ctx, 1, 0)]
+    assert plan.status["phase"] == "Provisioning"
+    assert plan.status["message"] == "serve deployment starting (generation 1)"
+    assert cond(plan, "ModelShared") == ("True", "Shared")
+    assert cond(plan, "Ready") == ("False", "Provisioning")
+
+
+def test_first_share_failing_removes_the_early_serve_deployment() -> None:
+    st = reconcile_wire(res(), {"phase": "Provisioning"}, Observed(worker_pods=pods(), statefulset=True), NOW).status
+    obs = Observed(worker_pods=pods(), statefulset=True, serve=ServeDeployment(generation=1, ready=False), serve_pods=1,
+                   endpoint=EndpointDeployment(ready=False), endpoint_pods=1, client_service=True, relay_service=True,
+                   jobs=(job(1, "failed", exit_code=2, message="unsupported layer 'x'"),))
+    plan = reconcile_wire(res(), st, obs, NOW)
+    assert plan.apply == builders.base_objects(make_ctx())
+    assert plan.delete == [Ref("apps/v1", "Deployment", "digits-serve"),
+                           Ref("apps/v1", "Deployment", "digits-endpoint")]
+    assert (plan.status["phase"], plan.status["message"]) == ("Failed", "unsupported layer 'x'")
+    assert cond(plan, "Serving") == ("False", "NotShared")
+    assert "endpoint" not in plan.status
+
+
+def test_resharing_after_lost_shares_keeps_the_serial_order() -> None:
+    """Only a model's first share starts the serve pods early: sharing again after the shares were
+    lost (generation 1 was shared before) creates the serve Deployment once the Job succeeded."""
+    st = {"phase": "Sharing", "shareGeneration": 1, "modelHash": HASH, "sharesStored": False,
+          "sharing": {"generation": 2, "modelHash": HASH}}
+    plan = reconcile_wire(res(), st, Observed(worker_pods=pods(), statefulset=True, jobs=(job(2),)), NOW)
+    assert plan.apply == [*builders.base_objects(make_ctx()), builders.share_job(make_ctx(), 2)]
+    assert cond(plan, "Serving") == ("False", "NotShared")
 
 
 def test_serve_ready_is_serving() -> None:
@@ -293,7 +387,8 @@ def test_model_changed_during_share_abandons_that_generation() -> None:
     plan = reconcile_wire(res(spec3, generation=2), st, obs, NOW)
     assert Ref("batch/v1", "Job", "digits-share-g1") in plan.delete
     assert plan.status["sharing"]["generation"] == 2
-    assert kinds(plan)[-1] == ("Job", "digits-share-g2")
+    assert kinds(plan) == [*BASE_KINDS, ("Job", "digits-share-g2"), *SERVING_KINDS]
+    assert serve_generation(plan) == "2"  # the serve pods started early move to the new generation
 
 
 def test_restart_adopts_existing_job_instead_of_duplicating() -> None:
@@ -519,7 +614,8 @@ EXTERNAL = {
 
 def test_external_workers_share_without_spawning() -> None:
     plan = reconcile_wire(res(EXTERNAL), {}, Observed(public_keys={0: "k0"}), NOW)
-    assert kinds(plan) == [("ConfigMap", "digits-tfe-config"), ("Job", "digits-share-g1")]
+    assert kinds(plan) == [("ConfigMap", "digits-tfe-config"), ("Job", "digits-share-g1"),
+                           ("Deployment", "digits-serve"), ("Service", "digits")]
     assert cond(plan, "WorkersReady") == ("True", "External")
     assert plan.status["workers"][0] == {
         "name": "server0",
