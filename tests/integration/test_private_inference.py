@@ -6,14 +6,16 @@ import json
 import os
 import signal
 import threading
+import time
 
 import numpy as np
 import pytest
-from conftest import http_json
+from conftest import READY_TIMEOUT, http_json, wait_http_ready
 
 from tfe_client import RemoteError, sharing, wire
 from tfe_client.client import seal_request
 from tfe_client.fixedpoint import DEFAULT
+from tfe_worker.local import free_ports
 
 
 def test_private_predictions_agree_with_plaintext(deployment, models, data):
@@ -321,3 +323,36 @@ def test_share_from_url_checks_the_digest(deployment, models):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def _read(path):
+    with open(path, errors="replace") as f:
+        return f.read()
+
+
+def test_serve_started_before_the_share_waits_for_its_generation(deployment, models, data):
+    """The operator starts a model's first serve pod beside its share Job: the coordinator, told to
+    serve generation 1 before any worker holds it, waits without failing and without repeating
+    itself in its log, then serves that generation once the share is complete."""
+    _, x_te, _, _ = data
+    stack = deployment.stack.for_model("early")
+    early = type(deployment)(stack)
+    early.port = free_ports(1)[0]
+    early.serve = stack.start_serve(early.port, ["--max-batch-size", "8", "--buckets", "1,8", "--max-wait-ms", "5",
+                                                 "--generation", "1"])
+    log_path = stack.logs["coordinator-early" if stack.tls else "serve-early"]
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while "waiting for share generation 1 of model early" not in _read(log_path):
+            assert early.serve.poll() is None and time.monotonic() < deadline, "the coordinator never said it waits"
+            time.sleep(0.25)
+        assert http_json(early.port, "GET", "/readyz")[0] == 503
+        assert stack.share(models["mlp"]) == 0
+        wait_http_ready(early.port, early.serve)
+        y = deployment.client(early.url).predict_proba("early", x_te[:8])
+        np.testing.assert_allclose(y, models["mlp_keras"].predict(x_te[:8], verbose=0), atol=2e-2)
+        log = _read(log_path)
+        assert log.count("waiting for share generation 1") == 1
+        assert "WARNING tfe_worker" not in log and "ERROR tfe_worker" not in log, log[-3000:]
+    finally:
+        stack.kill("serve-early", signal.SIGTERM)

@@ -226,6 +226,9 @@ def serve_until_signal(servers: list[Server], apps: list[EndpointApp], stop: thr
         s.stop()
 
 
+NOT_READY_TTL = 0.2  # seconds
+
+
 class RelayBackend:
     """The coordinator's relay API, over one keep-alive connection pool."""
 
@@ -238,6 +241,7 @@ class RelayBackend:
         self._info: wire.ModelInfo | None = None
         self._info_at = -1e9
         self._ready = False
+        self._reachable = True
         self.lock = threading.Lock()
 
     def _call(self, method: str, path: str, body: Any = None, timeout: float | None = None) -> tuple[int, Any]:
@@ -258,7 +262,9 @@ class RelayBackend:
 
     def _refresh(self) -> None:
         now = time.monotonic()
-        if now - self._info_at < self.info_ttl:
+        # Not ready: ask again after NOT_READY_TTL (a coordinator that became ready is seen by the
+        # next probe, not up to info_ttl later); ready: every info_ttl.
+        if now - self._info_at < (self.info_ttl if self._ready else min(self.info_ttl, NOT_READY_TTL)):
             return
         with self.lock:
             self._info_at = now
@@ -267,8 +273,11 @@ class RelayBackend:
                 self._info = wire.ModelInfo.parse(obj) if st == 200 else self._info
                 rst, _ = self._call("GET", "/readyz", timeout=5.0)
                 self._ready = rst == 200
+                self._reachable = True
             except (OSError, urllib3.exceptions.HTTPError, ProtocolError) as e:
-                log.warning("relay unreachable: %s", type(e).__name__)
+                if self._reachable:  # once per outage
+                    log.warning("relay unreachable: %s", type(e).__name__)
+                self._reachable = False
                 self._ready = False
 
     def info(self) -> wire.ModelInfo | None:

@@ -172,7 +172,7 @@ class App:
                     self.before(req, path)
                 return fn(req)
             except HTTPError as e:
-                if e.status >= 500 and e.code != "draining":
+                if e.status >= 500 and e.code not in ("draining", "not_ready"):  # those two: expected states
                     log.warning("%s %s -> %d %s", method, path[:100], e.status, e.code)
                 return e.status, wire.ErrorBody(e.code, e.message)
             except Exception:

@@ -133,6 +133,34 @@ class WorkerPool:
         self.all(one)
 
 
+def process_age() -> float:
+    """Seconds since this process started (from /proc; 0.0 where that is not readable)."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+class Phases:
+    """Durations of a cold start's phases, for one INFO line (names and seconds only)."""
+
+    def __init__(self) -> None:
+        self.t = time.monotonic()
+        self.done: list[tuple[str, float]] = []
+
+    def mark(self, name: str) -> None:
+        now = time.monotonic()
+        self.done.append((name, now - self.t))
+        self.t = now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{n} {d:.2f}" for n, d in self.done)
+
+
 class Engine:
     """TF Encrypted state of one coordinator connection: protocol, private model, graphs."""
 
@@ -144,22 +172,29 @@ class Engine:
         self.calls = 0
         self.prot: Any = None
 
-    def build(self) -> None:
+    def build(self, phases: Phases | None = None) -> None:
+        phases = phases or Phases()
         import tensorflow as tf
 
         from tfe_worker import runtime
 
+        phases.mark("import TF")
         m = self.manifest
         prefix = f"models/{m.name}/{m.generation}"
         self.prot = prot = runtime.connect(self.config, self.coordinator, self.protocol)
+        phases.mark("connect")
         raw = m.to_json()
         model = runtime.build_model(raw, max(self.buckets))
         runtime.load_weights(prot, model, raw, prefix)
+        phases.mark("load shares")
         feat = list(m.input_shape)
         self.calls = 0
 
         def make(bucket: int) -> Any:
-            @tf.function(input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int64)])  # type: ignore[untyped-decorator]
+            # autograph=False: TF Encrypted's Python branches on Python values only, and AutoGraph
+            # would convert every TF Encrypted function the trace calls (seconds of each cold start).
+            @tf.function(input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int64)],  # type: ignore[untyped-decorator]
+                         autograph=False)
             def run(batch_id: Any, call: Any) -> Any:
                 prot._call = call  # fresh masks for this call (FreshABY3)
                 try:
@@ -173,6 +208,10 @@ class Engine:
             return run
 
         self.fns = {b: make(b) for b in self.buckets}
+
+    def trace(self, bucket: int) -> None:
+        """Trace a bucket's graph now (its first call still instantiates it on the players)."""
+        self.fns[bucket].get_concrete_function()
 
     def traced(self, bucket: int) -> bool:
         return bool(self.fns[bucket].experimental_get_tracing_count())
@@ -287,10 +326,15 @@ class Coordinator:
         """(Re)build the private model from the workers' shares and warm up every bucket."""
         self.is_ready = False
         self.m_ready.set(0)
+        phases = Phases()
         workers.wait_ready(self.config, self.opts.ready_timeout, self.stop)
+        phases.mark("workers ready")
         gen = self.opts.generation
         if gen is None:
             gen = workers.latest_generation(self.config, self.name)
+        else:
+            self._wait_generation(gen)
+            phases.mark("generation on the workers")
         try:
             man = workers.manifest_msg(self.config, self.name, gen)
         except workers.HTTPStatusError as e:
@@ -305,28 +349,49 @@ class Coordinator:
             self.stop.set()
             raise ValueError(self.fatal)
         keys = workers.public_keys(self.config)
+        phases.mark("manifest and keys")
         self.manifest = man
         self._info = wire.ModelInfo(self.name, self.opts.protocol, man.generation, man.input_shape,
                                     man.output_shape, man.postprocess, man.fixed_point, self.opts.batch.max_batch,
                                     tuple(keys), man.model_digest)
         t0 = time.monotonic()
         eng = Engine(self.config, self.opts.coordinator, man, self.opts.protocol, self.buckets)
-        eng.build()
+        eng.build(phases)
         self.engine = eng
         built = time.monotonic() - t0
         warm = list(self.buckets) if self.opts.warm_all else list(self.buckets[:1])
         for b in warm:
+            eng.trace(b)
+            phases.mark(f"trace {b}")
             self._warmup(b)
+            phases.mark(f"first call {b}")
         self._load_served()  # after the warm-up: includes what a previous coordinator served meanwhile
+        phases.mark("served count")
         self.m_gen.set(gen)
         log.info("model %s generation %d loaded from worker shares; bucket(s) %s warm in %.1fs (connect and load "
                  "%.1fs)", self.name, gen, warm, time.monotonic() - t0, built)
+        log.info("ready %.2fs after process start; phases (s): %s", process_age(), phases)
         self.gone = None
         self.is_ready = True
         self.m_ready.set(1)
         cold = [b for b in self.buckets if b not in warm]
         if cold:
             threading.Thread(target=self._warm_rest, args=(eng, cold), name="warm-buckets", daemon=True).start()
+
+    def _wait_generation(self, gen: int) -> None:
+        """Wait, quietly, until all three players hold the generation to serve: the operator
+        starts the serve pods of a model's first share beside its share Job. A generation that
+        went away (docs/recovery.md) is waited for the same way (requests keep getting 503
+        not_ready meanwhile) until the operator rolls this Deployment to the new one."""
+        def waiting(missing: list[str]) -> None:
+            log.info("waiting for share generation %d of model %s: not (yet) complete on %s", gen, self.name,
+                     ", ".join(missing))
+
+        t0 = time.monotonic()
+        workers.wait_generation(self.config, self.name, gen, self.opts.ready_timeout, self.stop, waiting)
+        if time.monotonic() - t0 > 1.0:
+            log.info("share generation %d of model %s is on all three workers (waited %.1fs)", gen, self.name,
+                     time.monotonic() - t0)
 
     def _warm_rest(self, eng: Engine, cold: list[int]) -> None:
         """Warm the larger buckets once ready, one at a time between batches. A batch that needs a
@@ -623,6 +688,16 @@ def _short(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[-1][:200] if lines else ''}"
 
 
+def _import_tf() -> None:
+    t0 = time.monotonic()
+    try:
+        from tfe_worker import runtime  # noqa: F401 - TF and TF Encrypted
+    except Exception as e:  # noqa: BLE001 - the connect that needs them reports it
+        log.warning("importing TF in the background failed: %s", _short(e))
+        return
+    log.info("TF and TF Encrypted imported in %.2fs (in the background)", time.monotonic() - t0)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="tfe-worker serve")
     p.add_argument("--config", required=True)
@@ -661,6 +736,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metrics-port", type=int, default=None,
                    help="also serve /metrics on this port (all interfaces), and not on the client port")
     a = p.parse_args(argv)
+    log.info("serve process up %.2fs after its start (interpreter and imports)", process_age())
+    # TF and TF Encrypted load while the HTTP servers start and the workers (or the generation
+    # being shared) are waited for; the first connect finds them imported.
+    threading.Thread(target=_import_tf, name="import-tf", daemon=True).start()
     if not 1 <= a.max_batch_size <= wire.MAX_BUCKET or (a.max_requests is not None and a.max_requests < 1):
         p.error(f"--max-batch-size must lie in 1..{wire.MAX_BUCKET} and --max-requests be >= 1")
     try:

@@ -10,6 +10,7 @@ import http.client
 import json
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from tfe_client import wire
@@ -86,6 +87,41 @@ def latest_generation(config: Config, model: str) -> int:
     if not common:
         raise LookupError(f"no complete share generation of model {model} on all three workers")
     return max(common)
+
+
+def lacking(config: Config, model: str, generation: int) -> list[str]:
+    """Names of players that do not hold `generation` of `model` completely now (or do not answer)."""
+    bad = []
+    for p in config.players:
+        try:
+            held = wire.GenerationsResponse.parse(get_json(p.http, f"/v1/models/{model}/generations")).generations
+        except (OSError, ValueError, http.client.HTTPException, ProtocolError):
+            held = ()
+        if generation not in held:
+            bad.append(p.name)
+    return bad
+
+
+def wait_generation(config: Config, model: str, generation: int, timeout: float,
+                    stop: threading.Event | None = None,
+                    waiting: Callable[[list[str]], None] | None = None, poll: float = 1.0) -> None:
+    """Block until all three players hold `generation` completely (a share Job may still be
+    writing it), or raise TimeoutError naming the ones that lack it. `waiting(names)` is called
+    once, when the first look finds it missing."""
+    deadline = time.monotonic() + timeout
+    stop = stop or threading.Event()
+    first = True
+    while True:
+        bad = lacking(config, model, generation)
+        if not bad:
+            return
+        if first and waiting is not None:
+            waiting(bad)
+        first = False
+        if time.monotonic() > deadline or stop.is_set():
+            raise TimeoutError(f"share generation {generation} of {model} not on {', '.join(bad)} "
+                               f"after {timeout:.0f}s")
+        stop.wait(poll)
 
 
 def manifest_msg(config: Config, model: str, generation: int) -> wire.Manifest:
