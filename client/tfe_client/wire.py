@@ -77,7 +77,7 @@ ERRORS: dict[str, tuple[int, str]] = {
     "not_implemented": (501, "an HTTP feature the server does not implement"),
     "worker_refused": (502, "a worker refused a batch the coordinator built (coordinator/worker mismatch)"),
     "limit_reached": (503, "`maxRequests` served"),
-    "not_ready": (503, "still loading"),
+    "not_ready": (503, "still loading, or (endpoint process) its coordinator is being replaced"),
     "workers_unavailable": (503, "workers failed the request 3 times (transport or TF errors)"),
     "overloaded": (503, "the queue is full; retry later"),
     "draining": (503, "the endpoint is shutting down; in-flight requests still get their answers"),

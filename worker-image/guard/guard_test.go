@@ -422,6 +422,23 @@ func TestHTTPInbound(t *testing.T) {
 	}
 	waitLog(t, logs, "refused request", "identity=operator", "method=POST", "path=/v1/public-key")
 
+	// A backend that is gone: 502 bad_gateway, and the kept-alive connection is closed with it.
+	gone, _ := net.Listen("tcp", "127.0.0.1:0")
+	goneAddr := gone.Addr().String()
+	gone.Close()
+	g2, _ := startGuard(t, Config{Identity: "server0", CA: ca.path, Cert: own.cert, Key: own.key,
+		Inbound: []Inbound{{Kind: "http", Listen: "tcp:127.0.0.1:0", Backend: goneAddr,
+			Rules: []Rule{{Identities: []string{"coordinator"}, Methods: []string{"*"}, Paths: []string{"/v1/"}}}}}})
+	resp, err := coord.Post("https://"+g2.addr(0)+"/v1/predict", "application/json", strings.NewReader("{}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 502 || !strings.Contains(string(b), "bad_gateway") || !resp.Close {
+		t.Fatalf("backend gone: want 502 bad_gateway and Connection: close, got %d close=%v %q", resp.StatusCode, resp.Close, b)
+	}
+
 	// Without a client certificate, nothing is served.
 	noCert := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: clientTLSFor(t, ca, nil, "server0")}}
 	if resp, err := noCert.Get(base + "/v1/public-key"); err == nil {

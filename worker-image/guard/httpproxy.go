@@ -61,6 +61,10 @@ func newHTTPInbound(cfg *Loaded, in Inbound) *httpInbound {
 		FlushInterval: -1, // stream bodies as they come
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			slog.Warn("backend error", "listener", h.name, "method", r.Method, "path", r.URL.Path, "error", err)
+			// The backend is gone (e.g. a pod terminating after its main container exited): the
+			// caller's kept-alive connection leads nowhere useful, so it ends with this answer and
+			// the caller's next connection can reach a live replica.
+			w.Header().Set("Connection", "close")
 			writeJSONError(w, http.StatusBadGateway, "bad_gateway", "tfe-guard: backend unavailable")
 		},
 		ErrorLog: log.New(slogWriter{}, "", 0),

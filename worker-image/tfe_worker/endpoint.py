@@ -227,22 +227,48 @@ def serve_until_signal(servers: list[Server], apps: list[EndpointApp], stop: thr
 
 
 NOT_READY_TTL = 0.2  # seconds
+# A coordinator being replaced (rolling update, pod deleted) answers new predictions 503
+# `draining`, then its guard 502 `bad_gateway` until the pod is gone; neither ran the request.
+# The kept-alive connections still lead to that pod, so the relay opens new ones (the Service
+# picks a ready coordinator) and tries again after these pauses, then answers 503 `not_ready`.
+RELAY_RETRY_PAUSES = (0.05, 0.2, 0.5, 1.0, 1.5)  # seconds, 3.25 in all
+_STALE = {(503, "draining"), (502, "bad_gateway")}
+
+
+def _error_code(obj: Any) -> str | None:
+    err = obj.get("error") if isinstance(obj, dict) else None
+    code = err.get("code") if isinstance(err, dict) else None
+    return code if isinstance(code, str) else None
 
 
 class RelayBackend:
     """The coordinator's relay API, over one keep-alive connection pool."""
 
     def __init__(self, relay: str, name: str, timeout: float = 135.0, info_ttl: float = 2.0) -> None:
-        host, port = split_hostport(relay)
+        self.relay, self.timeout = split_hostport(relay), timeout
         self.name = name
-        self.pool = urllib3.HTTPConnectionPool(host, port, maxsize=64, block=False, retries=False,
-                                               timeout=urllib3.Timeout(connect=5.0, read=timeout))
+        self.pool = self._new_pool()
+        self.pauses: tuple[float, ...] = RELAY_RETRY_PAUSES
         self.info_ttl = info_ttl
         self._info: wire.ModelInfo | None = None
         self._info_at = -1e9
         self._ready = False
         self._reachable = True
         self.lock = threading.Lock()
+
+    def _new_pool(self) -> urllib3.HTTPConnectionPool:
+        host, port = self.relay
+        return urllib3.HTTPConnectionPool(host, port, maxsize=64, block=False, retries=False,
+                                          timeout=urllib3.Timeout(connect=5.0, read=self.timeout))
+
+    def _renew_pool(self, stale: urllib3.HTTPConnectionPool) -> None:
+        """New connections from now on (the idle ones lead to a coordinator that is going away);
+        requests still running on the old pool finish there and their connections are closed."""
+        with self.lock:
+            if self.pool is not stale:  # another request renewed it already
+                return
+            self.pool = self._new_pool()
+        stale.close()
 
     def _call(self, method: str, path: str, body: Any = None, timeout: float | None = None) -> tuple[int, Any]:
         data = json.dumps(body.to_json(), separators=(",", ":")).encode() if body is not None else None
@@ -298,11 +324,31 @@ class RelayBackend:
         return wire.Status(False, self.name, 0, None, False, None, False)
 
     def predict(self, req: wire.PredictRequest, gone: Callable[[], bool]) -> tuple[int, Any]:
-        try:
-            st, obj = self._call("POST", f"/v1/models/{self.name}:predict", req)
-        except (OSError, urllib3.exceptions.HTTPError) as e:
-            return 503, wire.ErrorBody("coordinator_unavailable",
-                                       f"the coordinator did not answer ({type(e).__name__})")
+        pause = threading.Event()
+        for left in range(len(self.pauses), -1, -1):
+            pool = self.pool
+            try:
+                st, obj = self._call("POST", f"/v1/models/{self.name}:predict", req)
+            except (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError,
+                    urllib3.exceptions.ClosedPoolError) as e:
+                # never delivered: no coordinator behind the relay address right now (or the pool
+                # was renewed under this request)
+                answer = 503, wire.ErrorBody("coordinator_unavailable",
+                                             f"the coordinator did not answer ({type(e).__name__})")
+            except (OSError, urllib3.exceptions.HTTPError) as e:  # maybe delivered: not retried
+                return 503, wire.ErrorBody("coordinator_unavailable",
+                                           f"the coordinator did not answer ({type(e).__name__})")
+            else:
+                if (st, _error_code(obj)) not in _STALE:
+                    return self._relayed(st, obj)
+                answer = 503, wire.ErrorBody("not_ready", "the coordinator is being replaced; retry")
+            if not left or gone():
+                return answer
+            self._renew_pool(pool)
+            pause.wait(self.pauses[len(self.pauses) - left])
+        raise AssertionError("unreachable")
+
+    def _relayed(self, st: int, obj: Any) -> tuple[int, Any]:
         try:
             if st == 200:
                 return 200, wire.PredictResponse.parse(obj)
