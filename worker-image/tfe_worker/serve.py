@@ -229,7 +229,9 @@ def max_ingress_body(max_batch: int, feature_shape: tuple[int, ...]) -> int:
     return max_batch * ((per_row + 2) // 3 * 4 + 400) + 1024
 
 
-PIPELINE_DEFAULT = True
+# off: measured with make bench --pipeline-compare on 2 shared cores, three batches in flight gave fewer
+# predictions/s than one at a time (README, Performance)
+PIPELINE_DEFAULT = False
 
 
 @dataclass
