@@ -28,16 +28,24 @@ def role(argv: Sequence[str]) -> str:
     return "other"
 
 
-def _stat(pid: int) -> tuple[int, float] | None:
-    """(parent pid, CPU seconds of user + system) of a live process, None if it is gone."""
+def stat_fields(pid: int | str) -> list[str] | None:
+    """The fields of /proc/PID/stat after "pid (comm)" (comm may hold spaces): index 0 is the
+    state, 1 the parent pid, 11/12 user/system ticks, 19 the start time in ticks after boot.
+    None if the process is gone."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
             raw = f.read()
     except OSError:
         return None
-    fields = raw[raw.rindex(")") + 2:].split()  # after "pid (comm) "; comm may hold spaces
-    ticks = os.sysconf("SC_CLK_TCK")
-    return int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks
+    return raw[raw.rindex(")") + 2:].split()
+
+
+def _stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds of user + system) of a live process, None if it is gone."""
+    fields = stat_fields(pid)
+    if fields is None:
+        return None
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _argv(pid: int) -> list[str]:

@@ -235,6 +235,10 @@ RELAY_RETRY_PAUSES = (0.05, 0.2, 0.5, 1.0, 1.5)  # seconds, 3.25 in all
 _STALE = {(503, "draining"), (502, "bad_gateway")}
 
 
+def _unavailable(e: BaseException) -> tuple[int, wire.ErrorBody]:
+    return 503, wire.ErrorBody("coordinator_unavailable", f"the coordinator did not answer ({type(e).__name__})")
+
+
 def _error_code(obj: Any) -> str | None:
     err = obj.get("error") if isinstance(obj, dict) else None
     code = err.get("code") if isinstance(err, dict) else None
@@ -325,7 +329,7 @@ class RelayBackend:
 
     def predict(self, req: wire.PredictRequest, gone: Callable[[], bool]) -> tuple[int, Any]:
         pause = threading.Event()
-        for left in range(len(self.pauses), -1, -1):
+        for wait_s in (*self.pauses, None):
             pool = self.pool
             try:
                 st, obj = self._call("POST", f"/v1/models/{self.name}:predict", req)
@@ -333,19 +337,17 @@ class RelayBackend:
                     urllib3.exceptions.ClosedPoolError) as e:
                 # never delivered: no coordinator behind the relay address right now (or the pool
                 # was renewed under this request)
-                answer = 503, wire.ErrorBody("coordinator_unavailable",
-                                             f"the coordinator did not answer ({type(e).__name__})")
+                answer = _unavailable(e)
             except (OSError, urllib3.exceptions.HTTPError) as e:  # maybe delivered: not retried
-                return 503, wire.ErrorBody("coordinator_unavailable",
-                                           f"the coordinator did not answer ({type(e).__name__})")
+                return _unavailable(e)
             else:
                 if (st, _error_code(obj)) not in _STALE:
                     return self._relayed(st, obj)
                 answer = 503, wire.ErrorBody("not_ready", "the coordinator is being replaced; retry")
-            if not left or gone():
+            if wait_s is None or gone():
                 return answer
             self._renew_pool(pool)
-            pause.wait(self.pauses[len(self.pauses) - left])
+            pause.wait(wait_s)
         raise AssertionError("unreachable")
 
     def _relayed(self, st: int, obj: Any) -> tuple[int, Any]:

@@ -50,7 +50,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from tfe_client import wire
 from tfe_client.client import seal_request
 from tfe_client.errors import ProtocolError
-from tfe_worker import workers
+from tfe_worker import cpu, workers
 from tfe_worker.batcher import Batch, Batcher, BatcherOptions, Rejected, Ticket
 from tfe_worker.config import Config
 from tfe_worker.endpoint import EndpointApp, EndpointOptions, ServeMetrics, read_token
@@ -135,9 +135,11 @@ class WorkerPool:
 
 def process_age() -> float:
     """Seconds since this process started (from /proc; 0.0 where that is not readable)."""
+    fields = cpu.stat_fields("self")
     try:
-        with open("/proc/self/stat") as f:
-            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        if fields is None:
+            return 0.0
+        start_ticks = int(fields[19])
         with open("/proc/uptime") as f:
             uptime = float(f.read().split()[0])
         return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))

@@ -56,17 +56,30 @@ def not_ready(config: Config) -> list[str]:
     return bad
 
 
-def wait_ready(config: Config, timeout: float, stop: threading.Event | None = None) -> None:
-    """Block until all three players are ready, or raise TimeoutError naming the missing ones."""
+def _wait_until_none_lack(lacking_now: Callable[[], list[str]], timeout: float, stop: threading.Event | None,
+                          poll: float, message: Callable[[str], str],
+                          waiting: Callable[[list[str]], None] | None = None) -> None:
+    """Poll until `lacking_now()` names no player, or raise TimeoutError naming the ones it
+    still names (`message(names)`). `waiting(names)` is called once, when the first look finds some."""
     deadline = time.monotonic() + timeout
     stop = stop or threading.Event()
+    first = True
     while True:
-        bad = not_ready(config)
+        bad = lacking_now()
         if not bad:
             return
+        if first and waiting is not None:
+            waiting(bad)
+        first = False
         if time.monotonic() > deadline or stop.is_set():
-            raise TimeoutError(f"workers not ready after {timeout:.0f}s: {', '.join(bad)}")
-        stop.wait(0.5)
+            raise TimeoutError(message(", ".join(bad)))
+        stop.wait(poll)
+
+
+def wait_ready(config: Config, timeout: float, stop: threading.Event | None = None) -> None:
+    """Block until all three players are ready, or raise TimeoutError naming the missing ones."""
+    _wait_until_none_lack(lambda: not_ready(config), timeout, stop, 0.5,
+                          lambda names: f"workers not ready after {timeout:.0f}s: {names}")
 
 
 def public_keys(config: Config) -> list[bytes]:
@@ -108,20 +121,9 @@ def wait_generation(config: Config, model: str, generation: int, timeout: float,
     """Block until all three players hold `generation` completely (a share Job may still be
     writing it), or raise TimeoutError naming the ones that lack it. `waiting(names)` is called
     once, when the first look finds it missing."""
-    deadline = time.monotonic() + timeout
-    stop = stop or threading.Event()
-    first = True
-    while True:
-        bad = lacking(config, model, generation)
-        if not bad:
-            return
-        if first and waiting is not None:
-            waiting(bad)
-        first = False
-        if time.monotonic() > deadline or stop.is_set():
-            raise TimeoutError(f"share generation {generation} of {model} not on {', '.join(bad)} "
-                               f"after {timeout:.0f}s")
-        stop.wait(poll)
+    _wait_until_none_lack(lambda: lacking(config, model, generation), timeout, stop, poll,
+                          lambda names: f"share generation {generation} of {model} not on {names} after {timeout:.0f}s",
+                          waiting)
 
 
 def manifest_msg(config: Config, model: str, generation: int) -> wire.Manifest:
