@@ -100,15 +100,14 @@ def delete_pods(ns: str, *names: str, timeout: float = 180) -> None:
     Not ``kubectl delete --wait``: for pods a controller recreates under the same name it was seen
     to keep waiting after the old pods were long gone (CI: two StatefulSet pods, 120 s timeout,
     the replacements Running 2 s after the delete)."""
-    old = {n: ((get_json("pod", n, "-n", ns) or {}).get("metadata") or {}).get("uid") for n in names}
+    def uid(name: str) -> str | None:
+        return ((get_json("pod", name, "-n", ns) or {}).get("metadata") or {}).get("uid")
+
+    old = {n: uid(n) for n in names}
     kubectl("delete", "pod", *names, "-n", ns, "--wait=false", "--ignore-not-found")
 
     def gone() -> bool:
-        for n, uid in old.items():
-            now = ((get_json("pod", n, "-n", ns) or {}).get("metadata") or {}).get("uid")
-            if uid is not None and now == uid:
-                return False
-        return True
+        return all(was is None or uid(n) != was for n, was in old.items())
 
     wait_for(f"pods {', '.join(names)} deleted", gone, timeout)
 
