@@ -11,6 +11,7 @@ import json
 import logging
 import ssl
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -78,7 +79,9 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     kopf.on.login(registry=registry)(kopf.login_via_client)
     kopf.on.startup(registry=registry)(configure)
     kopf.on.probe(id="encryptedModels", registry=registry)(probe_models)
-    kopf.timer(*resource, interval=runtime.settings.resync_seconds, registry=registry)(resync)
+    s = runtime.settings
+    tick = min(s.busy_resync_seconds, s.resync_seconds)
+    kopf.timer(*resource, interval=tick, registry=registry)(resync)
     kopf.on.create(*resource, registry=registry)(changed)
     kopf.on.update(*resource, registry=registry)(changed)
     kopf.on.event(*resource, registry=registry)(forget_deleted)
@@ -106,6 +109,18 @@ def probe_models(**_: Any) -> int:
     return sum(metrics.PHASES.counts().values())
 
 
+STEADY_PHASES = frozenset({"Serving", "Stopped", "Failed"})
+
+
+def resync_due(phase: object, last: float | None, now: float, settings: Settings) -> bool:
+    """Whether the timer's tick reads the model now: a model on its way (phase not steady) at
+    every tick (busy_resync_seconds), a steady one once resync_seconds passed since it was last
+    read (``last``: monotonic seconds, None if never by this process)."""
+    if phase not in STEADY_PHASES or last is None:
+        return True
+    return now - last >= settings.resync_seconds - 0.05  # a tick may come a little early
+
+
 def resync(
     body: kopf.Body,
     meta: kopf.Meta,
@@ -115,7 +130,12 @@ def resync(
     memo: kopf.Memo,
     **_: Any,
 ) -> None:
-    _reconcile(body, meta, spec, status, patch, memo)
+    last = memo.get("last_read")
+    remembered = memo.get("status")
+    phase = remembered.phase if isinstance(remembered, Status) else status.get("phase")
+    last_read = last if isinstance(last, float) else None
+    if resync_due(phase, last_read, time.monotonic(), RUNTIME.settings):
+        _reconcile(body, meta, spec, status, patch, memo)
 
 
 def changed(
@@ -157,6 +177,7 @@ def _reconcile(
     if meta.get("deletionTimestamp"):
         return
     with RUNTIME.lock(uid):
+        memo["last_read"] = time.monotonic()
         body_status = dict(status)
         # If the object has not changed since this process last read it, its own status
         # patch is not visible yet: continue from what it wrote. Any change (our patch

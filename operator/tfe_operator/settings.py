@@ -62,6 +62,9 @@ class Settings:
     image_pull_secrets: tuple[str, ...] = ()
     # How often each EncryptedModel's observed state is read (seconds).
     resync_seconds: float = 5.0
+    # How often while a model is on its way (not Serving, Stopped or Failed): each step of a
+    # start (workers ready -> share Job -> serve ready) waits at most this long to be noticed.
+    busy_resync_seconds: float = 1.0
     # Share Job: retries for transient errors and a deadline.
     share_backoff_limit: int = 3
     share_deadline_seconds: int = 3600
@@ -118,6 +121,7 @@ class Settings:
             image_pull_policy=get("IMAGE_PULL_POLICY") or d.image_pull_policy,
             image_pull_secrets=_parse_list(get("IMAGE_PULL_SECRETS") or ""),
             resync_seconds=num("RESYNC_SECONDS", d.resync_seconds),
+            busy_resync_seconds=num("BUSY_RESYNC_SECONDS", d.busy_resync_seconds),
             share_backoff_limit=integer("SHARE_BACKOFF_LIMIT", d.share_backoff_limit),
             share_deadline_seconds=integer("SHARE_DEADLINE_SECONDS", d.share_deadline_seconds),
             http_mode=mode,  # type: ignore[arg-type]  # checked above

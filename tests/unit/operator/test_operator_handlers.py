@@ -355,15 +355,49 @@ def test_the_registry_is_built_from_the_settings_passed_in() -> None:
     timer's interval is the settings' resync, not the environment's."""
     import dataclasses as dc
 
-    registry = handlers.build_registry(handlers.Runtime(settings=dc.replace(Settings(), resync_seconds=7.5)))
+    registry = handlers.build_registry(handlers.Runtime(settings=dc.replace(Settings(), resync_seconds=7.5,
+                                                                            busy_resync_seconds=0.5)))
     timers = [h for h in registry._spawning.get_all_handlers() if getattr(h, "interval", None) is not None]
-    assert [t.interval for t in timers] == [7.5]
+    assert [t.interval for t in timers] == [0.5]  # ticks at the busy interval; steady models skip ticks
+    registry = handlers.build_registry(handlers.Runtime(settings=dc.replace(Settings(), resync_seconds=0.2)))
+    timers = [h for h in registry._spawning.get_all_handlers() if getattr(h, "interval", None) is not None]
+    assert [t.interval for t in timers] == [0.2]
     changing = {str(h.id).split("/")[0] for h in registry._changing.get_all_handlers()}
     watching = {str(h.id).split("/")[0] for h in registry._watching.get_all_handlers()}
     assert "changed" in changing and "forget_deleted" in watching
     assert [h.fn for h in registry._activities.get_all_handlers() if "login" in str(h.id)] == [kopf.login_via_client]
     ours = [h for h in kopf.get_default_registry()._changing.get_all_handlers() if "tfe_operator" in repr(h.fn)]
     assert ours == []
+
+
+def test_a_model_on_its_way_is_read_every_tick_a_steady_one_every_resync_seconds() -> None:
+    s = Settings()
+    assert (s.resync_seconds, s.busy_resync_seconds) == (5.0, 1.0)
+    for phase in ("Pending", "Provisioning", "Sharing", "ShuttingDown", None):
+        assert handlers.resync_due(phase, 100.0, 100.9, s)
+    for phase in ("Serving", "Stopped", "Failed"):
+        assert handlers.resync_due(phase, None, 100.0, s)  # never read by this process (e.g. restarted)
+        assert not handlers.resync_due(phase, 100.0, 101.0, s)
+        assert not handlers.resync_due(phase, 100.0, 104.0, s)
+        assert handlers.resync_due(phase, 100.0, 104.98, s)  # the tick that completes 5 s (ticks drift)
+        assert handlers.resync_due(phase, 100.0, 106.0, s)
+
+
+def test_the_resync_tick_skips_a_steady_model_read_recently(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The timer handler itself: a Serving model read 1 s ago is not read again; a Sharing one is."""
+    import time as _time
+
+    calls: list[str] = []
+    monkeypatch.setattr(handlers, "_reconcile", lambda body, meta, *a: calls.append(str(meta["name"])))
+    runtime = handlers.Runtime(settings=Settings())
+    handlers.build_registry(runtime)
+    now = _time.monotonic()
+    for name, phase in (("serving", "Serving"), ("sharing", "Sharing")):
+        memo = kopf.Memo(last_read=now - 1.0)
+        handlers.resync(body=kopf.Body({}), meta=kopf.Meta(kopf.Body({"metadata": {"name": name}})),
+                        spec=kopf.Spec(kopf.Body({})), status=kopf.Status(kopf.Body({"status": {"phase": phase}})),
+                        patch=kopf.Patch(), memo=memo)
+    assert calls == ["sharing"]
 
 
 def test_a_deleted_models_lock_is_forgotten() -> None:

@@ -32,6 +32,7 @@ def test_from_env() -> None:
             "TFE_OPERATOR_NAMESPACES": "a, b,",
             "TFE_OPERATOR_WORKER_IMAGE": "w:2",
             "TFE_OPERATOR_RESYNC_SECONDS": "1.5",
+            "TFE_OPERATOR_BUSY_RESYNC_SECONDS": "0.5",
             "TFE_OPERATOR_HTTP_MODE": "proxy",
             "TFE_OPERATOR_POD_LABELS": "app=op, tier=ctl",
             "TFE_OPERATOR_METRICS_PORT": "9100",
@@ -41,7 +42,7 @@ def test_from_env() -> None:
     )
     assert s.namespaces == ("a", "b")
     assert s.worker_image == "w:2"
-    assert s.resync_seconds == 1.5
+    assert s.resync_seconds == 1.5 and s.busy_resync_seconds == 0.5
     assert s.http_mode == "proxy"
     assert s.operator_pod_labels == {"app": "op", "tier": "ctl"}
     assert s.metrics_port == 9100
