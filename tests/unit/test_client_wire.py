@@ -1,16 +1,19 @@
 """Encryption and the v1 wire format: what goes on the wire, and every malformed message."""
 
 import base64
+import binascii
 import copy
 import json
 from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tfe_client import sharing, wire
 from tfe_client.client import seal_request
-from tfe_client.crypto import ClientSession, Sealed, WorkerKey, b64e
+from tfe_client.crypto import ClientSession, Sealed, WorkerKey, b64d, b64e
 from tfe_client.errors import ProtocolError
 from tfe_client.fixedpoint import DEFAULT
 
@@ -263,3 +266,42 @@ def test_the_guard_serves_refusals_where_the_mesh_rules_say() -> None:
     stats = (pathlib.Path(__file__).parents[2] / "worker-image" / "guard" / "stats.go").read_text()
     assert f'const StatsPath = "{mesh.STATS_PATH}"' in stats
     assert mesh.STATS_PATH in mesh.http_rules("server0")[-1]["paths"]  # the operator's rule
+
+
+# -- b64d: strict base64, same verdicts and bytes as base64.b64decode(validate=True) ---------------
+_B64_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
+
+
+def _stdlib_b64(s: str) -> bytes | None:
+    try:
+        return base64.b64decode(s.encode("ascii"), validate=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        return None
+
+
+def _ours(s: str) -> bytes | None:
+    try:
+        return b64d(s, "x")
+    except ProtocolError:
+        return None
+
+
+def _with_insert(t: tuple[bytes, str, int]) -> str:
+    e = base64.b64encode(t[0]).decode()
+    return e[:t[2]] + t[1] + e[t[2]:]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(
+    st.text(alphabet=_B64_CHARS + " \n-_.\x00\u00e9", max_size=40),
+    st.binary(max_size=30).map(lambda b: base64.b64encode(b).decode()),
+    st.tuples(st.binary(max_size=30), st.text(alphabet="= \n-_", min_size=1, max_size=4),
+              st.integers(0, 40)).map(_with_insert),
+))
+def test_b64d_accepts_and_decodes_exactly_what_strict_stdlib_base64_does(s: str) -> None:
+    assert _ours(s) == _stdlib_b64(s)
+
+
+def test_b64d_edges() -> None:
+    for s in ("", "AA==", "AAA=", "AAAA", "A===", "AA=A", "=AAA", "AA== ", " AA==", "AA\n==", "AA-_", "\u00e9"):
+        assert _ours(s) == _stdlib_b64(s), s
