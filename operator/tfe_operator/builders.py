@@ -286,6 +286,9 @@ _TMP_MOUNT = {"name": "tmp", "mountPath": "/tmp"}
 _CONFIG_FILE = f"{api.CONFIG_DIR}/{api.CONFIG_KEY}"
 
 
+# Startup and readiness probes run every second (the failure thresholds give the same seconds
+# of tolerance as before at 2 s): each probe period was a step of a model's start (workers ready,
+# serve ready, endpoint ready), and a probe is one small GET on loopback-cheap health routes.
 def _http_probe(path: str, port: int | str, period: int, failures: int) -> dict[str, Any]:
     return {
         "httpGet": {"path": path, "port": port},
@@ -682,8 +685,8 @@ def worker_statefulset(ctx: Context) -> Manifest:
             *_log_env(ctx),
         ],
         "ports": [_metrics_port()],
-        "startupProbe": _http_probe("/healthz", health, 2, 90),
-        "readinessProbe": _http_probe("/readyz", health, 2, 3),
+        "startupProbe": _http_probe("/healthz", health, 1, 180),
+        "readinessProbe": _http_probe("/readyz", health, 1, 6),
         "livenessProbe": _http_probe("/healthz", health, 10, 3),
         "resources": with_memory(w.resources, WORKER_MEMORY),
         "securityContext": container_security_context(),
@@ -1062,8 +1065,8 @@ def serve_deployment(ctx: Context, generation: int, slot: int = 0, _hash: bool =
         probe_port = api.PORT_GUARD_HEALTH
     container.update(
         {
-            "startupProbe": _http_probe("/healthz", probe_port, 2, 150),
-            "readinessProbe": _http_probe("/readyz", probe_port, 2, 3),
+            "startupProbe": _http_probe("/healthz", probe_port, 1, 300),
+            "readinessProbe": _http_probe("/readyz", probe_port, 1, 6),
             "livenessProbe": _http_probe("/healthz", probe_port, 10, 3),
             "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
             "resources": with_memory(s.resources, COORDINATOR_MEMORY),
@@ -1176,9 +1179,9 @@ def endpoint_deployment(ctx: Context) -> Manifest:
         "env": [{"name": "HOME", "value": "/tmp"}, *_log_env(ctx)],
         "ports": ports,
         # With TLS the probes go the clients' way: through the guard's TLS port to the endpoint.
-        "startupProbe": _endpoint_probe("/healthz", tls, 2, 60),
+        "startupProbe": _endpoint_probe("/healthz", tls, 1, 120),
         # Ready when the relay answers ready (a coordinator behind m-relay is ready).
-        "readinessProbe": _endpoint_probe("/readyz", tls, 2, 3),
+        "readinessProbe": _endpoint_probe("/readyz", tls, 1, 6),
         "livenessProbe": _endpoint_probe("/healthz", tls, 10, 3),
         "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
         "resources": dict(ENDPOINT_RESOURCES),

@@ -278,8 +278,8 @@ def expected_statefulset() -> dict[str, Any]:
                                 ],
                                 "ports": [METRICS_PORT],
                                 # probed through the guard's plain health listener
-                                "startupProbe": probe("/healthz", 5444, 2, 90),
-                                "readinessProbe": probe("/readyz", 5444, 2, 3),
+                                "startupProbe": probe("/healthz", 5444, 1, 180),
+                                "readinessProbe": probe("/readyz", 5444, 1, 6),
                                 "livenessProbe": probe("/healthz", 5444, 10, 3),
                                 "resources": WORKER_MEM,
                                 "securityContext": CONTAINER_SC,
@@ -778,8 +778,8 @@ def expected_deployment(generation: int = 1, slot: int = 0) -> dict[str, Any]:
                                 "env": [{"name": "HOME", "value": "/tmp"}],
                                 "ports": [METRICS_PORT],
                                 # the relay through the guard's plain health listener
-                                "startupProbe": probe("/healthz", 5444, 2, 150),
-                                "readinessProbe": probe("/readyz", 5444, 2, 3),
+                                "startupProbe": probe("/healthz", 5444, 1, 300),
+                                "readinessProbe": probe("/readyz", 5444, 1, 6),
                                 "livenessProbe": probe("/healthz", 5444, 10, 3),
                                 "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
                                 "resources": COORD_MEM,
@@ -893,8 +893,8 @@ def test_serve_deployment_external_workers_uses_external_config() -> None:
         {"name": "coordinator", "containerPort": 4450, "protocol": "TCP"},
         METRICS_PORT,
     ]
-    c["startupProbe"] = probe("/healthz", "http", 2, 150)
-    c["readinessProbe"] = probe("/readyz", "http", 2, 3)
+    c["startupProbe"] = probe("/healthz", "http", 1, 300)
+    c["readinessProbe"] = probe("/readyz", "http", 1, 6)
     c["livenessProbe"] = probe("/healthz", "http", 10, 3)
     assert dep == expected
     assert builders.config_hash(ctx) != builders.config_hash(make_ctx())
@@ -968,8 +968,8 @@ def expected_endpoint(ctx: Any, replicas: int = 1) -> dict[str, Any]:
                                 {"name": "http", "containerPort": 8000, "protocol": "TCP"},
                                 METRICS_PORT,
                             ],
-                            "startupProbe": probe("/healthz", "http", 2, 60),
-                            "readinessProbe": probe("/readyz", "http", 2, 3),
+                            "startupProbe": probe("/healthz", "http", 1, 120),
+                            "readinessProbe": probe("/readyz", "http", 1, 6),
                             "livenessProbe": probe("/healthz", "http", 10, 3),
                             "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
                             "resources": {"requests": {"cpu": "50m", "memory": "96Mi"}},
@@ -1297,7 +1297,7 @@ def test_endpoint_deployment_with_tls() -> None:
     c = pod["containers"][0]
     c["command"] += ["--host", "127.0.0.1"]
     c["ports"] = [METRICS_PORT]
-    for name, path, period, failures in (("startupProbe", "/healthz", 2, 60), ("readinessProbe", "/readyz", 2, 3),
+    for name, path, period, failures in (("startupProbe", "/healthz", 1, 120), ("readinessProbe", "/readyz", 1, 6),
                                          ("livenessProbe", "/healthz", 10, 3)):
         c[name] = probe(path, 8443, period, failures)
         c[name]["httpGet"]["scheme"] = "HTTPS"
