@@ -117,10 +117,11 @@ def lacking(config: Config, model: str, generation: int) -> list[str]:
 
 def wait_generation(config: Config, model: str, generation: int, timeout: float,
                     stop: threading.Event | None = None,
-                    waiting: Callable[[list[str]], None] | None = None, poll: float = 1.0) -> None:
+                    waiting: Callable[[list[str]], None] | None = None, poll: float = 0.25) -> None:
     """Block until all three players hold `generation` completely (a share Job may still be
     writing it), or raise TimeoutError naming the ones that lack it. `waiting(names)` is called
-    once, when the first look finds it missing."""
+    once, when the first look finds it missing. Polled every 0.25 s: on a model's first start the
+    coordinator waits here for the share Job, and each poll period was part of apply -> Serving."""
     _wait_until_none_lack(lambda: lacking(config, model, generation), timeout, stop, poll,
                           lambda names: f"share generation {generation} of {model} not on {names} after {timeout:.0f}s",
                           waiting)
