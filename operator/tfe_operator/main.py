@@ -33,6 +33,18 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(out, separators=(",", ":"), default=str)
 
 
+class RoutineSuccessFilter(logging.Filter):
+    """Drops kopf's "succeeded" line for the handlers that run all the time without news: the
+    resync timer (every second while a model starts, then every tick it skips) and the event
+    watcher. Their failures (warnings, errors) and every other handler's lines stay."""
+
+    ROUTINE = frozenset({"Timer 'resync' succeeded.", "Handler 'forget_deleted' succeeded."})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "kopf.objects" and record.levelno == logging.INFO
+                    and record.getMessage() in self.ROUTINE)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="tfe-operator",
@@ -46,9 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if settings.log_format == "json":
-        for h in logging.getLogger().handlers:
+    for h in logging.getLogger().handlers:
+        if settings.log_format == "json":
             h.setFormatter(JSONFormatter())
+        if not args.verbose:
+            h.addFilter(RoutineSuccessFilter())
     from . import handlers
 
     registry = handlers.build_registry(handlers.Runtime(settings=settings))
