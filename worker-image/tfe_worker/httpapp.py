@@ -261,23 +261,43 @@ class Server:
     def stop(self, flush_timeout: float = 5.0) -> None:
         """Stop accepting, let answers already being written leave (bounded), then close everything.
 
-        Every change to waitress's socket map runs in its loop thread (through its trigger)."""
+        Every change to waitress's socket map runs in its loop thread (through its trigger), except
+        the trigger itself: its pipe is closed here, once its loop and handler threads are gone.
+        waitress's pull_trigger queues a thunk, then writes the wake-up byte; a loop already awake
+        (another thread's pull) may run the thunk in between. A thunk that closed the trigger (as
+        wasyncore.close_all does) would make that write hit a closed fd: EBADF, or, once the number
+        is reused by a socket or file opened meanwhile, a stray b"x" written into it."""
         from waitress import wasyncore
 
         srv = self.server
         if srv is None:
             return
-        srv.trigger.pull_trigger(lambda: wasyncore.dispatcher.close(srv))  # the listening socket only
+        trig = srv.trigger
+        trig.pull_trigger(lambda: wasyncore.dispatcher.close(srv))  # the listening socket only
         deadline = time.monotonic() + flush_timeout
         while time.monotonic() < deadline:
             if not any(c.requests or c.total_outbufs_len for c in list(srv.active_channels.values())):
                 break
             time.sleep(0.05)
         srv.task_dispatcher.shutdown(timeout=2)
-        srv.trigger.pull_trigger(lambda: wasyncore.close_all(srv._map))
+
+        def close_map() -> None:  # every connection; the trigger leaves the map open, so the loop ends
+            trig.del_channel()
+            wasyncore.close_all(srv._map)
+
+        trig.pull_trigger(close_map)
         if self.thread is not None:
             self.thread.join(timeout=5)
         self.server = None
+        if self.thread is not None and self.thread.is_alive():
+            log.warning("%s: the HTTP loop did not end; its wake-up pipe is left open", self.app.name)
+            return
+        wasyncore.close_all(srv._map)  # the loop is gone: nothing left there unless it died before close_map
+        if srv.task_dispatcher.threads:  # a handler still running may pull the trigger when it finishes
+            log.warning("%s: %d handler thread(s) still running; the HTTP wake-up pipe is left open",
+                        self.app.name, len(srv.task_dispatcher.threads))
+            return
+        trig.close()
 
 
 def start_metrics_server(host: str, port: int, *registries: CollectorRegistry) -> Server:
