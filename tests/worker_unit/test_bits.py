@@ -76,6 +76,30 @@ def test_small_tensors_keep_the_custom_op() -> None:
     assert "BitSplitAndGather" not in big and "RightShift" in big
 
 
+def test_int128_shares_keep_tf_encrypteds_own_op() -> None:
+    """An int128 share is an int64 tensor with a last axis of 2: not ours to de-interleave."""
+    import tf_encrypted as tfe
+    from tf_encrypted.protocol import protocol as tfe_protocol
+
+    from tfe_worker.runtime import FreshABY3
+
+    prot = FreshABY3(fixedpoint_config="high")
+    tfe.set_protocol(prot)
+    try:
+        px = prot.define_private_variable(np.random.default_rng(2).uniform(-5, 5, (16, 128)))
+        b = prot.a2b(px, 128)
+        ours = prot.bit_split_and_gather(b, 2)
+        stock = tfe.protocol.ABY3.bit_split_and_gather(prot, b, 2)
+        for i in range(3):
+            for j in range(2):
+                np.testing.assert_array_equal(ours.unwrapped[i][j].value.numpy(),
+                                              stock.unwrapped[i][j].value.numpy())
+    finally:
+        tfe_protocol.nodes.clear()
+        tfe.set_protocol(FreshABY3())
+        tfe_protocol.nodes.clear()
+
+
 def test_protocol_shares_identical_to_stock_aby3_and_relu_exact() -> None:
     """On a private tensor large enough to take the new path, FreshABY3's split gives the very
     shares stock ABY3's does, and a secure ReLU over it matches plaintext (TFE's local config:

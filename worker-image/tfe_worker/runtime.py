@@ -20,7 +20,7 @@ import tf_encrypted as tfe
 from tf_encrypted.config import RemoteConfig
 from tf_encrypted.protocol import protocol as tfe_protocol
 from tf_encrypted.protocol.aby3.aby3_tensors import ABY3PrivateTensor, ABY3PublicTensor, ShareType
-from tf_encrypted.tensor import int64factory
+from tf_encrypted.tensor import factories, int64factory
 
 from tfe_worker import bits
 from tfe_worker.config import Config
@@ -29,6 +29,10 @@ from tfe_worker.plan import tfe_layer_args
 log = logging.getLogger("tfe_worker.runtime")
 PROTOCOLS = ("ABY3",)
 CONTEXT_KEEP_ALIVE_S = 60  # see _connect_to_cluster
+
+
+# The native factories whose shares are one tf.int8..int64 tensor (bits.split_even_odd's domain).
+_NATIVE_FACTORIES = tuple(factories[n] for n in (8, 16, 32, 64))
 
 
 class FreshABY3(tfe.protocol.ABY3):  # type: ignore[misc]
@@ -62,8 +66,11 @@ class FreshABY3(tfe.protocol.ABY3):  # type: ignore[misc]
     def bit_split_and_gather(self, x: Any, stride: int) -> Any:
         """TF Encrypted's, on each share, with the same bits out (tfe_worker.bits): its custom op
         walks bits one at a time and was a third of the players' CPU on large batches."""
-        if stride != 2 or not isinstance(x, (ABY3PrivateTensor, ABY3PublicTensor)):
+        if (stride != 2 or not isinstance(x, (ABY3PrivateTensor, ABY3PublicTensor))
+                or x.backing_dtype not in _NATIVE_FACTORIES):  # e.g. int128: its own op
             return super().bit_split_and_gather(x, stride)
+        if isinstance(x, ABY3PrivateTensor):
+            assert x.share_type == ShareType.BOOLEAN, x.share_type
         with tf.name_scope("bit-split-gather"):
             if isinstance(x, ABY3PrivateTensor):
                 z: list[Any] = [[None, None], [None, None], [None, None]]
