@@ -286,15 +286,15 @@ _TMP_MOUNT = {"name": "tmp", "mountPath": "/tmp"}
 _CONFIG_FILE = f"{api.CONFIG_DIR}/{api.CONFIG_KEY}"
 
 
-# Startup and readiness probes run every second (the failure thresholds give the same seconds
-# of tolerance as before at 2 s): each probe period was a step of a model's start (workers ready,
-# serve ready, endpoint ready), and a probe is one small GET on loopback-cheap health routes.
+# Startup and readiness probes run every second with a 1 s timeout (the failure thresholds give
+# the same seconds of tolerance as before at 2 s): each probe period was a step of a model's start
+# (workers ready, serve ready, endpoint ready), and a probe is one small GET of a health route.
 def _http_probe(path: str, port: int | str, period: int, failures: int) -> dict[str, Any]:
     return {
         "httpGet": {"path": path, "port": port},
         "periodSeconds": period,
         "failureThreshold": failures,
-        "timeoutSeconds": 2,
+        "timeoutSeconds": min(2, period),  # not longer than the period (policy engines flag that)
     }
 
 

@@ -1,6 +1,7 @@
 """Thin kopf handlers. Each reconcile: observe (reads), ``reconcile.reconcile`` (pure),
 then apply/delete through ``kube.Kube`` and patch the status. A timer per EncryptedModel
-re-reads the observed state every ``resync_seconds``; status never comes from one-off events.
+re-reads the observed state every ``busy_resync_seconds`` while the model is on its way and every
+``resync_seconds`` once it is steady (``resync_due``); status never comes from one-off events.
 """
 
 from __future__ import annotations
@@ -110,15 +111,22 @@ def probe_models(**_: Any) -> int:
 
 
 STEADY_PHASES = frozenset({"Serving", "Stopped", "Failed"})
+# A model stuck on its way (a missing ConfigMap, an image that does not pull, a long share Job)
+# goes back to the steady cadence after this long in one phase.
+BUSY_WINDOW_SECONDS = 300.0
 
 
-def resync_due(phase: object, last: float | None, now: float, settings: Settings) -> bool:
-    """Whether the timer's tick reads the model now: a model on its way (phase not steady) at
-    every tick (busy_resync_seconds), a steady one once resync_seconds passed since it was last
-    read (``last``: monotonic seconds, None if never by this process)."""
-    if phase not in STEADY_PHASES or last is None:
+def resync_due(phase: object, last: float | None, now: float, settings: Settings,
+               phase_since: float | None = None) -> bool:
+    """Whether the timer's tick reads the model now: a model on its way (phase not steady, seen
+    in that phase for less than BUSY_WINDOW_SECONDS) at every tick (busy_resync_seconds), any
+    other once resync_seconds passed since it was last read (``last``, ``phase_since``:
+    monotonic seconds; ``last`` None if never read by this process)."""
+    if last is None:
         return True
-    return now - last >= settings.resync_seconds - 0.05  # a tick may come a little early
+    fresh = phase_since is None or now - phase_since < BUSY_WINDOW_SECONDS
+    busy = phase not in STEADY_PHASES and fresh
+    return busy or now - last >= settings.resync_seconds - 0.05  # a tick may come a little early
 
 
 def resync(
@@ -133,8 +141,11 @@ def resync(
     last = memo.get("last_read")
     remembered = memo.get("status")
     phase = remembered.phase if isinstance(remembered, Status) else status.get("phase")
+    now = time.monotonic()
+    if memo.get("phase") != phase or not isinstance(memo.get("phase_since"), float):
+        memo["phase"], memo["phase_since"] = phase, now
     last_read = last if isinstance(last, float) else None
-    if resync_due(phase, last_read, time.monotonic(), RUNTIME.settings):
+    if resync_due(phase, last_read, now, RUNTIME.settings, memo["phase_since"]):
         _reconcile(body, meta, spec, status, patch, memo)
 
 
@@ -147,7 +158,7 @@ def changed(
     memo: kopf.Memo,
     **_: Any,
 ) -> None:
-    """React at once to a new or changed spec (the timer would within resync_seconds)."""
+    """React at once to a new or changed spec (the timer would at its next tick)."""
     _reconcile(body, meta, spec, status, patch, memo)
 
 

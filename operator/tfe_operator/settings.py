@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -107,6 +108,12 @@ class Settings:
             v = get(name)
             return default if v is None or v == "" else float(v)
 
+        def seconds(name: str, default: float) -> float:
+            v = num(name, default)
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"TFE_OPERATOR_{name}={v!r}: want a number of seconds > 0")
+            return v
+
         def integer(name: str, default: int) -> int:
             v = get(name)
             return default if v is None or v == "" else int(v)
@@ -120,8 +127,8 @@ class Settings:
             worker_image=get("WORKER_IMAGE") or d.worker_image,
             image_pull_policy=get("IMAGE_PULL_POLICY") or d.image_pull_policy,
             image_pull_secrets=_parse_list(get("IMAGE_PULL_SECRETS") or ""),
-            resync_seconds=num("RESYNC_SECONDS", d.resync_seconds),
-            busy_resync_seconds=num("BUSY_RESYNC_SECONDS", d.busy_resync_seconds),
+            resync_seconds=seconds("RESYNC_SECONDS", d.resync_seconds),
+            busy_resync_seconds=seconds("BUSY_RESYNC_SECONDS", d.busy_resync_seconds),
             share_backoff_limit=integer("SHARE_BACKOFF_LIMIT", d.share_backoff_limit),
             share_deadline_seconds=integer("SHARE_DEADLINE_SECONDS", d.share_deadline_seconds),
             http_mode=mode,  # type: ignore[arg-type]  # checked above

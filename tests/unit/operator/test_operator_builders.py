@@ -81,7 +81,7 @@ def probe(path: str, port: str | int, period: int, failures: int) -> dict[str, A
         "httpGet": {"path": path, "port": port},
         "periodSeconds": period,
         "failureThreshold": failures,
-        "timeoutSeconds": 2,
+        "timeoutSeconds": min(2, period),
     }
 
 

@@ -374,10 +374,14 @@ def test_a_model_on_its_way_is_read_every_tick_a_steady_one_every_resync_seconds
     s = Settings()
     assert (s.resync_seconds, s.busy_resync_seconds) == (5.0, 1.0)
     for phase in ("Pending", "Provisioning", "Sharing", "ShuttingDown", None):
-        assert handlers.resync_due(phase, 100.0, 100.9, s)
+        assert handlers.resync_due(phase, 100.0, 100.9, s, phase_since=90.0)
+        # stuck in one phase for BUSY_WINDOW_SECONDS: back to the steady cadence
+        since = 100.9 - handlers.BUSY_WINDOW_SECONDS
+        assert not handlers.resync_due(phase, 100.0, 100.9, s, phase_since=since)
+        assert handlers.resync_due(phase, 100.0, 105.0, s, phase_since=since)
     for phase in ("Serving", "Stopped", "Failed"):
         assert handlers.resync_due(phase, None, 100.0, s)  # never read by this process (e.g. restarted)
-        assert not handlers.resync_due(phase, 100.0, 101.0, s)
+        assert not handlers.resync_due(phase, 100.0, 101.0, s, phase_since=100.5)
         assert not handlers.resync_due(phase, 100.0, 104.0, s)
         assert handlers.resync_due(phase, 100.0, 104.98, s)  # the tick that completes 5 s (ticks drift)
         assert handlers.resync_due(phase, 100.0, 106.0, s)

@@ -62,6 +62,9 @@ def test_empty_pod_labels_mean_none() -> None:
         {"TFE_OPERATOR_HEALTH_SOURCE_CIDRS": "172.18.0.2"},  # an address is not a CIDR
         {"TFE_OPERATOR_HEALTH_SOURCE_CIDRS": "172.18.0.0/33"},
         {"TFE_OPERATOR_HEALTH_SOURCE_CIDRS": "apiserver/32"},
+        {"TFE_OPERATOR_BUSY_RESYNC_SECONDS": "0"},  # a timer that never sleeps
+        {"TFE_OPERATOR_RESYNC_SECONDS": "-1"},
+        {"TFE_OPERATOR_BUSY_RESYNC_SECONDS": "nan"},
     ],
 )
 def test_bad_values_are_refused(env: dict[str, str]) -> None:
