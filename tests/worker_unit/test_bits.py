@@ -126,3 +126,17 @@ def test_protocol_shares_identical_to_stock_aby3_and_relu_exact() -> None:
         np.testing.assert_allclose(relu, np.maximum(xv, 0), atol=1e-4)
     finally:
         tfe_protocol.nodes.clear()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_many_at_once_same_bits(dtype: Any) -> None:
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(3)
+    xs = [rng.integers(info.min, info.max, size=(16, 128), dtype=dtype, endpoint=True) for _ in range(2)]
+    xs[1][0, :4] = [info.min, info.max, 0, -1]
+    got = bits.split_even_odd_many([tf.constant(x) for x in xs])
+    for g, x in zip(got, xs):
+        np.testing.assert_array_equal(np.asarray(g), _reference(x))
+    small = bits.split_even_odd_many([tf.constant(x[:1, :8]) for x in xs])  # below MIN_ELEMENTS: the custom op
+    for g, x in zip(small, xs):
+        np.testing.assert_array_equal(np.asarray(g), _reference(x[:1, :8]))

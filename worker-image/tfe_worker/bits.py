@@ -46,6 +46,30 @@ def deinterleave(x: tf.Tensor) -> tf.Tensor:
     return tf.stack([_gather_even(x, nbits), _gather_even(odd, nbits)])
 
 
+def deinterleave_many(xs: list[tf.Tensor]) -> list[tf.Tensor]:
+    """`deinterleave` of several tensors of one dtype and shape in one chain of ops: x and x >> 1
+    of each are stacked and de-interleaved together (~20 ops for a party's two shares instead of
+    ~70: fewer ops to trace and to run per round)."""
+    nbits = _BITS[xs[0].dtype]
+    one = tf.constant(1, xs[0].dtype)
+    parts: list[tf.Tensor] = []
+    for x in xs:
+        parts += [x, tf.bitwise.right_shift(x, one)]
+    both = _gather_even(tf.stack(parts), nbits)
+    return [both[2 * i:2 * i + 2] for i in range(len(xs))]
+
+
+def split_even_odd_many(xs: list[tf.Tensor]) -> list[Any]:
+    """``bit_split_and_gather(x, 2)`` of each of xs (one party's shares: same dtype and shape)."""
+    from tf_encrypted.operations import aux
+
+    n = xs[0].shape.num_elements()
+    same = all(x.dtype == xs[0].dtype and x.shape == xs[0].shape for x in xs)
+    if same and xs[0].dtype in _BITS and n is not None and n >= MIN_ELEMENTS:
+        return deinterleave_many(xs)
+    return [aux.bit_split_and_gather(x, 2) for x in xs]
+
+
 def split_even_odd(x: tf.Tensor) -> Any:
     """``bit_split_and_gather(x, 2)``: the custom op for small tensors, `deinterleave` otherwise."""
     from tf_encrypted.operations import aux

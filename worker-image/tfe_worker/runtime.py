@@ -76,7 +76,8 @@ class FreshABY3(tfe.protocol.ABY3):  # type: ignore[misc]
                 z: list[Any] = [[None, None], [None, None], [None, None]]
                 for i, (s0, s1) in enumerate(x.unwrapped):
                     with tf.device(self.servers[i].device_name):
-                        z[i] = [s0.factory.tensor(bits.split_even_odd(s.value), encode=False) for s in (s0, s1)]
+                        halves = bits.split_even_odd_many([s0.value, s1.value])
+                        z[i] = [s0.factory.tensor(v, encode=False) for v in halves]
                 return ABY3PrivateTensor(self, z, x.is_scaled, x.share_type)
             pub: list[Any] = [None, None, None]
             for i, s in enumerate(x.unwrapped):
