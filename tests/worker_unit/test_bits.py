@@ -7,6 +7,8 @@ TF Encrypted's custom op on every input, including the sign bit and the extremes
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -42,7 +44,7 @@ def test_edges_match_the_custom_op(dtype: Any) -> None:
     patterns = [int.from_bytes(bytes([b] * np.dtype(dtype).itemsize), "little", signed=True)
                 for b in (0x55, 0xAA, 0x0F, 0xF0, 0x33, 0xCC)]
     x = np.array(edges + patterns, dtype=dtype)
-    got = bits.deinterleave(tf.constant(x)).numpy()
+    got = bits.deinterleave([tf.constant(x)])[0].numpy()
     assert got.dtype == dtype
     np.testing.assert_array_equal(got, _reference(x))
     np.testing.assert_array_equal(got, _python_reference(x))
@@ -56,19 +58,19 @@ def test_random_tensors_match_the_custom_op(dtype: Any, data: Any) -> None:
     n = int(np.prod(shape))
     vals = data.draw(st.lists(st.integers(int(info.min), int(info.max)), min_size=n, max_size=n))
     x = np.array(vals, dtype=dtype).reshape(shape)
-    np.testing.assert_array_equal(bits.deinterleave(tf.constant(x)).numpy(), _reference(x))
+    np.testing.assert_array_equal(bits.deinterleave([tf.constant(x)])[0].numpy(), _reference(x))
 
 
 @pytest.mark.parametrize("shape", [(1, 128), (16, 128), (128, 128), (3, 1000)])
 def test_split_even_odd_same_bits_either_way(shape: tuple[int, ...]) -> None:
     x = np.random.default_rng(7).integers(-(2**63), 2**63 - 1, size=shape, dtype=np.int64)
-    np.testing.assert_array_equal(bits.split_even_odd(tf.constant(x)).numpy(), _reference(x))
+    np.testing.assert_array_equal(bits.split_even_odd([tf.constant(x)])[0].numpy(), _reference(x))
 
 
 def test_small_tensors_keep_the_custom_op() -> None:
     """Below MIN_ELEMENTS one custom-op call is cheaper than ~17 small ops: the graph says which ran."""
     def ops_for(shape: tuple[int, ...]) -> set[str]:
-        f = tf.function(bits.split_even_odd).get_concrete_function(tf.TensorSpec(shape, tf.int64))
+        f = tf.function(lambda x: bits.split_even_odd([x])[0]).get_concrete_function(tf.TensorSpec(shape, tf.int64))
         return {op.type for op in f.graph.get_operations()}
 
     assert "BitSplitAndGather" in ops_for((1, 128))
@@ -76,56 +78,54 @@ def test_small_tensors_keep_the_custom_op() -> None:
     assert "BitSplitAndGather" not in big and "RightShift" in big
 
 
-def test_int128_shares_keep_tf_encrypteds_own_op() -> None:
-    """An int128 share is an int64 tensor with a last axis of 2: not ours to de-interleave."""
+@contextlib.contextmanager
+def local_protocol(**kw: Any) -> Iterator[Any]:
+    """FreshABY3 on TF Encrypted's local config (three players in this process), set as the
+    protocol for the block; TFE's node memo cleared and a default FreshABY3 set afterwards."""
     import tf_encrypted as tfe
     from tf_encrypted.protocol import protocol as tfe_protocol
 
     from tfe_worker.runtime import FreshABY3
 
-    prot = FreshABY3(fixedpoint_config="high")
+    prot = FreshABY3(**kw)
     tfe.set_protocol(prot)
     try:
-        px = prot.define_private_variable(np.random.default_rng(2).uniform(-5, 5, (16, 128)))
-        b = prot.a2b(px, 128)
-        ours = prot.bit_split_and_gather(b, 2)
-        stock = tfe.protocol.ABY3.bit_split_and_gather(prot, b, 2)
-        for i in range(3):
-            for j in range(2):
-                np.testing.assert_array_equal(ours.unwrapped[i][j].value.numpy(),
-                                              stock.unwrapped[i][j].value.numpy())
+        yield prot
     finally:
         tfe_protocol.nodes.clear()
         tfe.set_protocol(FreshABY3())
         tfe_protocol.nodes.clear()
 
 
+def assert_split_like_stock_aby3(prot: Any, b: Any) -> None:
+    """FreshABY3's bit_split_and_gather of b gives the very shares stock ABY3's does."""
+    import tf_encrypted as tfe
+
+    ours = prot.bit_split_and_gather(b, 2)
+    stock = tfe.protocol.ABY3.bit_split_and_gather(prot, b, 2)
+    for i in range(3):
+        for j in range(2):
+            np.testing.assert_array_equal(ours.unwrapped[i][j].value.numpy(), stock.unwrapped[i][j].value.numpy())
+
+
+def test_int128_shares_keep_tf_encrypteds_own_op() -> None:
+    """An int128 share is an int64 tensor with a last axis of 2: not ours to de-interleave."""
+    with local_protocol(fixedpoint_config="high") as prot:
+        px = prot.define_private_variable(np.random.default_rng(2).uniform(-5, 5, (16, 128)))
+        assert_split_like_stock_aby3(prot, prot.a2b(px, 128))
+
+
 def test_protocol_shares_identical_to_stock_aby3_and_relu_exact() -> None:
     """On a private tensor large enough to take the new path, FreshABY3's split gives the very
     shares stock ABY3's does, and a secure ReLU over it matches plaintext (TFE's local config:
     three players in this process)."""
-    import tf_encrypted as tfe
-    from tf_encrypted.protocol import protocol as tfe_protocol
-
-    from tfe_worker.runtime import FreshABY3
-
-    prot = FreshABY3()
-    tfe.set_protocol(prot)
-    try:
+    with local_protocol() as prot:
         xv = np.random.default_rng(1).uniform(-5, 5, (16, 128))
         assert xv.size >= bits.MIN_ELEMENTS
         px = prot.define_private_variable(xv)
-        b = prot.a2b(px, 64)
-        ours = prot.bit_split_and_gather(b, 2)
-        stock = tfe.protocol.ABY3.bit_split_and_gather(prot, b, 2)
-        for i in range(3):
-            for j in range(2):
-                np.testing.assert_array_equal(ours.unwrapped[i][j].value.numpy(),
-                                              stock.unwrapped[i][j].value.numpy())
+        assert_split_like_stock_aby3(prot, prot.a2b(px, 64))
         relu = prot.relu(px).reveal().to_native().numpy()
         np.testing.assert_allclose(relu, np.maximum(xv, 0), atol=1e-4)
-    finally:
-        tfe_protocol.nodes.clear()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -134,9 +134,9 @@ def test_many_at_once_same_bits(dtype: Any) -> None:
     rng = np.random.default_rng(3)
     xs = [rng.integers(info.min, info.max, size=(16, 128), dtype=dtype, endpoint=True) for _ in range(2)]
     xs[1][0, :4] = [info.min, info.max, 0, -1]
-    got = bits.split_even_odd_many([tf.constant(x) for x in xs])
+    got = bits.split_even_odd([tf.constant(x) for x in xs])
     for g, x in zip(got, xs):
         np.testing.assert_array_equal(np.asarray(g), _reference(x))
-    small = bits.split_even_odd_many([tf.constant(x[:1, :8]) for x in xs])  # below MIN_ELEMENTS: the custom op
+    small = bits.split_even_odd([tf.constant(x[:1, :8]) for x in xs])  # below MIN_ELEMENTS: the custom op
     for g, x in zip(small, xs):
         np.testing.assert_array_equal(np.asarray(g), _reference(x[:1, :8]))

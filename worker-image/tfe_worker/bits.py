@@ -12,6 +12,7 @@ is cheaper than the ~17 small ops here, so `split_even_odd` keeps it for those.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import tensorflow as tf
@@ -38,18 +39,11 @@ def _gather_even(x: tf.Tensor, nbits: int) -> tf.Tensor:
     return x
 
 
-def deinterleave(x: tf.Tensor) -> tf.Tensor:
-    """[even bits, odd bits] of every element, each packed into the low half: exactly TF
-    Encrypted's ``bit_split_and_gather(x, 2)`` for int8/16/32/64 (shape [2, *x.shape])."""
-    nbits = _BITS[x.dtype]
-    odd = tf.bitwise.right_shift(x, tf.constant(1, x.dtype))
-    return tf.stack([_gather_even(x, nbits), _gather_even(odd, nbits)])
-
-
-def deinterleave_many(xs: list[tf.Tensor]) -> list[tf.Tensor]:
-    """`deinterleave` of several tensors of one dtype and shape in one chain of ops: x and x >> 1
-    of each are stacked and de-interleaved together (~20 ops for a party's two shares instead of
-    ~70: fewer ops to trace and to run per round)."""
+def deinterleave(xs: Sequence[tf.Tensor]) -> list[tf.Tensor]:
+    """[even bits, odd bits] of every element of each of xs (one dtype and shape), each packed into
+    the low half: exactly TF Encrypted's ``bit_split_and_gather(x, 2)`` for int8/16/32/64 (shape
+    [2, *x.shape]). x and x >> 1 of every tensor are stacked and de-interleaved in one chain of ops
+    (~20 ops for a party's two shares instead of ~70: fewer ops to trace and to run per round)."""
     nbits = _BITS[xs[0].dtype]
     one = tf.constant(1, xs[0].dtype)
     parts: list[tf.Tensor] = []
@@ -59,22 +53,13 @@ def deinterleave_many(xs: list[tf.Tensor]) -> list[tf.Tensor]:
     return [both[2 * i:2 * i + 2] for i in range(len(xs))]
 
 
-def split_even_odd_many(xs: list[tf.Tensor]) -> list[Any]:
-    """``bit_split_and_gather(x, 2)`` of each of xs (one party's shares: same dtype and shape)."""
+def split_even_odd(xs: Sequence[tf.Tensor]) -> list[Any]:
+    """``bit_split_and_gather(x, 2)`` of each of xs (one party's shares: same dtype and shape): the
+    custom op for small tensors, `deinterleave` otherwise."""
     from tf_encrypted.operations import aux
 
     n = xs[0].shape.num_elements()
     same = all(x.dtype == xs[0].dtype and x.shape == xs[0].shape for x in xs)
     if same and xs[0].dtype in _BITS and n is not None and n >= MIN_ELEMENTS:
-        return deinterleave_many(xs)
+        return deinterleave(xs)
     return [aux.bit_split_and_gather(x, 2) for x in xs]
-
-
-def split_even_odd(x: tf.Tensor) -> Any:
-    """``bit_split_and_gather(x, 2)``: the custom op for small tensors, `deinterleave` otherwise."""
-    from tf_encrypted.operations import aux
-
-    n = x.shape.num_elements()
-    if x.dtype in _BITS and n is not None and n >= MIN_ELEMENTS:
-        return deinterleave(x)
-    return aux.bit_split_and_gather(x, 2)

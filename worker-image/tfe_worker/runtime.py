@@ -69,21 +69,20 @@ class FreshABY3(tfe.protocol.ABY3):  # type: ignore[misc]
         if (stride != 2 or not isinstance(x, (ABY3PrivateTensor, ABY3PublicTensor))
                 or x.backing_dtype not in _NATIVE_FACTORIES):  # e.g. int128: its own op
             return super().bit_split_and_gather(x, stride)
-        if isinstance(x, ABY3PrivateTensor):
+        private = isinstance(x, ABY3PrivateTensor)
+        if private:
             assert x.share_type == ShareType.BOOLEAN, x.share_type
+        # each party's shares: a pair for a private tensor, one for a public one
+        parties = x.unwrapped if private else [(v,) for v in x.unwrapped]
+        z: list[list[Any]] = []
         with tf.name_scope("bit-split-gather"):
-            if isinstance(x, ABY3PrivateTensor):
-                z: list[Any] = [[None, None], [None, None], [None, None]]
-                for i, (s0, s1) in enumerate(x.unwrapped):
-                    with tf.device(self.servers[i].device_name):
-                        halves = bits.split_even_odd_many([s0.value, s1.value])
-                        z[i] = [s0.factory.tensor(v, encode=False) for v in halves]
-                return ABY3PrivateTensor(self, z, x.is_scaled, x.share_type)
-            pub: list[Any] = [None, None, None]
-            for i, s in enumerate(x.unwrapped):
+            for i, shares in enumerate(parties):
                 with tf.device(self.servers[i].device_name):
-                    pub[i] = s.factory.tensor(bits.split_even_odd(s.value), encode=False)
-            return ABY3PublicTensor(self, pub, x.is_scaled)
+                    halves = bits.split_even_odd([sh.value for sh in shares])
+                    z.append([sh.factory.tensor(v, encode=False) for sh, v in zip(shares, halves)])
+        if private:
+            return ABY3PrivateTensor(self, z, x.is_scaled, x.share_type)
+        return ABY3PublicTensor(self, [p[0] for p in z], x.is_scaled)
 
 
 def connect(config: Config, coordinator: str, protocol: str = "ABY3", job: str = "coordinator") -> FreshABY3:
