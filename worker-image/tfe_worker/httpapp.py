@@ -292,8 +292,7 @@ class Server:
         if self.thread is not None and self.thread.is_alive():
             log.warning("%s: the HTTP loop did not end; its wake-up pipe is left open", self.app.name)
             return
-        trig.del_channel()  # (if the loop died before close_map, the trigger is still in the map)
-        wasyncore.close_all(srv._map)  # the loop is gone: nothing left there unless it died before close_map
+        close_map()  # the loop is gone: a no-op unless it died before running close_map
         if srv.task_dispatcher.threads:  # a handler still running may pull the trigger when it finishes
             log.warning("%s: %d handler thread(s) still running; the HTTP wake-up pipe is left open",
                         self.app.name, len(srv.task_dispatcher.threads))
