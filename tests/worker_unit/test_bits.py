@@ -7,13 +7,12 @@ TF Encrypted's custom op on every input, including the sign bit and the extremes
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from aby3_local import local_protocol
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tf_encrypted.operations import aux
@@ -76,25 +75,6 @@ def test_small_tensors_keep_the_custom_op() -> None:
     assert "BitSplitAndGather" in ops_for((1, 128))
     big = ops_for((bits.MIN_ELEMENTS,))
     assert "BitSplitAndGather" not in big and "RightShift" in big
-
-
-@contextlib.contextmanager
-def local_protocol(**kw: Any) -> Iterator[Any]:
-    """FreshABY3 on TF Encrypted's local config (three players in this process), set as the
-    protocol for the block; TFE's node memo cleared and a default FreshABY3 set afterwards."""
-    import tf_encrypted as tfe
-    from tf_encrypted.protocol import protocol as tfe_protocol
-
-    from tfe_worker.runtime import FreshABY3
-
-    prot = FreshABY3(**kw)
-    tfe.set_protocol(prot)
-    try:
-        yield prot
-    finally:
-        tfe_protocol.nodes.clear()
-        tfe.set_protocol(FreshABY3())
-        tfe_protocol.nodes.clear()
 
 
 def assert_split_like_stock_aby3(prot: Any, b: Any) -> None:

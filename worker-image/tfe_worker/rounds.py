@@ -42,23 +42,26 @@ def trace(manifest: dict[str, Any], bucket: int) -> tuple[Any, int]:
 
     hosts = OrderedDict((p, f"{p}.invalid:1") for p in PARTIES)  # names only: nothing connects
     g = tf.Graph()
+    before = tfe.get_config(), tfe.get_protocol()
     with g.as_default():
         tfe.set_config(RemoteConfig(hosts))
         prot = runtime.FreshABY3()
         tfe.set_protocol(prot)
-        model = runtime.build_model(manifest, bucket)
-        start = len(g.get_operations())
-        with tf.device(f"/job:{COORDINATOR}/replica:0/task:0/device:CPU:0"):  # serve's function arguments
-            batch_id = tf.compat.v1.placeholder(tf.string, [], name="batch_id")
-            prot._call = tf.compat.v1.placeholder(tf.int64, [], name="call")
-            src = tf.strings.join(["spool/in/", batch_id, ".bin"])
-            dst = tf.strings.join(["spool/out/", batch_id, ".tp"])
         try:
+            model = runtime.build_model(manifest, bucket)
+            start = len(g.get_operations())
+            with tf.device(f"/job:{COORDINATOR}/replica:0/task:0/device:CPU:0"):  # serve's function arguments
+                batch_id = tf.compat.v1.placeholder(tf.string, [], name="batch_id")
+                prot._call = tf.compat.v1.placeholder(tf.int64, [], name="call")
+                src = tf.strings.join(["spool/in/", batch_id, ".bin"])
+                dst = tf.strings.join(["spool/out/", batch_id, ".tp"])
             x = runtime.read_raw_pair(prot, src, [bucket, *manifest["inputShape"]])
             y = model(x)
             runtime.write_pair(prot, y, dst)
-        finally:
+        finally:  # the caller's TF Encrypted config and protocol, as they were
             prot._call = None
+            tfe.set_config(before[0])
+            tfe.set_protocol(before[1])
     return g, start
 
 

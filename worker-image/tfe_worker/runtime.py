@@ -20,6 +20,7 @@ import tf_encrypted as tfe
 from tf_encrypted.config import RemoteConfig
 from tf_encrypted.protocol import protocol as tfe_protocol
 from tf_encrypted.protocol.aby3.aby3_tensors import ABY3PrivateTensor, ABY3PublicTensor, ShareType
+from tf_encrypted.protocol.protocol import memoize
 from tf_encrypted.tensor import factories, int64factory
 
 from tfe_worker import bits
@@ -83,6 +84,159 @@ class FreshABY3(tfe.protocol.ABY3):  # type: ignore[misc]
         if private:
             return ABY3PrivateTensor(self, z, x.is_scaled, x.share_type)
         return ABY3PublicTensor(self, [p[0] for p in z], x.is_scaled)
+
+
+    @memoize  # type: ignore[untyped-decorator]
+    def matmul(self, x: Any, y: Any) -> Any:
+        x, y = self.lift(x, y)
+        if self._fusable(x, y):
+            with tf.name_scope("matmul"):
+                return self._product_truncated(x, y, lambda a, b: a.matmul(b))
+        return super().matmul(x, y)
+
+    @memoize  # type: ignore[untyped-decorator]
+    def conv2d(self, x: Any, w: Any, strides: Any, padding: Any) -> Any:
+        x, w = self.lift(x, w)
+        if self._fusable(x, w):
+            with tf.name_scope("conv2d"):
+                return self._product_truncated(x, w, lambda a, b: a.conv2d(b, strides, padding))
+        return super().conv2d(x, w, strides, padding)
+
+    @staticmethod
+    def _fusable(x: Any, y: Any) -> bool:
+        return (isinstance(x, ABY3PrivateTensor) and isinstance(y, ABY3PrivateTensor)
+                and x.share_type == y.share_type == ShareType.ARITHMETIC and x.is_scaled and y.is_scaled
+                and x.backing_dtype is y.backing_dtype is int64factory)
+
+    def _product_truncated(self, x: ABY3PrivateTensor, y: ABY3PrivateTensor, op: Any) -> ABY3PrivateTensor:
+        """x op y (a product of two scaled arithmetic sharings) truncated by the fractional bits:
+        the same values as TF Encrypted's ABY3 (its 'heuristic' truncation, SecureQ8-style: lift by
+        2^62 so that the value's top bit is 0, truncate with a mask from player 2, drop the lift),
+        in two rounds instead of three.
+
+        Stock ABY3 first turns the players' local 3-out-of-3 products z0, z1, z2 into a replicated
+        sharing (a round), then players 0 and 1 open c = z + lift + r to each other (a round) and
+        exchange their halves of the result (a round). Here each player masks its own product
+        share and the opening of c is the first round: player 0 sends z0 + lift + r0 to player 1,
+        player 1 sends z1 + r1 to player 0, and player 2 sends z2 + r - r0 - r1 to both, where r
+        is player 2's fresh random mask and r0, r1 come from the seeds player 2 shares with player
+        0 and player 1 respectively. Each message is masked by a value its receiver does not know
+        (r1 or r for player 0, r0 or r for player 1); player 2 receives nothing; the opened c is
+        masked by r as in stock ABY3. The rest (player 2's 2-out-of-2 shares of r's truncation and
+        top bit, the result's masks y0 and y2 from the same seeds, the second round) is stock
+        ABY3's, so the result is the same truncation with the same at most one unit of rounding
+        error in the last place.
+        """
+        f = int64factory
+        nbits = f.nbits
+        amount = self.fixedpoint_config.precision_fractional
+        bound_bits = nbits - 2  # TF Encrypted's heuristic bound: |value| < 2^62 in the ring
+        msb_mask = -(1 << (nbits - 1))  # int64 bit pattern of the top bit
+        mod_mask = (1 << (nbits - amount - 1)) - 1
+        xs, ys = x.unwrapped, y.unwrapped
+        z = []
+        for i in range(3):
+            with tf.device(self.servers[i].device_name):
+                z.append((op(xs[i][0], ys[i][0]) + op(xs[i][0], ys[i][1]) + op(xs[i][1], ys[i][0])).value)
+        shape = z[0].shape
+        keys = self.pairwise_keys()
+        with tf.name_scope("truncate"):
+            with tf.device(self.servers[2].device_name):
+                # seeded with player 0 (4 rows) and with player 1 (2 rows)
+                with2 = f.sample_seeded_uniform([4, *shape], keys[2][1] + self.pairwise_nonces()[2]).value
+                with12 = f.sample_seeded_uniform([2, *shape], keys[2][0] + self.pairwise_nonces()[1]).value
+                r = f.sample_uniform(shape).value
+                s = tf.bitwise.right_shift(tf.bitwise.bitwise_and(r, ~msb_mask), amount)
+                r_msb = tf.cast(r < 0, tf.int64)
+                c2 = z[2] + r - with2[0] - with12[0]
+                s1, r_msb1 = s - with2[1], r_msb - with2[2]
+                y2_on_2, y0_on_2 = with12[1], with2[3]
+            with tf.device(self.servers[0].device_name):
+                with0 = f.sample_seeded_uniform([4, *shape], keys[0][0] + self.pairwise_nonces()[2]).value
+                c0 = z[0] + (1 << bound_bits) + with0[0]
+                s0, r_msb0, y0 = with0[1], with0[2], with0[3]
+            with tf.device(self.servers[1].device_name):
+                with1 = f.sample_seeded_uniform([2, *shape], keys[1][1] + self.pairwise_nonces()[1]).value
+                c1 = z[1] + with1[0]
+                y2 = with1[1]
+            tilde = []
+            for i, (s_i, r_msb_i, own, out_mask) in enumerate(((s0, r_msb0, 1, y0), (s1, r_msb1, 0, y2))):
+                with tf.device(self.servers[i].device_name):
+                    c = c0 + c1 + c2
+                    c_high = tf.bitwise.bitwise_and(tf.bitwise.right_shift(c, amount), mod_mask)
+                    b = tf.where(c < 0, own - r_msb_i, r_msb_i)  # the share of r_msb XOR c_msb
+                    tilde.append((c_high if i == 0 else 0) - s_i + b * (mod_mask + 1) - out_mask)
+            self._update_pairwise_nonces()
+            shares = []
+            for i, pair in enumerate(((y0, None), (None, y2), (y2_on_2, y0_on_2))):
+                with tf.device(self.servers[i].device_name):
+                    mid = tilde[0] + tilde[1] if i < 2 else None
+                    a, b = (pair[0], mid) if i == 0 else (mid, pair[1]) if i == 1 else pair
+                    shares.append([f.tensor(a, encode=False), f.tensor(b, encode=False)])
+            t = ABY3PrivateTensor(self, shares, True, ShareType.ARITHMETIC)
+            # drop the lift: TF Encrypted's expression, so the constant is encoded as in stock ABY3
+            return t - (1 << (bound_bits - (amount + amount)))
+
+    @memoize  # type: ignore[untyped-decorator]
+    def msb(self, x: Any) -> Any:
+        x = self.lift(x)
+        if self._arithmetic_native(x):
+            return self._bit_extract_arithmetic(x, x.backing_dtype.nbits - 1)
+        return super().msb(x)
+
+    @memoize  # type: ignore[untyped-decorator]
+    def bit_extract(self, x: Any, i: int) -> Any:
+        if self._arithmetic_native(x):
+            return self._bit_extract_arithmetic(x, i)
+        return super().bit_extract(x, i)
+
+    @staticmethod
+    def _arithmetic_native(x: Any) -> bool:
+        # int64 only: the zero sharing and constants below are in the default (int64) factory
+        return (isinstance(x, ABY3PrivateTensor) and x.share_type == ShareType.ARITHMETIC
+                and x.backing_dtype is int64factory)
+
+    def _bit_extract_arithmetic(self, x: ABY3PrivateTensor, i: int) -> Any:
+        """Bit i of an arithmetic sharing, as a boolean sharing: the same bit as TF Encrypted's, one
+        round sooner where the input allows it.
+
+        Both add two boolean-shared operands with the carry circuit. Stock ABY3 splits x as
+        (x0 + x1) + x2: player 0 boolean-shares x0 + x1 (a round) and x2 is a share players 1 and 2
+        hold. Here x is split as (x2 + x0) + x1, the same split with the players relabelled:
+        player 2 (who holds x2 and x0) boolean-shares s = x2 + x0, masked by a fresh boolean zero
+        sharing, and x1, which players 0 and 1 hold, is boolean share 1 as it is (nobody learns
+        anything new: each sees what it saw before under another name). The difference is
+        which shares depend on the input. After a truncated multiplication (every Dense/Conv2D
+        layer), x0 and x2 are pseudo-random masks from pairwise seeds plus weight shares and only
+        x1 depends on the input, so player 2 shares s while the layer is still running, and the
+        carry circuit starts as soon as x1 is there: one round fewer before every ReLU/MaxPool.
+        """
+        xs = x.unwrapped
+        boolean = ShareType.BOOLEAN
+        with tf.name_scope("bit_extract"):
+            mask = self.define_constant(1, apply_scaling=False, factory=x.backing_dtype)
+            zero = self.define_constant(np.zeros(x.shape, dtype=np.int64), apply_scaling=False).unwrapped
+            a = self._gen_zero_sharing(x.shape, share_type=boolean)
+            with tf.device(self.servers[2].device_name):
+                s_masked = (xs[2][0] + xs[2][1]) ^ a[2]  # share 2 of s = x2 + x0
+            with tf.device(self.servers[0].device_name):
+                op1_0 = [a[0], a[1].identity()]
+                op2_0 = [zero[0], xs[0][1]]
+            with tf.device(self.servers[1].device_name):
+                op1_1 = [a[1], s_masked.identity()]
+                op2_1 = [xs[1][0], zero[1]]
+            with tf.device(self.servers[2].device_name):
+                op1_2 = [s_masked, a[0].identity()]
+                op2_2 = [zero[2], zero[2]]
+            op1 = ABY3PrivateTensor(self, [op1_0, op1_1, op1_2], x.is_scaled, boolean)
+            op2 = ABY3PrivateTensor(self, [op2_0, op2_1, op2_2], x.is_scaled, boolean)
+            p = ((op1 ^ op2) >> i) & mask
+            if i > 0:  # no carry into bit 0 (TF Encrypted's carry() fails for pos=-1)
+                carry = self.carry(op1, op2, pos=i - 1)
+                p = carry ^ p.cast(carry.backing_dtype)
+            z = p.cast(factories[tf.bool])
+        z.is_scaled = False
+        return z
 
 
 def connect(config: Config, coordinator: str, protocol: str = "ABY3", job: str = "coordinator") -> FreshABY3:
