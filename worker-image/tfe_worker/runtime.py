@@ -85,7 +85,6 @@ class FreshABY3(tfe.protocol.ABY3):  # type: ignore[misc]
             return ABY3PrivateTensor(self, z, x.is_scaled, x.share_type)
         return ABY3PublicTensor(self, [p[0] for p in z], x.is_scaled)
 
-
     @memoize  # type: ignore[untyped-decorator]
     def matmul(self, x: Any, y: Any) -> Any:
         x, y = self.lift(x, y)
