@@ -166,12 +166,11 @@ class FreshABY3(tfe.protocol.ABY3):  # type: ignore[misc]
                     b = tf.where(c < 0, own - r_msb_i, r_msb_i)  # the share of r_msb XOR c_msb
                     tilde.append((c_high if i == 0 else 0) - s_i + b * (mod_mask + 1) - out_mask)
             self._update_pairwise_nonces()
-            shares = []
-            for i, pair in enumerate(((y0, None), (None, y2), (y2_on_2, y0_on_2))):
-                with tf.device(self.servers[i].device_name):
-                    mid = tilde[0] + tilde[1] if i < 2 else None
-                    a, b = (pair[0], mid) if i == 0 else (mid, pair[1]) if i == 1 else pair
-                    shares.append([f.tensor(a, encode=False), f.tensor(b, encode=False)])
+            with tf.device(self.servers[0].device_name):
+                pair0 = [y0, tilde[0] + tilde[1]]
+            with tf.device(self.servers[1].device_name):
+                pair1 = [tilde[0] + tilde[1], y2]
+            shares = [[f.tensor(v, encode=False) for v in pair] for pair in (pair0, pair1, [y2_on_2, y0_on_2])]
             t = ABY3PrivateTensor(self, shares, True, ShareType.ARITHMETIC)
             # drop the lift: TF Encrypted's expression, so the constant is encoded as in stock ABY3
             return t - (1 << (bound_bits - (amount + amount)))
