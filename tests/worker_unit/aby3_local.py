@@ -29,21 +29,19 @@ def local_protocol(**kw: Any) -> Iterator[Any]:
         tfe_protocol.nodes.clear()
 
 
-def share_ring(prot: Any, v: np.ndarray[Any, Any], rng: np.random.Generator, scaled: bool = False) -> Any:
-    """An arithmetic ABY3 sharing of the int64 ring elements v (random shares, wrapping mod 2^64)."""
+def share_ring(prot: Any, v: np.ndarray[Any, Any]) -> Any:
+    """An arithmetic ABY3 sharing of the int64 ring elements v: the client's own sharing
+    (tfe_client.sharing), party i's pair on party i's device."""
     from tf_encrypted.protocol.aby3.aby3_tensors import ABY3PrivateTensor, ShareType
     from tf_encrypted.tensor import int64factory
 
-    info = np.iinfo(np.int64)
-    s0, s1 = (rng.integers(info.min, info.max, size=v.shape, dtype=np.int64, endpoint=True) for _ in range(2))
-    s2 = (v.astype(np.int64).view(np.uint64) - s0.view(np.uint64) - s1.view(np.uint64)).view(np.int64)
-    s = (s0, s1, s2)
+    from tfe_client import sharing
+
     shares = []
-    for i in range(3):
+    for i, pair in enumerate(sharing.share(v)):
         with tf.device(prot.servers[i].device_name):
-            shares.append([int64factory.tensor(tf.constant(s[i]), encode=False),
-                           int64factory.tensor(tf.constant(s[(i + 1) % 3]), encode=False)])
-    return ABY3PrivateTensor(prot, shares, scaled, ShareType.ARITHMETIC)
+            shares.append([int64factory.tensor(tf.constant(s), encode=False) for s in pair])
+    return ABY3PrivateTensor(prot, shares, False, ShareType.ARITHMETIC)
 
 
 def ring(x: Any) -> np.ndarray[Any, Any]:

@@ -35,7 +35,7 @@ def test_sign_and_bits_exact_on_every_kind_of_ring_element() -> None:
     rng = np.random.default_rng(11)
     with local_protocol() as prot:
         v = ring_values(rng, 512)
-        x = share_ring(prot, v, rng)
+        x = share_ring(prot, v)
         np.testing.assert_array_equal(ring(prot.msb(x)).astype(bool), v < 0)
         for i in (0, 1, 2, 15, 31, 32, 61, 62, 63):
             bit = ring(prot.bit_extract(x, i)).astype(np.int64)
@@ -101,8 +101,8 @@ def test_outputs_are_fresh_sharings() -> None:
     with local_protocol() as prot:
         pa = prot.define_private_variable(rng.uniform(-5, 5, (4, 16)))
         pw = prot.define_private_variable(rng.uniform(-1, 1, (16, 8)))
-        y1 = runtime.FreshABY3._product_truncated(prot, pa, pw, lambda a, b: a.matmul(b))
-        y2 = runtime.FreshABY3._product_truncated(prot, pa, pw, lambda a, b: a.matmul(b))
+        y1 = prot._product_truncated(pa, pw, lambda a, b: a.matmul(b))  # not memoized, unlike matmul
+        y2 = prot._product_truncated(pa, pw, lambda a, b: a.matmul(b))
         assert np.abs(ring(y1) - ring(y2)).max() <= 1
         for i in range(3):
             for j in range(2):
@@ -128,7 +128,7 @@ def test_fewer_rounds_than_stock_aby3(name: str, monkeypatch: pytest.MonkeyPatch
     theirs = rounds.of_manifest(manifest, 1)
     assert (theirs["rounds"], ours["rounds"]) == (stock_rounds, our_rounds)
     for p in rounds.PARTIES:  # and no party sends more
-        assert ours["sent"][p]["bytes"] <= theirs["sent"][p]["bytes"] or p == "server2"
+        assert ours["sent"][p]["bytes"] <= theirs["sent"][p]["bytes"]
 
 
 def test_compiled_graph_with_the_per_call_counter() -> None:
